@@ -1,0 +1,286 @@
+//! One `Config`, read from the environment (and the matching CLI flags) and validated at start-up.
+//!
+//! Development mode fills in missing secrets (persisted under `data_dir`, with a warning);
+//! production mode refuses to start without them and names the variable that is missing.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use base64::Engine;
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where the server runs: development is forgiving, production is strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// Readable logs, GraphiQL and introspection on, secrets generated when missing.
+    Development,
+    /// JSON logs, GraphiQL and introspection off unless enabled, secrets required, HSTS.
+    Production,
+}
+
+/// Every setting of the server. Field docs double as `--help` text.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// development | production.
+    #[arg(
+        long = "env",
+        env = "AGENTRY_ENV",
+        value_enum,
+        default_value = "development"
+    )]
+    pub environment: Environment,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "AGENTRY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL; the database is created when missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://localhost/agentry"
+    )]
+    pub database_url: String,
+
+    /// Maximum number of pooled database connections.
+    #[arg(long, env = "AGENTRY_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// HS256 secret for access tokens, at least 32 bytes. Generated in development when unset.
+    #[arg(long, env = "AGENTRY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "AGENTRY_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+
+    /// Absolute refresh-token family lifetime in seconds (rotation never extends it).
+    #[arg(long, env = "AGENTRY_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+
+    /// Comma-separated browser origins allowed by CORS and on the WebSocket.
+    #[arg(long, env = "AGENTRY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Comma-separated proxy addresses or CIDRs whose X-Forwarded-For is believed.
+    #[arg(long, env = "AGENTRY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// bcrypt cost (4..=31); 12 in production.
+    #[arg(long, env = "AGENTRY_BCRYPT_COST", default_value_t = 12)]
+    pub bcrypt_cost: u32,
+
+    /// Sustained GraphQL operations per second per client (user, else IP).
+    #[arg(long, env = "AGENTRY_RATE_LIMIT_PER_SECOND", default_value_t = 20)]
+    pub rate_limit_per_second: u32,
+
+    /// Burst of GraphQL operations a client may spend at once.
+    #[arg(long, env = "AGENTRY_RATE_LIMIT_BURST", default_value_t = 60)]
+    pub rate_limit_burst: u32,
+
+    /// Sign-in attempts (login, register, refreshSession) per minute per IP and per email.
+    #[arg(long, env = "AGENTRY_AUTH_RATE_LIMIT_PER_MINUTE", default_value_t = 10)]
+    pub auth_rate_limit_per_minute: u32,
+
+    /// Serve GraphiQL on GET /graphql (default: on in development, off in production).
+    #[arg(long, env = "AGENTRY_GRAPHIQL")]
+    pub graphiql: Option<bool>,
+
+    /// Allow introspection and "did you mean" suggestions (default: development only).
+    #[arg(long, env = "AGENTRY_INTROSPECTION")]
+    pub introspection: Option<bool>,
+
+    /// Maximum query depth.
+    #[arg(long, env = "AGENTRY_MAX_QUERY_DEPTH", default_value_t = 12)]
+    pub max_query_depth: usize,
+
+    /// Maximum query complexity (each field costs 1, lists multiply by `first`).
+    #[arg(long, env = "AGENTRY_MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    pub max_query_complexity: usize,
+
+    /// Maximum number of aliases in one operation.
+    #[arg(long, env = "AGENTRY_MAX_ALIASES", default_value_t = 15)]
+    pub max_aliases: usize,
+
+    /// Maximum number of directives in one operation.
+    #[arg(long, env = "AGENTRY_MAX_DIRECTIVES", default_value_t = 50)]
+    pub max_directives: usize,
+
+    /// Maximum number of operations in one batched request.
+    #[arg(long, env = "AGENTRY_MAX_BATCH", default_value_t = 10)]
+    pub max_batch: usize,
+
+    /// Maximum HTTP request body in bytes (larger requests get 413).
+    #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a WebSocket may stay open without `connection_init` (closed with 4408).
+    #[arg(long, env = "AGENTRY_WS_INIT_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_init_timeout_secs: u64,
+
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, env = "AGENTRY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_message_bytes: usize,
+
+    /// Seconds an HTTP request may take before it is answered 408.
+    #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Where development mode keeps generated secrets.
+    #[arg(long, env = "AGENTRY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// A configuration that cannot start a server, with the variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required secret is missing in production.
+    #[error("{0} is required in production: {1}")]
+    Missing(&'static str, &'static str),
+    /// A value is present but unusable.
+    #[error("{0} is invalid: {1}")]
+    Invalid(&'static str, String),
+    /// A generated secret could not be persisted.
+    #[error("could not keep the generated {0} under {1}: {2}")]
+    Persist(&'static str, String, std::io::Error),
+}
+
+impl Config {
+    /// True in production mode.
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// Whether GraphiQL is served on `GET /graphql`.
+    pub fn graphiql_enabled(&self) -> bool {
+        self.graphiql.unwrap_or(!self.is_production())
+    }
+
+    /// Whether introspection and suggestions are on.
+    pub fn introspection_enabled(&self) -> bool {
+        self.introspection.unwrap_or(!self.is_production())
+    }
+
+    /// Access token lifetime.
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+
+    /// Checks every value and fills in development defaults for missing secrets.
+    ///
+    /// Called once at start-up, before anything listens: a bad configuration never half-starts.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError::Invalid(
+                "AGENTRY_BCRYPT_COST",
+                format!("must be between 4 and 31, got {}", self.bcrypt_cost),
+            ));
+        }
+        if self.is_production() && self.bcrypt_cost < 10 {
+            return Err(ConfigError::Invalid(
+                "AGENTRY_BCRYPT_COST",
+                "must be at least 10 in production".into(),
+            ));
+        }
+        for (name, value) in [
+            ("AGENTRY_DB_POOL_SIZE", self.db_pool_size),
+            (
+                "AGENTRY_RATE_LIMIT_PER_SECOND",
+                self.rate_limit_per_second as usize,
+            ),
+            ("AGENTRY_RATE_LIMIT_BURST", self.rate_limit_burst as usize),
+            (
+                "AGENTRY_AUTH_RATE_LIMIT_PER_MINUTE",
+                self.auth_rate_limit_per_minute as usize,
+            ),
+            ("AGENTRY_MAX_BATCH", self.max_batch),
+            (
+                "AGENTRY_ACCESS_TOKEN_TTL_SECS",
+                self.access_token_ttl_secs as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(name, "must be greater than 0".into()));
+            }
+        }
+        for origin in &self.cors_origins {
+            if origin.parse::<http::HeaderValue>().is_err() || !origin.starts_with("http") {
+                return Err(ConfigError::Invalid(
+                    "AGENTRY_CORS_ORIGINS",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        self.jwt_secret = Some(self.resolve_jwt_secret()?);
+        Ok(())
+    }
+
+    fn resolve_jwt_secret(&self) -> Result<SecretString, ConfigError> {
+        const VAR: &str = "AGENTRY_JWT_SECRET";
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose_secret().len() < 32 {
+                return Err(ConfigError::Invalid(
+                    VAR,
+                    "must be at least 32 bytes".into(),
+                ));
+            }
+            return Ok(secret.clone());
+        }
+        if self.is_production() {
+            return Err(ConfigError::Missing(
+                VAR,
+                "set it to at least 32 random bytes, e.g. `openssl rand -base64 48`",
+            ));
+        }
+        self.generated_secret("jwt_secret", VAR)
+    }
+
+    /// Reads a development secret from `data_dir/<file>`, generating and keeping one if absent.
+    fn generated_secret(&self, file: &str, var: &'static str) -> Result<SecretString, ConfigError> {
+        let path = self.data_dir.join(file);
+        let shown = path.display().to_string();
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            let existing = existing.trim().to_owned();
+            if existing.len() >= 32 {
+                return Ok(SecretString::from(existing));
+            }
+        }
+        let mut bytes = [0u8; 48];
+        rand::rng().fill_bytes(&mut bytes);
+        let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
+        std::fs::create_dir_all(&self.data_dir)
+            .and_then(|()| write_private(&path, &secret))
+            .map_err(|e| ConfigError::Persist(var, shown.clone(), e))?;
+        tracing::warn!(
+            path = %shown,
+            "{var} is not set: generated a development secret. Set {var} in production."
+        );
+        Ok(SecretString::from(secret))
+    }
+}
+
+/// Writes a file readable only by its owner (on Unix).
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(contents.as_bytes())
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::write(path, contents)
+    }
+}

@@ -1,0 +1,4 @@
+//! Cryptography: password hashing and checking, access and refresh tokens.
+
+pub mod password;
+pub mod tokens;

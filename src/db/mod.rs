@@ -1,0 +1,162 @@
+//! The database: connection pool, bootstrap (create the database if missing) and migrations.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel_async::{
+    AsyncPgConnection, RunQueryDsl,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{AsyncDieselConnectionManager, deadpool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+/// The pool every request borrows connections from.
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+/// A connection borrowed from the pool.
+pub type Conn = deadpool::Object<AsyncPgConnection>;
+
+/// The SQL migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// How long a request waits for a pooled connection (or a new one) before failing.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the pool. Connections are made lazily, so a pool exists even while PostgreSQL is down
+/// and recovers by itself when it returns.
+pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    deadpool::Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(::deadpool::Runtime::Tokio1)
+        .build()
+        .context("could not build the database pool")
+}
+
+/// Whether the database answers a trivial query (used by `/readyz`).
+pub async fn ping(pool: &Pool) -> bool {
+    let check = async {
+        let mut conn = pool.get().await.ok()?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Some(_))
+    )
+}
+
+/// Makes sure the database exists and is migrated: creates it through the maintenance database
+/// when it is missing, then runs every pending embedded migration.
+pub async fn bootstrap(database_url: &str) -> anyhow::Result<()> {
+    create_database_if_missing(database_url).await?;
+    migrate(database_url).await
+}
+
+/// Runs the pending embedded migrations on the database at `database_url`.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let url = database_url.to_owned();
+    // diesel_migrations is synchronous: run it on the blocking pool over the async connection.
+    let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        use diesel::Connection;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .context("could not connect to run migrations")?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        Ok(applied.len())
+    })
+    .await
+    .context("migration task panicked")??;
+    if applied > 0 {
+        tracing::info!(count = applied, "applied database migrations");
+    }
+    Ok(())
+}
+
+/// Connects to the target database; if PostgreSQL says it does not exist, creates it from the
+/// `postgres` maintenance database on the same server.
+async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = database_url
+        .parse()
+        .with_context(|| "DATABASE_URL is not a valid PostgreSQL URL".to_string())?;
+    let name = config
+        .get_dbname()
+        .map(str::to_owned)
+        .or_else(|| config.get_user().map(str::to_owned))
+        .context("DATABASE_URL names no database")?;
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {}
+        Err(err) => return Err(unreachable_hint(database_url, err)),
+    }
+    let mut maintenance = config.clone();
+    maintenance.dbname("postgres");
+    let (client, connection) = maintenance
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| unreachable_hint(database_url, e))?;
+    let driver = tokio::spawn(connection);
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => tracing::info!(database = %name, "created database"),
+        // Another process created it between our two connections: fine.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "database `{name}` does not exist and could not be created; create it yourself \
+                 (`createdb {name}`) or give the DATABASE_URL role the CREATEDB privilege"
+            )));
+        }
+    }
+    drop(client);
+    driver.abort();
+    Ok(())
+}
+
+/// Turns "could not connect" into an error that says what to do about it.
+fn unreachable_hint(database_url: &str, err: tokio_postgres::Error) -> anyhow::Error {
+    anyhow::Error::new(err).context(format!(
+        "could not reach PostgreSQL at {}. Start a local PostgreSQL (for example \
+         `pg_ctlcluster 15 main start`), or run `docker compose -f docker/compose.yml up -d db`, \
+         or set DATABASE_URL to a server that is running",
+        redact_url(database_url)
+    ))
+}
+
+/// The URL with any password replaced, safe for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/agentry"),
+            "postgres://app:***@db:5432/agentry"
+        );
+        assert_eq!(
+            redact_url("postgres://localhost/agentry"),
+            "postgres://localhost/agentry"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The GraphQL schema: merged roots from every domain, limits, guards, pagination, and the
+//! HTTP and WebSocket transports.
+
+pub mod guards;
+pub mod http;
+pub mod limits;
+pub mod pagination;
+pub mod ws;
+
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use uuid::Uuid;
+
+use crate::{
+    config::Config,
+    error::{AppError, AppResult},
+    request::RequestContext,
+    state::AppState,
+    users::graphql::{UsersMutation, UsersQuery},
+};
+
+/// Every query field, one object per domain.
+#[derive(MergedObject, Default)]
+pub struct Query(UsersQuery);
+
+/// Every mutation field, one object per domain.
+#[derive(MergedObject, Default)]
+pub struct Mutation(UsersMutation);
+
+/// The executable schema.
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The schema's shape with its limits, without server state (enough to export the SDL).
+pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(config.max_query_depth)
+        .limit_complexity(config.max_query_complexity)
+        .limit_directives(config.max_directives)
+        .extension(limits::Limits {
+            max_aliases: config.max_aliases,
+        });
+    if !config.introspection_enabled() {
+        builder = builder.disable_introspection().disable_suggestions();
+    }
+    builder
+}
+
+/// The schema a server executes, holding the shared state.
+pub fn build_schema(state: &AppState) -> AppSchema {
+    schema_builder(&state.config).data(state.clone()).finish()
+}
+
+/// The SDL of the schema, as committed in `schema.graphql`.
+pub fn export_sdl(config: &Config) -> String {
+    schema_builder(config).finish().sdl()
+}
+
+/// The shared state from a resolver's context.
+pub fn state<'a>(ctx: &Context<'a>) -> AppResult<&'a AppState> {
+    ctx.data::<AppState>()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("AppState missing from schema data")))
+}
+
+/// The current request's context (identity, request id, client address).
+pub fn request_context<'a>(ctx: &Context<'a>) -> AppResult<&'a RequestContext> {
+    ctx.data::<RequestContext>().map_err(|_| {
+        AppError::Internal(anyhow::anyhow!("RequestContext missing from request data"))
+    })
+}
+
+/// Parses an `ID` argument as a UUID, naming the argument when it is not one.
+pub fn parse_id(field: &str, id: &async_graphql::ID) -> AppResult<Uuid> {
+    Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input(field, "is not a valid id"))
+}

@@ -1,0 +1,99 @@
+//! Relay connections: opaque cursors over UUIDv7 ids (time-ordered, so pages stay stable while
+//! rows are inserted) and the `first` / `after` rules shared by every list.
+
+use async_graphql::{
+    OutputType,
+    connection::{Connection, Edge},
+};
+use base64::Engine;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+
+/// Page size when `first` is not given.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+/// Largest page a client may ask for.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// A validated page request.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// How many rows to return.
+    pub first: usize,
+    /// Return rows after this id (in the list's order).
+    pub after: Option<Uuid>,
+}
+
+impl Page {
+    /// Checks `first` (1–100) and decodes `after`.
+    pub fn new(first: Option<i32>, after: Option<String>) -> AppResult<Self> {
+        let first = match first {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n) if n >= 1 && n as usize <= MAX_PAGE_SIZE => n as usize,
+            Some(n) => {
+                return Err(AppError::bad_input(
+                    "first",
+                    format!("must be between 1 and {MAX_PAGE_SIZE} (got {n})"),
+                ));
+            }
+        };
+        let after = after.map(|c| decode_cursor(&c)).transpose()?;
+        Ok(Self { first, after })
+    }
+
+    /// Rows to fetch: one more than the page, to learn whether another page follows.
+    pub fn fetch_limit(&self) -> i64 {
+        self.first as i64 + 1
+    }
+
+    /// Turns fetched rows (at most `fetch_limit`) into a connection.
+    pub fn connection<T, N: OutputType>(
+        &self,
+        mut rows: Vec<T>,
+        id: impl Fn(&T) -> Uuid,
+        node: impl Fn(T) -> N,
+    ) -> Connection<String, N> {
+        let has_next = rows.len() > self.first;
+        rows.truncate(self.first);
+        let mut connection = Connection::new(self.after.is_some(), has_next);
+        connection.edges = rows
+            .into_iter()
+            .map(|row| Edge::new(encode_cursor(id(&row)), node(row)))
+            .collect();
+        connection
+    }
+}
+
+/// The cursor of a row: opaque to clients, an id to us.
+pub fn encode_cursor(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> AppResult<Uuid> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| AppError::bad_input("after", "is not a cursor returned by this list"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_named() {
+        let id = Uuid::now_v7();
+        let page = Page::new(Some(5), Some(encode_cursor(id))).unwrap();
+        assert_eq!(page.after, Some(id));
+        assert!(
+            matches!(Page::new(None, Some("nope".into())), Err(AppError::BadInput { field, .. }) if field == "after")
+        );
+        assert!(
+            matches!(Page::new(Some(0), None), Err(AppError::BadInput { field, .. }) if field == "first")
+        );
+        assert!(
+            matches!(Page::new(Some(101), None), Err(AppError::BadInput { field, .. }) if field == "first")
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! Agentry: a GraphQL API platform for AI agents.
+//!
+//! A guided tour, in the order a request meets the code:
+
+/// One `Config` from environment and flags, validated at start-up.
+pub mod config;
+/// Passwords (bcrypt) and tokens (JWT, refresh tokens).
+pub mod crypto;
+/// Pool, database bootstrap, embedded migrations, diesel schema.
+pub mod db;
+/// `AppError`, the error codes, and their one mapping to GraphQL errors.
+pub mod error;
+/// The GraphQL schema, guards, limits, pagination, HTTP and WebSocket transports.
+pub mod graphql;
+/// Per-client and sign-in rate limits (governor).
+pub mod rate_limit;
+/// Request ids, client addresses and the identity of the caller.
+pub mod request;
+/// The axum router: routes, layers, graceful shutdown.
+pub mod server;
+/// Shared state: pool, config, keys, limiters.
+pub mod state;
+/// Logging setup.
+pub mod telemetry;
+/// Accounts, sessions, roles, admin actions, audit log.
+pub mod users;

@@ -1,0 +1,213 @@
+//! Account rules: sign-up, sign-in, password change, profile.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    crypto::password,
+    db::schema::users,
+    error::{AppError, AppResult},
+    request::{RequestMeta, Viewer},
+    state::{AppState, Revocation},
+    users::{
+        audit::{self, actions},
+        model::{self, NewUser, UserRow, roles, statuses},
+        sessions::{self, AuthTokens},
+        validate::{self, Email},
+    },
+};
+
+/// What `register` needs, as the client sent it.
+pub struct Registration {
+    /// Email (any case, surrounding spaces allowed).
+    pub email: String,
+    /// Password in clear; hashed before it goes anywhere.
+    pub password: SecretString,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// Creates an account with a password and signs it in.
+pub async fn register(
+    state: &AppState,
+    meta: &RequestMeta,
+    input: Registration,
+) -> AppResult<AuthTokens> {
+    let email = Email::parse("input.email", &input.email)?;
+    let display_name = validate::display_name("input.displayName", &input.display_name)?;
+    state
+        .limiters
+        .check_sign_in(meta.ip, Some(email.as_str()))?;
+    password::check_policy(
+        "input.password",
+        &input.password,
+        &[email.as_str(), &display_name],
+    )?;
+    let mut conn = state.pool.get().await?;
+    if model::find_user_by_email(&mut conn, email.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(duplicate_email());
+    }
+    let hash = state.passwords.hash(&input.password).await?;
+    conn.transaction::<_, AppError, _>(async move |conn| {
+        let user: UserRow = diesel::insert_into(users::table)
+            .values(NewUser {
+                id: Uuid::now_v7(),
+                email: email.as_str(),
+                display_name: &display_name,
+                password_hash: Some(&hash),
+                role: roles::USER,
+            })
+            .returning(UserRow::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(|e| match e {
+                // Lost a race with a concurrent sign-up for the same email.
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => duplicate_email(),
+                other => other.into(),
+            })?;
+        audit::record(
+            conn,
+            Some(meta),
+            Some(user.id),
+            actions::USER_REGISTER,
+            Some(user.id),
+            json!({}),
+        )
+        .await?;
+        sessions::start(state, conn, user, meta).await
+    })
+    .await
+}
+
+fn duplicate_email() -> AppError {
+    AppError::Conflict("an account with this email already exists: sign in instead".into())
+}
+
+/// Signs in with email and password. Every failure is the same error, and an unknown email
+/// costs the same bcrypt work as a wrong password.
+pub async fn login(
+    state: &AppState,
+    meta: &RequestMeta,
+    email: &str,
+    password: SecretString,
+) -> AppResult<AuthTokens> {
+    let email = Email::parse("email", email)?;
+    if password.expose_secret().is_empty() {
+        return Err(AppError::bad_input("password", "must not be empty"));
+    }
+    state
+        .limiters
+        .check_sign_in(meta.ip, Some(email.as_str()))?;
+    let mut conn = state.pool.get().await?;
+    let user = model::find_user_by_email(&mut conn, email.as_str()).await?;
+    let stored = user.as_ref().and_then(|u| u.password_hash.as_deref());
+    let verified = state.passwords.verify(&password, stored).await?;
+    let user = match user {
+        Some(user) if verified => user,
+        _ => {
+            return Err(AppError::Unauthenticated(
+                "invalid email or password".into(),
+            ));
+        }
+    };
+    if user.status != statuses::ACTIVE {
+        return Err(AppError::Unauthenticated(
+            "this account is suspended".into(),
+        ));
+    }
+    sessions::start(state, &mut conn, user, meta).await
+}
+
+/// Changes (or, for accounts without one, sets) the viewer's password. Every session of the
+/// user ends, and a new one is returned for the caller.
+pub async fn change_password(
+    state: &AppState,
+    meta: &RequestMeta,
+    viewer: &Viewer,
+    current: SecretString,
+    new: SecretString,
+) -> AppResult<AuthTokens> {
+    let user = &viewer.user;
+    state.limiters.check_sign_in(meta.ip, Some(&user.email))?;
+    if let Some(stored) = &user.password_hash {
+        if current.expose_secret().is_empty() {
+            return Err(AppError::bad_input("currentPassword", "must not be empty"));
+        }
+        if !state.passwords.verify(&current, Some(stored)).await? {
+            return Err(AppError::bad_input(
+                "currentPassword",
+                "is not your current password",
+            ));
+        }
+        if current.expose_secret() == new.expose_secret() {
+            return Err(AppError::bad_input(
+                "newPassword",
+                "must differ from the current password",
+            ));
+        }
+    }
+    password::check_policy("newPassword", &new, &[&user.email, &user.display_name])?;
+    let hash = state.passwords.hash(&new).await?;
+    let mut conn = state.pool.get().await?;
+    let user_id = user.id;
+    let first_password = user.password_hash.is_none();
+    let tokens = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            let user: UserRow = diesel::update(users::table.find(user_id))
+                .set((
+                    users::password_hash.eq(&hash),
+                    users::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(UserRow::as_returning())
+                .get_result(conn)
+                .await?;
+            let revoked =
+                model::revoke_user_sessions(conn, user_id, None, "password change").await?;
+            let details =
+                json!({ "revokedSessions": revoked.len(), "firstPassword": first_password });
+            audit::record(
+                conn,
+                Some(meta),
+                Some(user_id),
+                actions::PASSWORD_CHANGE,
+                Some(user_id),
+                details,
+            )
+            .await?;
+            sessions::start(state, conn, user, meta).await
+        })
+        .await?;
+    state.revoke(Revocation::User(user_id));
+    Ok(tokens)
+}
+
+/// Updates the viewer's profile; fields left out stay as they are.
+pub async fn update_profile(
+    state: &AppState,
+    viewer: &Viewer,
+    display_name: Option<String>,
+) -> AppResult<UserRow> {
+    let Some(raw) = display_name else {
+        return Ok(viewer.user.clone());
+    };
+    let display_name = validate::display_name("displayName", &raw)?;
+    let mut conn = state.pool.get().await?;
+    let user = diesel::update(users::table.find(viewer.id()))
+        .set((
+            users::display_name.eq(&display_name),
+            users::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(UserRow::as_returning())
+        .get_result(&mut conn)
+        .await?;
+    Ok(user)
+}
