@@ -275,6 +275,38 @@ fn parse_body(bytes: &Bytes) -> Result<BatchRequest, String> {
         .map_err(|e| format!("the request body is not a GraphQL request: {e}"))
 }
 
+/// A GraphQL request from URL parameters, as GraphQL over HTTP names them (`query`,
+/// `operationName`, JSON-encoded `variables` and `extensions`). async-graphql's own parser
+/// expects `operation_name`, which no client sends.
+fn parse_query_string(query: &str) -> Result<async_graphql::Request, String> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(default)]
+        query: String,
+        #[serde(rename = "operationName", alias = "operation_name")]
+        operation_name: Option<String>,
+        variables: Option<String>,
+        extensions: Option<String>,
+    }
+    let params: Params =
+        serde_urlencoded::from_str(query).map_err(|e| format!("invalid query string: {e}"))?;
+    let json = |name: &str, raw: Option<String>| -> Result<Option<serde_json::Value>, String> {
+        raw.filter(|r| !r.is_empty())
+            .map(|r| serde_json::from_str(&r).map_err(|e| format!("`{name}` is not JSON: {e}")))
+            .transpose()
+    };
+    let mut request = async_graphql::Request::new(params.query);
+    request.operation_name = params.operation_name.filter(|n| !n.is_empty());
+    if let Some(variables) = json("variables", params.variables)? {
+        request.variables = async_graphql::Variables::from_json(variables);
+    }
+    if let Some(extensions) = json("extensions", params.extensions)? {
+        request.extensions = serde_json::from_value(extensions)
+            .map_err(|e| format!("`extensions` is invalid: {e}"))?;
+    }
+    Ok(request)
+}
+
 /// The kind of the operation a GET request would run, if its query parses.
 fn operation_kind(request: &async_graphql::Request) -> Option<OperationType> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;

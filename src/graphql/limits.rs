@@ -50,10 +50,16 @@ impl Extension for LimitsExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        let document = next
-            .run(ctx, query, variables)
-            .await
-            .map_err(|e| with_code(e, PARSE_FAILED))?;
+        let document = next.run(ctx, query, variables).await.map_err(|e| {
+            // The parser itself enforces the directive limit (CVE-2024-47614); that is a limit
+            // the document broke, not a syntax error, so it is reported like the other limits.
+            let code = if e.message.contains("number of directives") {
+                VALIDATION_FAILED
+            } else {
+                PARSE_FAILED
+            };
+            with_code(e, code)
+        })?;
         let aliases = count_aliases(&document);
         if aliases > self.max_aliases {
             return Err(with_code(

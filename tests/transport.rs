@@ -1,0 +1,555 @@
+//! GraphQL over HTTP: request ids, headers, CORS, GET and GraphiQL, CSRF, body and batch limits,
+//! query depth / complexity / alias / directive limits, error codes, production hardening,
+//! health and readiness.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{ALLOWED_ORIGIN, TestApp, code};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch};
+
+#[tokio::test]
+async fn every_response_has_a_request_id_and_every_error_repeats_it() {
+    let app = TestApp::spawn().await;
+    let response = app.post(None, &json!({"query": "{ nope }"})).await;
+    let header = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!header.is_empty());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["requestId"],
+        header.as_str(),
+        "{body}"
+    );
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED");
+
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert!(health.headers().contains_key("x-request-id"));
+
+    // A plain client-chosen id is kept (for tracing across services); anything odd is replaced.
+    let kept = app
+        .http
+        .post(app.url("/graphql"))
+        .header("x-request-id", "trace-abc_123")
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "trace-abc_123");
+    let replaced = app
+        .http
+        .post(app.url("/graphql"))
+        .header("x-request-id", "x".repeat(100))
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(replaced.headers()["x-request-id"], "x".repeat(100).as_str());
+}
+
+#[tokio::test]
+async fn security_headers_are_set_and_hsts_only_in_production() {
+    let app = TestApp::spawn().await;
+    let response = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["content-security-policy"], "frame-ancestors 'none'");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert!(!headers.contains_key("strict-transport-security"));
+
+    let production = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+    })
+    .await;
+    let response = production
+        .http
+        .get(production.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let app = TestApp::spawn().await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight(ALLOWED_ORIGIN).await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        ALLOWED_ORIGIN
+    );
+    let allowed_headers = allowed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed_headers.contains("authorization"));
+    let denied = preflight("https://evil.example").await.unwrap();
+    assert!(!denied.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn get_runs_queries_but_refuses_mutations_with_405() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", "{ __typename }")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["__typename"], "Query");
+
+    let mutation = "mutation { register(input: {email: \"get@example.com\", password: \"violet-harbor-canoe-92\", displayName: \"G\"}) { accessToken } }";
+    let response = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", mutation)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["errors"][0]["extensions"]["requestId"].is_string());
+    // Naming the mutation in a multi-operation document does not sneak it through either.
+    let doc = format!("query Q {{ __typename }} {mutation}").replace("mutation {", "mutation M {");
+    let response = app
+        .http
+        .get(app.url("/graphql"))
+        .query(&[("query", doc.as_str()), ("operationName", "M")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        405,
+        "{doc}: {}",
+        response.text().await.unwrap()
+    );
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn graphiql_is_served_to_browsers_in_development_only() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .http
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("graphiql")
+    );
+
+    let production = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+    })
+    .await;
+    let page = production
+        .http
+        .get(production.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !page
+            .text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("graphiql")
+    );
+}
+
+#[tokio::test]
+async fn a_non_json_post_without_a_preflight_header_is_refused_as_csrf() {
+    let app = TestApp::spawn().await;
+    let mutation = json!({"query": "mutation { register(input: {email: \"csrf@example.com\", password: \"violet-harbor-canoe-92\", displayName: \"C\"}) { accessToken } }"}).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let response = app
+            .http
+            .post(app.url("/graphql"))
+            .header("content-type", content_type)
+            .body(mutation.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{content_type}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cross-site"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 0);
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "text/plain")
+        .header("apollo-require-preflight", "true")
+        .body(mutation)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let app = TestApp::spawn().await;
+    let padding = "x".repeat(1024 * 1024 + 10);
+    let body = json!({"query": "{ __typename }", "variables": {"pad": padding}});
+    let response = app.post(None, &body).await;
+    assert_eq!(response.status(), 413);
+    // Without a Content-Length (chunked), the limit still holds.
+    let stream = futures_util::stream::iter(
+        (0..1100).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 1024]))),
+    );
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn batches_run_up_to_the_limit_and_larger_ones_are_refused() {
+    let app = TestApp::spawn().await;
+    let batch =
+        |n: usize| Value::Array((0..n).map(|_| json!({"query": "{ __typename }"})).collect());
+    let response = app.post(None, &batch(10)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 10);
+    let response = app.post(None, &batch(11)).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn deep_queries_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut deep = String::from("name");
+    for _ in 0..14 {
+        deep = format!("ofType {{ {deep} }}");
+    }
+    let query = format!("{{ __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}");
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("nested too deep"),
+        "{body}"
+    );
+    assert!(body["data"].is_null());
+}
+
+#[tokio::test]
+async fn complex_queries_are_refused_and_lists_count_by_page_size() {
+    let app = TestApp::spawn().await;
+    let admin = app.user_with_role("admin@example.com", "ADMIN").await;
+    let query = |first: u32| {
+        format!(
+            "{{ users(first: {first}) {{ edges {{ cursor node {{ id email displayName role status suspendedReason hasPassword createdAt lastLoginAt }} }} }} }}"
+        )
+    };
+    let body = app
+        .gql_as(Some(&admin.access), &query(100), json!({}))
+        .await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("complex"),
+        "{body}"
+    );
+    let body = app.gql_as(Some(&admin.access), &query(10), json!({})).await;
+    assert!(body["data"]["users"]["edges"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn too_many_aliases_are_refused() {
+    let app = TestApp::spawn().await;
+    let aliases = |n: usize| {
+        format!(
+            "{{ {} }}",
+            (0..n)
+                .map(|i| format!("a{i}: __typename"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let body = app.gql(&aliases(15), json!({})).await;
+    assert_eq!(body["data"]["a14"], "Query", "{body}");
+    let body = app.gql(&aliases(16), json!({})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("aliases")
+    );
+    // Aliases hidden in fragments count too.
+    let fragment = format!(
+        "query {{ ...F }} fragment F on Query {{ {} }}",
+        (0..16)
+            .map(|i| format!("f{i}: __typename"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let body = app.gql(&fragment, json!({})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
+async fn too_many_directives_are_refused() {
+    let app = TestApp::spawn().await;
+    let query = format!("{{ __typename {} }}", "@include(if: true) ".repeat(51));
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("directives"),
+        "{body}"
+    );
+    let fifty = format!("{{ __typename {} }}", "@include(if: true) ".repeat(50));
+    assert_eq!(
+        app.gql(&fifty, json!({})).await["data"]["__typename"],
+        "Query"
+    );
+}
+
+#[tokio::test]
+async fn parse_errors_and_malformed_bodies_have_codes() {
+    let app = TestApp::spawn().await;
+    let body = app.gql("{ me {", json!({})).await;
+    assert_eq!(code(&body), "GRAPHQL_PARSE_FAILED", "{body}");
+    assert!(body["errors"][0]["extensions"]["requestId"].is_string());
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(code(&body), "GRAPHQL_PARSE_FAILED", "{body}");
+}
+
+#[tokio::test]
+async fn production_hides_introspection_and_suggestions_unless_enabled() {
+    let app = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+    })
+    .await;
+    let body = app.gql("{ __schema { types { name } } }", json!({})).await;
+    assert!(
+        body["data"]["__schema"].is_null(),
+        "introspection answered: {body}"
+    );
+    let body = app.gql("{ userz { id } }", json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(!message.contains("Did you mean"), "{message}");
+
+    let dev = TestApp::spawn().await;
+    let body = dev.gql("{ userz { id } }", json!({})).await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{body}"
+    );
+
+    let enabled = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+        c.introspection = Some(true);
+    })
+    .await;
+    let body = enabled
+        .gql("{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"], "Query",
+        "{body}"
+    );
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can take down and bring back.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    kill: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (kill, _) = watch::channel(0u64);
+        let (flag, killer) = (up.clone(), kill.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let target = target.clone();
+                let mut killed = killer.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, up, kill }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.kill.send_modify(|n| *n += 1);
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_health_never_touches_it() {
+    let direct = TestApp::spawn().await;
+    let target = {
+        let config: tokio_postgres::Config = direct.database_url.parse().unwrap();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        format!("127.0.0.1:{port}")
+    };
+    let proxy = Proxy::start(target).await;
+    let db_name = direct.database_url.rsplit('/').next().unwrap().to_owned();
+    let through_proxy = format!("postgres://127.0.0.1:{}/{db_name}", proxy.port);
+    let user = direct
+        .database_url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .get_user()
+        .map(str::to_owned);
+    let through_proxy = match user {
+        Some(user) => through_proxy.replace("://", &format!("://{user}@")),
+        None => through_proxy,
+    };
+    let app = {
+        let mut config = (*direct.state.config).clone();
+        config.database_url = through_proxy;
+        let state = agentry::state::AppState::new(config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(agentry::server::serve(
+            state,
+            listener,
+            std::future::pending(),
+        ));
+        addr
+    };
+    let get = |path: &'static str| {
+        let client = direct.http.clone();
+        async move {
+            client
+                .get(format!("http://{app}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/readyz").await, 200);
+    proxy.down();
+    assert_eq!(get("/readyz").await, 503);
+    assert_eq!(get("/healthz").await, 200);
+    proxy.up();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "readiness did not recover by itself");
+}
