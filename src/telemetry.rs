@@ -1,6 +1,8 @@
 //! Logging: readable lines in development, JSON in production. Secrets never reach a log line:
 //! they are `secrecy` types (redacted `Debug`) and no handler logs request bodies.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
@@ -12,7 +14,10 @@ pub fn init(filter: &str, json: bool) {
             .with(fmt::layer().json().with_current_span(true))
             .try_init()
     } else {
-        registry.with(fmt::layer().compact()).try_init()
+        let ansi = std::io::stdout().is_terminal();
+        registry
+            .with(fmt::layer().compact().with_ansi(ansi))
+            .try_init()
     };
     // Already installed (tests start many servers in one process): keep the first one.
     let _ = result;

@@ -80,31 +80,23 @@ pub async fn get(
     if query.is_empty() && wants_html(&parts.headers) && http.app.config.graphiql_enabled() {
         return Html(graphiql()).into_response();
     }
-    let request = match async_graphql::http::parse_query_string(&query) {
+    let request = match parse_query_string(&query) {
         Ok(request) => request,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &request_id,
-                PARSE_FAILED,
-                e.to_string(),
-            );
+        Err(message) => {
+            return error_response(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
         }
     };
-    if let Some(kind) = operation_kind(&request) {
-        if kind != OperationType::Query {
-            let mut response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &request_id,
-                "METHOD_NOT_ALLOWED",
-                "mutations and subscriptions cannot be sent with GET: use POST (or a WebSocket)"
-                    .into(),
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
-        }
+    if operation_kind(&request).is_some_and(|kind| kind != OperationType::Query) {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &request_id,
+            "METHOD_NOT_ALLOWED",
+            "mutations and subscriptions cannot be sent with GET: use POST (or a WebSocket)".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
     }
     let headers = std::mem::take(&mut parts.headers);
     execute(
@@ -166,13 +158,13 @@ fn finish(mut response: BatchResponse, request_id: &str) -> Response {
         for error in &mut single.errors {
             let extensions = error.extensions.get_or_insert_with(Default::default);
             extensions.set("requestId", request_id);
-            if extensions.get("code")
-                == Some(&async_graphql::Value::from(ErrorCode::RateLimited.as_str()))
+            let rate_limited = extensions.get("code")
+                == Some(&async_graphql::Value::from(ErrorCode::RateLimited.as_str()));
+            if rate_limited
+                && let Some(async_graphql::Value::Number(n)) = extensions.get("retryAfter")
             {
-                if let Some(async_graphql::Value::Number(n)) = extensions.get("retryAfter") {
-                    let secs = n.as_u64().unwrap_or(1);
-                    retry_after = Some(retry_after.map_or(secs, |r| r.max(secs)));
-                }
+                let secs = n.as_u64().unwrap_or(1);
+                retry_after = Some(retry_after.map_or(secs, |r| r.max(secs)));
             }
         }
     }
@@ -307,15 +299,21 @@ fn parse_query_string(query: &str) -> Result<async_graphql::Request, String> {
     Ok(request)
 }
 
-/// The kind of the operation a GET request would run, if its query parses.
+/// The kind of the operation a GET request would run: the one named by `operationName`, or
+/// the only one. `None` when the query does not parse or names no single operation (execution
+/// then fails with the usual error).
 fn operation_kind(request: &async_graphql::Request) -> Option<OperationType> {
     let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let name = request.operation_name.as_deref();
-    document
-        .operations
-        .iter()
-        .find(|(op_name, _)| name.is_none() || op_name.map(|n| n.as_str()) == name)
-        .map(|(_, op)| op.node.ty)
+    let mut operations = document.operations.iter();
+    match request.operation_name.as_deref() {
+        Some(name) => operations
+            .find(|(op_name, _)| op_name.map(|n| n.as_str()) == Some(name))
+            .map(|(_, op)| op.node.ty),
+        None => match (operations.next(), operations.next()) {
+            (Some((_, op)), None) => Some(op.node.ty),
+            _ => None,
+        },
+    }
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {

@@ -69,11 +69,11 @@ pub async fn upgrade(
     let config = &http.app.config;
     // Browsers always send Origin; a cross-site page must not ride on a user's connection.
     // Clients outside browsers send none and are let through (they hold their own tokens).
-    if let Some(origin) = origin {
-        if !config.cors_origins.iter().any(|allowed| allowed == &origin) {
-            tracing::info!(origin = %origin, "WebSocket refused: origin not allowed");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
+    if let Some(origin) = origin
+        && !config.cors_origins.iter().any(|allowed| allowed == &origin)
+    {
+        tracing::info!(origin = %origin, "WebSocket refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let Some(protocol) = upgrade
         .requested_protocols()
@@ -162,11 +162,11 @@ async fn serve(
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break None;
                     }
-                    if identity.is_none() {
-                        if let InitState::Ready(ready) = get(&init_state) {
-                            expiry = token_deadline(&ready);
-                            identity = Some(ready);
-                        }
+                    if identity.is_none()
+                        && let InitState::Ready(ready) = get(&init_state)
+                    {
+                        expiry = token_deadline(&ready);
+                        identity = Some(ready);
                     }
                 }
                 Some(WsMessage::Close(code, reason)) => {

@@ -77,9 +77,8 @@ pub async fn suspend(
     if user.id == actor.id() {
         return Err(AppError::bad_input("userId", "you cannot suspend yourself"));
     }
-    if role_rank(&user.role) > actor.rank()
-        || (user.role == roles::OWNER && actor.user.role != roles::OWNER)
-    {
+    // Nobody acts on someone above them: an admin cannot suspend an owner.
+    if role_rank(&user.role) > actor.rank() {
         return Err(AppError::Forbidden(format!(
             "a {} cannot suspend an {}",
             actor.user.role.to_lowercase(),
