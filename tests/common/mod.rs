@@ -1,6 +1,7 @@
 //! Test harness: a real Agentry server on port 0 over its own PostgreSQL database, created from a
 //! migrated template and dropped afterwards, plus HTTP and WebSocket client helpers.
 #![allow(dead_code)]
+pub mod fake_provider;
 
 use std::{net::SocketAddr, time::Duration};
 
