@@ -52,6 +52,44 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
 
+    /// Secret-at-rest keys, `id:base64,…` (32-byte keys; the first encrypts, all decrypt).
+    /// Generated in development when unset.
+    #[arg(long, env = "AGENTRY_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<SecretString>,
+
+    /// Base URL of the OpenAI API (OpenAI-compatible routes below it, e.g. `/models`).
+    #[arg(
+        long,
+        env = "AGENTRY_OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+
+    /// Base URL of the Anthropic API (routes `/v1/...` below it).
+    #[arg(
+        long,
+        env = "AGENTRY_ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_base_url: String,
+
+    /// Base URL of Hugging Face's OpenAI-compatible router.
+    #[arg(
+        long,
+        env = "AGENTRY_HUGGINGFACE_BASE_URL",
+        default_value = "https://router.huggingface.co/v1"
+    )]
+    pub huggingface_base_url: String,
+
+    /// Seconds a provider call (key test, or the wait for a run's first byte) may take.
+    #[arg(long, env = "AGENTRY_PROVIDER_TIMEOUT_SECS", default_value_t = 15)]
+    pub provider_timeout_secs: u64,
+
+    /// A JSON pricing file (model -> USD per million input/output tokens) merged over the
+    /// built-in `pricing.json`.
+    #[arg(long, env = "AGENTRY_PRICING_FILE")]
+    pub pricing_file: Option<PathBuf>,
+
     /// Access token lifetime in seconds.
     #[arg(long, env = "AGENTRY_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
     pub access_token_ttl_secs: u64,
@@ -217,8 +255,44 @@ impl Config {
                 ));
             }
         }
+        for (name, url) in [
+            ("AGENTRY_OPENAI_BASE_URL", &self.openai_base_url),
+            ("AGENTRY_ANTHROPIC_BASE_URL", &self.anthropic_base_url),
+            ("AGENTRY_HUGGINGFACE_BASE_URL", &self.huggingface_base_url),
+        ] {
+            match url::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        name,
+                        format!("`{url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+        }
         self.jwt_secret = Some(self.resolve_jwt_secret()?);
+        self.encryption_keys = Some(self.resolve_encryption_keys()?);
         Ok(())
+    }
+
+    fn resolve_encryption_keys(&self) -> Result<SecretString, ConfigError> {
+        const VAR: &str = "AGENTRY_ENCRYPTION_KEYS";
+        let keys = match &self.encryption_keys {
+            Some(keys) => keys.clone(),
+            None if self.is_production() => {
+                return Err(ConfigError::Missing(
+                    VAR,
+                    "set it to `key1:<base64 of 32 random bytes>`, e.g. `key1:$(openssl rand -base64 32)`",
+                ));
+            }
+            None => self.generated_secret("encryption_keys", VAR, || {
+                crate::crypto::vault::Vault::generate_key_spec("dev1")
+            })?,
+        };
+        // Parse once here so a bad list stops start-up with the reason.
+        crate::crypto::vault::Vault::from_config(&keys)
+            .map_err(|e| ConfigError::Invalid(VAR, e.to_string()))?;
+        Ok(keys)
     }
 
     fn resolve_jwt_secret(&self) -> Result<SecretString, ConfigError> {
@@ -238,11 +312,20 @@ impl Config {
                 "set it to at least 32 random bytes, e.g. `openssl rand -base64 48`",
             ));
         }
-        self.generated_secret("jwt_secret", VAR)
+        self.generated_secret("jwt_secret", VAR, || {
+            let mut bytes = [0u8; 48];
+            rand::rng().fill_bytes(&mut bytes);
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        })
     }
 
     /// Reads a development secret from `data_dir/<file>`, generating and keeping one if absent.
-    fn generated_secret(&self, file: &str, var: &'static str) -> Result<SecretString, ConfigError> {
+    fn generated_secret(
+        &self,
+        file: &str,
+        var: &'static str,
+        generate: impl FnOnce() -> String,
+    ) -> Result<SecretString, ConfigError> {
         let path = self.data_dir.join(file);
         let shown = path.display().to_string();
         if let Ok(existing) = std::fs::read_to_string(&path) {
@@ -251,9 +334,7 @@ impl Config {
                 return Ok(SecretString::from(existing));
             }
         }
-        let mut bytes = [0u8; 48];
-        rand::rng().fill_bytes(&mut bytes);
-        let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let secret = generate();
         std::fs::create_dir_all(&self.data_dir)
             .and_then(|()| write_private(&path, &secret))
             .map_err(|e| ConfigError::Persist(var, shown.clone(), e))?;

@@ -2,9 +2,11 @@
 //!
 //! A guided tour, in the order a request meets the code:
 
+/// Users' LLM provider keys: the vault entries, live key tests, usage.
+pub mod api_keys;
 /// One `Config` from environment and flags, validated at start-up.
 pub mod config;
-/// Passwords (bcrypt) and tokens (JWT, refresh tokens).
+/// Passwords (bcrypt), tokens (JWT, refresh tokens), the vault (AES-256-GCM-SIV).
 pub mod crypto;
 /// Pool, database bootstrap, embedded migrations, diesel schema.
 pub mod db;
@@ -12,6 +14,8 @@ pub mod db;
 pub mod error;
 /// The GraphQL schema, guards, limits, pagination, HTTP and WebSocket transports.
 pub mod graphql;
+/// LLM providers' wire formats and the pricing table.
+pub mod llm;
 /// Per-client and sign-in rate limits (governor).
 pub mod rate_limit;
 /// Request ids, client addresses and the identity of the caller.

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use agentry::{config::Config, db, graphql, server, state::AppState, telemetry, users::admin};
+use agentry::{
+    api_keys, config::Config, db, graphql, server, state::AppState, telemetry, users::admin,
+};
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
@@ -36,6 +38,9 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     ExportSchema,
+    /// Re-encrypt every stored secret with the first key of AGENTRY_ENCRYPTION_KEYS (safe to
+    /// interrupt and re-run); afterwards the old keys can be removed from the list.
+    RotateEncryptionKey,
 }
 
 #[tokio::main]
@@ -98,6 +103,16 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
                 "Agentry listening: GraphQL at /graphql"
             );
             server::serve(state, listener, server::shutdown_signal()).await
+        }
+        Command::RotateEncryptionKey => {
+            let state = AppState::new(config.clone())?;
+            let mut conn = state.pool.get().await?;
+            let rewrapped = api_keys::service::rewrap_all(&mut conn, &state.vault, 100).await?;
+            println!(
+                "rewrapped {rewrapped} secrets (api_keys) under key `{}`",
+                state.vault.active_key_id()
+            );
+            Ok(())
         }
         Command::ExportSchema => Ok(()),
     }

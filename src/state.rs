@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use crate::{
     config::Config,
-    crypto::{password::PasswordHasher, tokens::JwtKeys},
+    crypto::{password::PasswordHasher, tokens::JwtKeys, vault::Vault},
     db::Pool,
+    llm::pricing::Pricing,
     rate_limit::RateLimiters,
 };
 
@@ -38,6 +39,12 @@ pub struct AppState {
     pub limiters: RateLimiters,
     /// Revocations, fanned out to open WebSockets so they close at once.
     pub revocations: broadcast::Sender<Revocation>,
+    /// Secrets at rest (AES-256-GCM-SIV).
+    pub vault: Arc<Vault>,
+    /// Model prices.
+    pub pricing: Arc<Pricing>,
+    /// Outbound HTTP to LLM and OAuth providers (connection pool shared by all requests).
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -47,9 +54,21 @@ impl AppState {
             .jwt_secret
             .clone()
             .ok_or_else(|| anyhow::anyhow!("configuration was not validated: no JWT secret"))?;
+        let keys = config.encryption_keys.clone().ok_or_else(|| {
+            anyhow::anyhow!("configuration was not validated: no encryption keys")
+        })?;
+        let vault = Vault::from_config(&keys)?;
+        let pricing = Pricing::load(config.pricing_file.as_deref())?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
+            .build()?;
         let pool = crate::db::pool(&config.database_url, config.db_pool_size)?;
         let (revocations, _) = broadcast::channel(256);
         Ok(Self {
+            vault: Arc::new(vault),
+            pricing: Arc::new(pricing),
+            http,
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),
             passwords: PasswordHasher::new(config.bcrypt_cost),
             limiters: RateLimiters::new(&config),

@@ -1,4 +1,5 @@
-//! Cryptography: password hashing and checking, access and refresh tokens.
+//! Cryptography: password hashing and checking, access and refresh tokens, secrets at rest.
 
 pub mod password;
 pub mod tokens;
+pub mod vault;

@@ -1,6 +1,25 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        provider -> Text,
+        endpoint -> Nullable<Text>,
+        secret_ciphertext -> Bytea,
+        masked_key -> Text,
+        is_active -> Bool,
+        last_used_at -> Nullable<Timestamptz>,
+        last_tested_at -> Nullable<Timestamptz>,
+        last_test_ok -> Nullable<Bool>,
+        last_test_message -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     audit_log (id) {
         id -> Uuid,
         actor_id -> Nullable<Uuid>,
@@ -51,7 +70,14 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(retired_refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(audit_log, retired_refresh_tokens, sessions, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    audit_log,
+    retired_refresh_tokens,
+    sessions,
+    users,
+);

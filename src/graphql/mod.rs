@@ -11,6 +11,7 @@ use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuil
 use uuid::Uuid;
 
 use crate::{
+    api_keys::graphql::{ApiKeysMutation, ApiKeysQuery},
     config::Config,
     error::{AppError, AppResult},
     request::RequestContext,
@@ -20,11 +21,11 @@ use crate::{
 
 /// Every query field, one object per domain.
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery);
+pub struct Query(UsersQuery, ApiKeysQuery);
 
 /// Every mutation field, one object per domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(UsersMutation);
+pub struct Mutation(UsersMutation, ApiKeysMutation);
 
 /// The executable schema.
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;

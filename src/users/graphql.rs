@@ -2,12 +2,14 @@
 //! authorize, call the service.
 
 use async_graphql::{
-    Context, Enum, ID, InputObject, Json, Object, SimpleObject, connection::Connection,
+    ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject,
+    connection::Connection,
 };
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
+    api_keys::graphql::ApiKey,
     error::AppError,
     graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
     users::{
@@ -58,6 +60,7 @@ pub enum UserStatus {
 
 /// An Agentry account.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct User {
     /// Stable id.
     pub id: ID,
@@ -77,6 +80,21 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Last successful sign-in.
     pub last_login_at: Option<DateTime<Utc>>,
+}
+
+#[ComplexObject]
+impl User {
+    /// This user's API keys (masked). Only the user themselves may list them.
+    async fn api_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiKey>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        if viewer.id().to_string() != self.id.as_str() {
+            return Err(
+                AppError::Forbidden("only the owner of API keys may list them".into()).into(),
+            );
+        }
+        let rows = crate::api_keys::service::list(state(ctx)?, viewer.id()).await?;
+        Ok(rows.into_iter().map(ApiKey).collect())
+    }
 }
 
 impl From<UserRow> for User {
