@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, protocol::
 
 /// A strong password every test user gets unless a test says otherwise.
 pub const PASSWORD: &str = "violet-harbor-canoe-92";
+/// The vault key of test servers (32 bytes, base64).
+pub const TEST_ENCRYPTION_KEYS: &str = "test1:dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktMDAwMSE=";
 /// The browser origin the test servers allow.
 pub const ALLOWED_ORIGIN: &str = "http://app.example.test";
 
@@ -157,6 +159,8 @@ pub fn test_config(database_url: &str) -> Config {
     config.database_url = database_url.to_owned();
     config.bcrypt_cost = 4;
     config.jwt_secret = Some("test-secret-test-secret-test-secret-0123".to_owned().into());
+    config.encryption_keys = Some(TEST_ENCRYPTION_KEYS.to_owned().into());
+    config.provider_timeout_secs = 2;
     config.cors_origins = vec![ALLOWED_ORIGIN.to_owned()];
     config.rate_limit_per_second = 1000;
     config.rate_limit_burst = 1000;
