@@ -1,8 +1,11 @@
 //! LLM providers: the wire formats of OpenAI, Anthropic, Hugging Face and OpenAI-compatible
 //! servers, and the pricing table that turns tokens into money.
 
+pub mod anthropic;
+pub mod openai;
 pub mod pricing;
 pub mod probe;
+pub mod provider;
 
 use crate::config::Config;
 

@@ -1,0 +1,251 @@
+//! Anthropic Messages streaming: named SSE events `message_start` (input tokens),
+//! `content_block_delta` (`text_delta`), `message_delta` (output tokens, `stop_reason`),
+//! `message_stop`, with `ping` at any time and `error` mid-stream.
+
+use std::{collections::VecDeque, time::Duration};
+
+use eventsource_stream::Event;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::llm::{
+    ANTHROPIC_VERSION,
+    provider::{
+        ChatRequest, EventStream, Provider, ProviderError, SseParser, StreamEvent, ended_early,
+        send, sse_stream,
+    },
+    scrub,
+};
+
+/// `max_tokens` sent when the request sets none (Anthropic requires a value).
+const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// A provider speaking Anthropic's Messages API (ANTHROPIC keys).
+pub struct Anthropic {
+    http: reqwest::Client,
+    base_url: String,
+    secret: SecretString,
+    timeout: Duration,
+}
+
+impl Anthropic {
+    /// A provider at `base_url` (without `/v1` and without a trailing slash), sending `secret` as
+    /// `x-api-key`; `timeout` bounds the wait for headers and between chunks.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: String,
+        secret: SecretString,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            base_url,
+            secret,
+            timeout,
+        }
+    }
+}
+
+/// The JSON body of a streamed message.
+fn request_body(request: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": request.model,
+        "max_tokens": request.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        "system": request.system,
+        "messages": [{"role": "user", "content": request.user}],
+        "stream": true,
+    });
+    if let Some(temperature) = request.temperature {
+        body["temperature"] = json!(temperature);
+    }
+    body
+}
+
+#[async_trait::async_trait]
+impl Provider for Anthropic {
+    async fn stream(&self, request: &ChatRequest) -> Result<EventStream, ProviderError> {
+        let call = self
+            .http
+            .post(format!(
+                "{}/v1/messages",
+                self.base_url.trim_end_matches('/')
+            ))
+            .header("x-api-key", self.secret.expose_secret())
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&request_body(request));
+        let response = send(call, self.timeout, &self.secret).await?;
+        let parser = EventParser {
+            secret: self.secret.clone(),
+            input_tokens: None,
+            output_tokens: None,
+            stop_reason: None,
+        };
+        Ok(sse_stream(response, self.timeout, parser))
+    }
+}
+
+/// Reads Messages stream events.
+struct EventParser {
+    /// Scrubbed from upstream error messages.
+    secret: SecretString,
+    /// From `message_start` (or a later `message_delta` that carries it).
+    input_tokens: Option<i64>,
+    /// From `message_delta` (cumulative).
+    output_tokens: Option<i64>,
+    /// From `message_delta`.
+    stop_reason: Option<String>,
+}
+
+impl EventParser {
+    /// `error.type: error.message` of an `error` event, scrubbed.
+    fn upstream(&self, data: &Value) -> ProviderError {
+        let field = |name: &str| {
+            data.pointer(&format!("/error/{name}"))
+                .and_then(Value::as_str)
+        };
+        let text = match (field("type"), field("message")) {
+            (Some(kind), Some(message)) => format!("{kind}: {message}"),
+            (Some(only), None) | (None, Some(only)) => only.to_owned(),
+            (None, None) => "unknown error".to_owned(),
+        };
+        ProviderError::Upstream(scrub(&text, self.secret.expose_secret()))
+    }
+}
+
+impl SseParser for EventParser {
+    fn event(&mut self, event: Event, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        const KNOWN: [&str; 5] = [
+            "message_start",
+            "content_block_delta",
+            "message_delta",
+            "message_stop",
+            "error",
+        ];
+        // Events are named; a nameless one says what it is in its `type`.
+        let named = event.event != "message";
+        if named && !KNOWN.contains(&event.event.as_str()) {
+            return; // ping, content_block_start/stop, and event types added later
+        }
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            out.push_back(Err(ProviderError::Malformed(format!(
+                "a {} event is not JSON",
+                if named {
+                    event.event.as_str()
+                } else {
+                    "nameless"
+                }
+            ))));
+            return;
+        };
+        let kind = if named {
+            event.event.as_str()
+        } else {
+            data.get("type").and_then(Value::as_str).unwrap_or_default()
+        };
+        match kind {
+            "message_start" => {
+                if let Some(input) = data
+                    .pointer("/message/usage/input_tokens")
+                    .and_then(Value::as_i64)
+                {
+                    self.input_tokens = Some(input);
+                }
+            }
+            "content_block_delta" => {
+                let delta = &data["delta"];
+                if delta["type"] == "text_delta"
+                    && let Some(text) = delta["text"].as_str()
+                    && !text.is_empty()
+                {
+                    out.push_back(Ok(StreamEvent::Delta(text.to_owned())));
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(reason.to_owned());
+                }
+                let usage = &data["usage"];
+                if let Some(output) = usage["output_tokens"].as_i64() {
+                    self.output_tokens = Some(output);
+                }
+                if let Some(input) = usage["input_tokens"].as_i64() {
+                    self.input_tokens = Some(input);
+                }
+            }
+            "message_stop" => {
+                if let Some(output_tokens) = self.output_tokens {
+                    out.push_back(Ok(StreamEvent::Usage {
+                        input_tokens: self.input_tokens.unwrap_or(0),
+                        output_tokens,
+                    }));
+                }
+                out.push_back(Ok(StreamEvent::Finished {
+                    stop_reason: self.stop_reason.take(),
+                }));
+            }
+            "error" => out.push_back(Err(self.upstream(&data))),
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        out.push_back(Err(ended_early()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> EventParser {
+        EventParser {
+            secret: SecretString::from("sk-ant-unit-test"),
+            input_tokens: None,
+            output_tokens: None,
+            stop_reason: None,
+        }
+    }
+
+    fn event(name: &str, data: &str) -> Event {
+        Event {
+            event: name.to_owned(),
+            data: data.to_owned(),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn unknown_events_are_ignored_and_an_end_without_message_stop_is_malformed() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        parser.event(event("brand_new_event", "not even json"), &mut out);
+        parser.event(event("ping", r#"{"type": "ping"}"#), &mut out);
+        assert!(out.is_empty());
+        parser.end(&mut out);
+        assert_eq!(Vec::from(out), vec![Err(ended_early())]);
+    }
+
+    #[test]
+    fn without_reported_output_tokens_no_usage_is_yielded() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        parser.event(
+            event(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"}}"#,
+            ),
+            &mut out,
+        );
+        parser.event(
+            event("message_stop", r#"{"type":"message_stop"}"#),
+            &mut out,
+        );
+        assert_eq!(
+            Vec::from(out),
+            vec![Ok(StreamEvent::Finished {
+                stop_reason: Some("max_tokens".into())
+            })]
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! OpenAI Chat Completions streaming, also spoken by Hugging Face's router and OpenAI-compatible
+//! servers (Ollama, vLLM, llama.cpp): SSE `data:` chunks with `choices[0].delta.content`, a final
+//! usage chunk with empty `choices` (asked for with `stream_options.include_usage`), and
+//! `data: [DONE]`.
+
+use std::{collections::VecDeque, time::Duration};
+
+use eventsource_stream::Event;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::llm::{
+    provider::{
+        ChatRequest, EventStream, Provider, ProviderError, SseParser, StreamEvent, ended_early,
+        error_message, send, sse_stream,
+    },
+    scrub,
+};
+
+/// A provider speaking OpenAI's Chat Completions (OPENAI, HUGGINGFACE and CUSTOM keys).
+pub struct OpenAiCompatible {
+    http: reqwest::Client,
+    base_url: String,
+    secret: SecretString,
+    timeout: Duration,
+}
+
+impl OpenAiCompatible {
+    /// A provider at `base_url` (which already ends in `/v1`, without a trailing slash), using
+    /// `secret` as the bearer token; `timeout` bounds the wait for headers and between chunks.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: String,
+        secret: SecretString,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            http,
+            base_url,
+            secret,
+            timeout,
+        }
+    }
+}
+
+/// The JSON body of a streamed chat completion.
+fn request_body(request: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": request.model,
+        "messages": [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": request.user},
+        ],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(temperature) = request.temperature {
+        body["temperature"] = json!(temperature);
+    }
+    if let Some(max_tokens) = request.max_output_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
+    body
+}
+
+#[async_trait::async_trait]
+impl Provider for OpenAiCompatible {
+    async fn stream(&self, request: &ChatRequest) -> Result<EventStream, ProviderError> {
+        let call = self
+            .http
+            .post(format!(
+                "{}/chat/completions",
+                self.base_url.trim_end_matches('/')
+            ))
+            .bearer_auth(self.secret.expose_secret())
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&request_body(request));
+        let response = send(call, self.timeout, &self.secret).await?;
+        let parser = ChunkParser {
+            secret: self.secret.clone(),
+            stop_reason: None,
+            usage: None,
+        };
+        Ok(sse_stream(response, self.timeout, parser))
+    }
+}
+
+/// Reads Chat Completions chunks.
+struct ChunkParser {
+    /// Scrubbed from upstream error messages.
+    secret: SecretString,
+    /// The last `finish_reason` seen.
+    stop_reason: Option<String>,
+    /// The last usage seen (input, output), yielded just before `Finished`.
+    usage: Option<(i64, i64)>,
+}
+
+impl ChunkParser {
+    /// Usage (if reported) then `Finished`.
+    fn finish(&mut self, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        if let Some((input_tokens, output_tokens)) = self.usage.take() {
+            out.push_back(Ok(StreamEvent::Usage {
+                input_tokens,
+                output_tokens,
+            }));
+        }
+        out.push_back(Ok(StreamEvent::Finished {
+            stop_reason: self.stop_reason.take(),
+        }));
+    }
+}
+
+impl SseParser for ChunkParser {
+    fn event(&mut self, event: Event, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.finish(out);
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            out.push_back(Err(ProviderError::Malformed(
+                "a chunk is not JSON".to_owned(),
+            )));
+            return;
+        };
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            let message = error_message(&chunk)
+                .map(|m| scrub(&m, self.secret.expose_secret()))
+                .unwrap_or_else(|| "unknown error".to_owned());
+            out.push_back(Err(ProviderError::Upstream(message)));
+            return;
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            let count = |name: &str| usage.get(name).and_then(Value::as_i64);
+            if let (Some(input), Some(output)) =
+                (count("prompt_tokens"), count("completion_tokens"))
+            {
+                self.usage = Some((input, output));
+            }
+        }
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            return;
+        };
+        if let Some(content) = choice.pointer("/delta/content").and_then(Value::as_str)
+            && !content.is_empty()
+        {
+            out.push_back(Ok(StreamEvent::Delta(content.to_owned())));
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(reason.to_owned());
+        }
+    }
+
+    fn end(&mut self, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        if self.stop_reason.is_none() {
+            out.push_back(Err(ended_early()));
+        } else {
+            // The model finished but the server closed without `[DONE]`: accept what it said.
+            self.finish(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser() -> ChunkParser {
+        ChunkParser {
+            secret: SecretString::from("sk-unit-test-key"),
+            stop_reason: None,
+            usage: None,
+        }
+    }
+
+    fn data(text: &str) -> Event {
+        Event {
+            event: "message".to_owned(),
+            data: text.to_owned(),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn an_end_without_done_or_finish_reason_is_malformed() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        parser.event(
+            data(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#),
+            &mut out,
+        );
+        assert_eq!(out.pop_front(), Some(Ok(StreamEvent::Delta("Hi".into()))));
+        parser.end(&mut out);
+        assert_eq!(
+            Vec::from(out),
+            vec![Err(ProviderError::Malformed("stream ended early".into()))]
+        );
+    }
+
+    #[test]
+    fn an_end_after_a_finish_reason_finishes() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        parser.event(
+            data(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#),
+            &mut out,
+        );
+        parser.event(
+            data(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        parser.end(&mut out);
+        assert_eq!(
+            Vec::from(out),
+            vec![
+                Ok(StreamEvent::Usage {
+                    input_tokens: 3,
+                    output_tokens: 2
+                }),
+                Ok(StreamEvent::Finished {
+                    stop_reason: Some("length".into())
+                })
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_as_a_plain_string_is_upstream_and_scrubbed() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        parser.event(data(r#"{"error":"bad key sk-unit-test-key"}"#), &mut out);
+        assert_eq!(
+            out.pop_front(),
+            Some(Err(ProviderError::Upstream("bad key [redacted]".into())))
+        );
+    }
+}
