@@ -90,6 +90,26 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_PRICING_FILE")]
     pub pricing_file: Option<PathBuf>,
 
+    /// Runs a user may have queued or running at once.
+    #[arg(long, env = "AGENTRY_MAX_CONCURRENT_EXECUTIONS", default_value_t = 4)]
+    pub max_concurrent_executions: i64,
+
+    /// Seconds a run may take before it ends TIMED_OUT.
+    #[arg(long, env = "AGENTRY_EXECUTION_TIMEOUT_SECS", default_value_t = 300)]
+    pub execution_timeout_secs: u64,
+
+    /// Seconds between a runner's heartbeats; a run silent for 6 heartbeats is declared dead.
+    #[arg(long, env = "AGENTRY_EXECUTION_HEARTBEAT_SECS", default_value_t = 5)]
+    pub execution_heartbeat_secs: u64,
+
+    /// Attempts to open a provider stream (retrying 429, 5xx and timeouts before any token).
+    #[arg(long, env = "AGENTRY_PROVIDER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub provider_max_attempts: u32,
+
+    /// First retry delay in milliseconds (doubles per attempt; Retry-After wins when given).
+    #[arg(long, env = "AGENTRY_PROVIDER_RETRY_BASE_MS", default_value_t = 500)]
+    pub provider_retry_base_ms: u64,
+
     /// Access token lifetime in seconds.
     #[arg(long, env = "AGENTRY_ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
     pub access_token_ttl_secs: u64,

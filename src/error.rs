@@ -71,6 +71,8 @@ pub enum AppError {
     RateLimited {
         /// Whole seconds until the next attempt can succeed.
         retry_after_secs: u64,
+        /// Which limit, when it is not the request rate (e.g. concurrent runs).
+        reason: Option<String>,
     },
     /// An upstream provider failed; the message is safe to show.
     Provider(String),
@@ -105,9 +107,13 @@ impl AppError {
             | Self::Provider(m) => m.clone(),
             Self::NotFound { what } => format!("{what} not found"),
             Self::BadInput { field, message } => format!("{field}: {message}"),
-            Self::RateLimited { retry_after_secs } => {
-                format!("too many requests: retry in {retry_after_secs} s")
-            }
+            Self::RateLimited {
+                retry_after_secs,
+                reason,
+            } => match reason {
+                Some(reason) => format!("{reason} (retry in {retry_after_secs} s)"),
+                None => format!("too many requests: retry in {retry_after_secs} s"),
+            },
             Self::Internal(_) => "internal server error".to_owned(),
         }
     }
@@ -151,9 +157,9 @@ impl From<AppError> for async_graphql::Error {
             ext.set("code", code.as_str());
             match &err {
                 AppError::BadInput { field, .. } => ext.set("field", field.as_str()),
-                AppError::RateLimited { retry_after_secs } => {
-                    ext.set("retryAfter", *retry_after_secs)
-                }
+                AppError::RateLimited {
+                    retry_after_secs, ..
+                } => ext.set("retryAfter", *retry_after_secs),
                 _ => {}
             }
         })

@@ -2,6 +2,8 @@
 //!
 //! A guided tour, in the order a request meets the code:
 
+/// Agent definitions.
+pub mod agents;
 /// Users' LLM provider keys: the vault entries, live key tests, usage.
 pub mod api_keys;
 /// One `Config` from environment and flags, validated at start-up.
@@ -12,6 +14,8 @@ pub mod crypto;
 pub mod db;
 /// `AppError`, the error codes, and their one mapping to GraphQL errors.
 pub mod error;
+/// Runs: runner, event log, live hub, cancellation, recovery.
+pub mod executions;
 /// The GraphQL schema, guards, limits, pagination, HTTP and WebSocket transports.
 pub mod graphql;
 /// LLM providers' wire formats and the pricing table.

@@ -65,6 +65,7 @@ impl RateLimiters {
             // More operations than the burst could ever allow: retry after a full refill.
             Err(_) => Err(AppError::RateLimited {
                 retry_after_secs: 60,
+                reason: None,
             }),
         }
     }
@@ -120,6 +121,7 @@ impl RateLimiters {
 fn retry_after(wait: Duration) -> AppError {
     AppError::RateLimited {
         retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        reason: None,
     }
 }
 

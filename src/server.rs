@@ -162,6 +162,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pruner = app.limiters.spawn_pruner(LIMITER_PRUNE_PERIOD);
+    let listener_task =
+        crate::executions::hub::spawn_listener(app.hub.clone(), app.config.database_url.clone());
+    let recovery = crate::executions::recovery::spawn(app.clone());
     let router = router(app);
     let result = axum::serve(
         listener,
@@ -170,6 +173,8 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     pruner.abort();
+    listener_task.abort();
+    recovery.abort();
     Ok(result?)
 }
 

@@ -39,12 +39,16 @@ pub struct AppState {
     pub limiters: RateLimiters,
     /// Revocations, fanned out to open WebSockets so they close at once.
     pub revocations: broadcast::Sender<Revocation>,
+    /// SQL statements run through the pool.
+    pub query_counter: crate::db::QueryCounter,
     /// Secrets at rest (AES-256-GCM-SIV).
     pub vault: Arc<Vault>,
     /// Model prices.
     pub pricing: Arc<Pricing>,
     /// Outbound HTTP to LLM and OAuth providers (connection pool shared by all requests).
     pub http: reqwest::Client,
+    /// Live fan-out of run events and status changes, and local cancellation.
+    pub hub: Arc<crate::executions::hub::Hub>,
 }
 
 impl AppState {
@@ -63,12 +67,19 @@ impl AppState {
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
             .build()?;
-        let pool = crate::db::pool(&config.database_url, config.db_pool_size)?;
+        let query_counter = crate::db::QueryCounter::default();
+        let pool = crate::db::pool(
+            &config.database_url,
+            config.db_pool_size,
+            query_counter.clone(),
+        )?;
         let (revocations, _) = broadcast::channel(256);
         Ok(Self {
+            query_counter,
             vault: Arc::new(vault),
             pricing: Arc::new(pricing),
             http,
+            hub: crate::executions::hub::Hub::new(),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),
             passwords: PasswordHasher::new(config.bcrypt_cost),
             limiters: RateLimiters::new(&config),

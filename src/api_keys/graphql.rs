@@ -9,7 +9,7 @@ use crate::{
         model::ApiKeyRow,
         service::{self, KeyChanges, NewKey},
     },
-    graphql::{guards::RoleGuard, parse_id, request_context, state},
+    graphql::{guards::RoleGuard, loaders::Loaders, parse_id, request_context, state},
     llm::{ProviderKind, probe::ProbeResult},
 };
 
@@ -103,6 +103,28 @@ impl ApiKey {
         self.0.last_test_message.as_deref()
     }
 
+    /// Runs on this key, tokens and cost, optionally between `since` (inclusive) and `until`
+    /// (exclusive), by the time each run started.
+    async fn usage(
+        &self,
+        ctx: &Context<'_>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<ApiKeyUsage> {
+        let row = ctx
+            .data::<Loaders>()?
+            .usage
+            .load_one((self.0.id, since, until))
+            .await?
+            .unwrap_or_default();
+        Ok(ApiKeyUsage {
+            executions: row.executions,
+            input_tokens: row.input_tokens,
+            output_tokens: row.output_tokens,
+            cost_usd: row.cost_micros as f64 / 1_000_000.0,
+        })
+    }
+
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
@@ -112,6 +134,19 @@ impl ApiKey {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
+}
+
+/// What a key has been used for.
+#[derive(SimpleObject)]
+pub struct ApiKeyUsage {
+    /// Number of runs.
+    pub executions: i64,
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Completion tokens.
+    pub output_tokens: i64,
+    /// Cost in USD (summed exactly in micro-dollars).
+    pub cost_usd: f64,
 }
 
 /// The outcome of `testApiKey`: a real call to the provider.

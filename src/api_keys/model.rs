@@ -6,12 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::schema::api_keys;
-
-diesel::define_sql_function! {
-    /// SQL `lower(text)`, as used by the unique index on names.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
+use crate::db::{lower, schema::api_keys};
 
 /// A row of `api_keys`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]

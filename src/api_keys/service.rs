@@ -228,9 +228,19 @@ pub async fn set_active(
         .ok_or_else(not_found)
 }
 
-/// Deletes a key.
+/// Deletes a key; refused while agents use it (the error names them).
 pub async fn delete(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<bool> {
     let mut conn = state.pool.get().await?;
+    model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)?;
+    let users = crate::agents::model::names_using_key(&mut conn, id).await?;
+    if !users.is_empty() {
+        return Err(AppError::Conflict(format!(
+            "the key is used by agent(s) {}: give them another key or delete them first",
+            users.join(", ")
+        )));
+    }
     let deleted = diesel::delete(api_keys::table.find(id))
         .filter(api_keys::user_id.eq(viewer.id()))
         .execute(&mut conn)

@@ -2,15 +2,26 @@
 
 pub mod schema;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, deadpool},
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+diesel::define_sql_function! {
+    /// SQL `lower(text)`, as used by the case-insensitive unique indexes on names.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
 
 /// The pool every request borrows connections from.
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
@@ -23,10 +34,43 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// How long a request waits for a pooled connection (or a new one) before failing.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Counts the SQL statements a pool's connections run (read by tests and metrics to check that
+/// the statements per request do not grow with list length).
+#[derive(Debug, Clone, Default)]
+pub struct QueryCounter(Arc<AtomicU64>);
+
+impl QueryCounter {
+    /// Statements started so far.
+    pub fn get(&self) -> u64 {
+        AtomicU64::load(&self.0, Ordering::Relaxed)
+    }
+}
+
+impl diesel::connection::Instrumentation for QueryCounter {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Builds the pool. Connections are made lazily, so a pool exists even while PostgreSQL is down
-/// and recovers by itself when it returns.
-pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+/// and recovers by itself when it returns. Every connection reports its statements to `counter`.
+pub fn pool(database_url: &str, max_size: usize, counter: QueryCounter) -> anyhow::Result<Pool> {
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let counter = counter.clone();
+        Box::pin(async move {
+            use diesel_async::AsyncConnection as _;
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            conn.set_instrumentation(counter);
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        database_url,
+        manager_config,
+    );
     deadpool::Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(POOL_TIMEOUT))

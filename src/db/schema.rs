@@ -1,6 +1,27 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    agents (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        api_key_id -> Uuid,
+        name -> Text,
+        description -> Text,
+        role -> Text,
+        goal -> Text,
+        backstory -> Text,
+        model -> Text,
+        temperature -> Nullable<Float8>,
+        max_output_tokens -> Nullable<Int4>,
+        tools -> Array<Nullable<Text>>,
+        config -> Jsonb,
+        is_active -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     api_keys (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -28,6 +49,52 @@ diesel::table! {
         details -> Jsonb,
         request_id -> Nullable<Text>,
         ip -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    execution_events (execution_id, sequence) {
+        execution_id -> Uuid,
+        sequence -> Int4,
+        kind -> Text,
+        delta -> Nullable<Text>,
+        data -> Nullable<Jsonb>,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    executions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        agent_id -> Uuid,
+        api_key_id -> Nullable<Uuid>,
+        provider -> Text,
+        model -> Text,
+        status -> Text,
+        input -> Text,
+        output -> Text,
+        error -> Nullable<Text>,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_micros -> Int8,
+        cost_estimated -> Bool,
+        last_sequence -> Int4,
+        cancel_requested -> Bool,
+        heartbeat_at -> Timestamptz,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (user_id, key) {
+        user_id -> Uuid,
+        key -> Text,
+        request_hash -> Bytea,
+        execution_id -> Uuid,
         created_at -> Timestamptz,
     }
 }
@@ -70,13 +137,25 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(agents -> api_keys (api_key_id));
+diesel::joinable!(agents -> users (user_id));
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(execution_events -> executions (execution_id));
+diesel::joinable!(executions -> agents (agent_id));
+diesel::joinable!(executions -> api_keys (api_key_id));
+diesel::joinable!(executions -> users (user_id));
+diesel::joinable!(idempotency_keys -> executions (execution_id));
+diesel::joinable!(idempotency_keys -> users (user_id));
 diesel::joinable!(retired_refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    agents,
     api_keys,
     audit_log,
+    execution_events,
+    executions,
+    idempotency_keys,
     retired_refresh_tokens,
     sessions,
     users,

@@ -142,7 +142,7 @@ async fn execute(
     if let Err(err) = app.limiters.check_client(context.client_key(), operations) {
         return app_error_response(&request_id, err);
     }
-    let batch = batch.data(context);
+    let batch = batch.data(context).data(super::loaders::Loaders::new(app));
     let response = http.schema.execute_batch(batch).await;
     finish(response, &request_id)
 }
@@ -196,7 +196,9 @@ pub fn error_response(
 fn app_error_response(request_id: &str, err: AppError) -> Response {
     let code = err.code();
     let retry = match &err {
-        AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        AppError::RateLimited {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
         _ => None,
     };
     let gql: async_graphql::Error = err.into();

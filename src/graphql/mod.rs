@@ -4,16 +4,19 @@
 pub mod guards;
 pub mod http;
 pub mod limits;
+pub mod loaders;
 pub mod pagination;
 pub mod ws;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 use uuid::Uuid;
 
 use crate::{
+    agents::graphql::{AgentsMutation, AgentsQuery},
     api_keys::graphql::{ApiKeysMutation, ApiKeysQuery},
     config::Config,
     error::{AppError, AppResult},
+    executions::graphql::{ExecutionsMutation, ExecutionsQuery, ExecutionsSubscription},
     request::RequestContext,
     state::AppState,
     users::graphql::{UsersMutation, UsersQuery},
@@ -21,24 +24,37 @@ use crate::{
 
 /// Every query field, one object per domain.
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery, ApiKeysQuery);
+pub struct Query(UsersQuery, ApiKeysQuery, AgentsQuery, ExecutionsQuery);
 
 /// Every mutation field, one object per domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(UsersMutation, ApiKeysMutation);
+pub struct Mutation(
+    UsersMutation,
+    ApiKeysMutation,
+    AgentsMutation,
+    ExecutionsMutation,
+);
+
+/// Every subscription field, one object per domain.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(ExecutionsSubscription);
 
 /// The executable schema.
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// The schema's shape with its limits, without server state (enough to export the SDL).
-pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    let mut builder = Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .limit_depth(config.max_query_depth)
-        .limit_complexity(config.max_query_complexity)
-        .limit_directives(config.max_directives)
-        .extension(limits::Limits {
-            max_aliases: config.max_aliases,
-        });
+pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscription> {
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(config.max_query_depth)
+    .limit_complexity(config.max_query_complexity)
+    .limit_directives(config.max_directives)
+    .extension(limits::Limits {
+        max_aliases: config.max_aliases,
+    });
     if !config.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }

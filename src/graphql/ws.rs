@@ -142,6 +142,7 @@ async fn serve(
             set(&init_state, InitState::Ready(identity.clone()));
             let mut data = Data::default();
             data.insert(RequestContext { meta, identity });
+            data.insert(super::loaders::Loaders::new(&app));
             Ok(data)
         }
     };

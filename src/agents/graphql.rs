@@ -1,0 +1,365 @@
+//! GraphQL types and resolvers for agents. Thin: parse, authorize, call the service; relations
+//! go through the request's DataLoaders.
+
+use async_graphql::{
+    Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, connection::Connection,
+};
+use chrono::{DateTime, Utc};
+
+use crate::{
+    agents::{
+        model::AgentRow,
+        service::{self, AgentChanges, AgentInput},
+    },
+    api_keys::graphql::{ApiKey, LlmProvider},
+    error::AppError,
+    executions::graphql::{Execution, ExecutionStatus, executions_page},
+    graphql::{
+        guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
+    },
+    llm::ProviderKind,
+};
+
+/// Tools an agent can be given (running them comes in a later version).
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum AgentTool {
+    /// Search the web.
+    WebSearch,
+    /// Call an HTTP API.
+    HttpRequest,
+    /// Run code in a sandbox.
+    CodeInterpreter,
+    /// Evaluate arithmetic.
+    Calculator,
+}
+
+impl AgentTool {
+    fn as_stored(self) -> &'static str {
+        match self {
+            Self::WebSearch => "WEB_SEARCH",
+            Self::HttpRequest => "HTTP_REQUEST",
+            Self::CodeInterpreter => "CODE_INTERPRETER",
+            Self::Calculator => "CALCULATOR",
+        }
+    }
+
+    fn from_stored(name: &str) -> Option<Self> {
+        [
+            Self::WebSearch,
+            Self::HttpRequest,
+            Self::CodeInterpreter,
+            Self::Calculator,
+        ]
+        .into_iter()
+        .find(|t| t.as_stored() == name)
+    }
+}
+
+/// An agent: who it is (role, goal, backstory), which model and key it runs on, and its runs.
+pub struct Agent(pub AgentRow);
+
+#[Object]
+impl Agent {
+    /// Stable id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// Name, unique per user.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Free description.
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    /// Who the agent is.
+    async fn role(&self) -> &str {
+        &self.0.role
+    }
+    /// What it tries to achieve.
+    async fn goal(&self) -> &str {
+        &self.0.goal
+    }
+    /// Its background.
+    async fn backstory(&self) -> &str {
+        &self.0.backstory
+    }
+    /// The provider of its key.
+    async fn provider(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<LlmProvider>> {
+        let key = ctx
+            .data::<Loaders>()?
+            .api_keys
+            .load_one(self.0.api_key_id)
+            .await?;
+        Ok(key
+            .and_then(|k| ProviderKind::from_stored(&k.provider))
+            .map(Into::into))
+    }
+    /// Model name at the provider, e.g. `gpt-4o-mini`.
+    async fn model(&self) -> &str {
+        &self.0.model
+    }
+    /// Sampling temperature (0–2); null means the provider's default.
+    async fn temperature(&self) -> Option<f64> {
+        self.0.temperature
+    }
+    /// Output token cap; null means the provider's default.
+    async fn max_output_tokens(&self) -> Option<i32> {
+        self.0.max_output_tokens
+    }
+    /// Tools the agent may use.
+    async fn tools(&self) -> Vec<AgentTool> {
+        self.0
+            .tools
+            .iter()
+            .flatten()
+            .filter_map(|t| AgentTool::from_stored(t))
+            .collect()
+    }
+    /// Free JSON configuration.
+    async fn config(&self) -> Json<&serde_json::Value> {
+        Json(&self.0.config)
+    }
+    /// Inactive agents cannot run.
+    async fn is_active(&self) -> bool {
+        self.0.is_active
+    }
+    /// The API key runs use (masked).
+    async fn api_key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ApiKey>> {
+        let key = ctx
+            .data::<Loaders>()?
+            .api_keys
+            .load_one(self.0.api_key_id)
+            .await?;
+        Ok(key.map(ApiKey))
+    }
+    /// This agent's runs, newest first.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn executions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<ExecutionStatus>,
+    ) -> async_graphql::Result<Connection<String, Execution>> {
+        let page = Page::new(first, after)?;
+        if page.after.is_none() && status.is_none() {
+            // The common shape (`executions(first: 5)` under a list of agents) is batched.
+            let rows = ctx
+                .data::<Loaders>()?
+                .recent_executions
+                .load_one((self.0.id, page.fetch_limit()))
+                .await?
+                .unwrap_or_default();
+            return Ok(page.connection(rows, |e| e.id, Execution));
+        }
+        let viewer = request_context(ctx)?.viewer()?;
+        executions_page(state(ctx)?, viewer, Some(self.0.id), status, page).await
+    }
+    /// Creation time.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// Last change.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+/// Input of `createAgent`.
+#[derive(InputObject)]
+pub struct CreateAgentInput {
+    /// Name (1–100 characters, unique among your agents).
+    pub name: String,
+    /// Free description (up to 2000 characters).
+    pub description: Option<String>,
+    /// Who the agent is, e.g. "a senior travel planner" (1–2000 characters).
+    pub role: String,
+    /// What it tries to achieve (1–4000 characters).
+    pub goal: String,
+    /// Its background (up to 8000 characters).
+    pub backstory: Option<String>,
+    /// One of your active API keys.
+    pub api_key_id: ID,
+    /// Model name at the provider, e.g. `gpt-4o-mini` or `claude-sonnet-4-20250514`.
+    pub model: String,
+    /// Sampling temperature, 0–2.
+    pub temperature: Option<f64>,
+    /// Output token cap, 1–200000.
+    pub max_output_tokens: Option<i32>,
+    /// Tools (each at most once).
+    #[graphql(default)]
+    pub tools: Vec<AgentTool>,
+    /// Free JSON object, up to 16 KiB.
+    pub config: Option<Json<serde_json::Value>>,
+}
+
+/// Input of `updateAgent`: omitted fields stay as they are; `temperature` and
+/// `maxOutputTokens` may be set to null to use the provider's default.
+#[derive(InputObject)]
+pub struct UpdateAgentInput {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New role.
+    pub role: Option<String>,
+    /// New goal.
+    pub goal: Option<String>,
+    /// New backstory.
+    pub backstory: Option<String>,
+    /// Another of your active keys.
+    pub api_key_id: Option<ID>,
+    /// New model.
+    pub model: Option<String>,
+    /// New temperature, or null for the provider default.
+    pub temperature: MaybeUndefined<f64>,
+    /// New output cap, or null for the provider default.
+    pub max_output_tokens: MaybeUndefined<i32>,
+    /// New tool list.
+    pub tools: Option<Vec<AgentTool>>,
+    /// New configuration.
+    pub config: Option<Json<serde_json::Value>>,
+}
+
+fn maybe<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(v)),
+    }
+}
+
+/// Agent queries.
+#[derive(Default)]
+pub struct AgentsQuery;
+
+#[Object]
+impl AgentsQuery {
+    /// Your agents, newest first; `active` filters by state.
+    #[graphql(
+        guard = "RoleGuard::USER",
+        complexity = "first.unwrap_or(20).max(0) as usize * child_complexity"
+    )]
+    async fn agents(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        active: Option<bool>,
+    ) -> async_graphql::Result<Connection<String, Agent>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let page = Page::new(first, after)?;
+        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
+        let rows = crate::agents::model::page_owned(
+            &mut conn,
+            viewer.id(),
+            active,
+            page.after,
+            page.fetch_limit(),
+        )
+        .await
+        .map_err(AppError::from)?;
+        Ok(page.connection(rows, |a| a.id, Agent))
+    }
+
+    /// One of your agents; null if it does not exist or is not yours.
+    #[graphql(guard = "RoleGuard::USER")]
+    async fn agent(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Agent>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let id = parse_id("id", &id)?;
+        match service::get(state(ctx)?, viewer, id).await {
+            Ok(row) => Ok(Some(Agent(row))),
+            Err(AppError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Agent mutations.
+#[derive(Default)]
+pub struct AgentsMutation;
+
+#[Object]
+impl AgentsMutation {
+    /// Creates an agent on one of your active keys.
+    #[graphql(guard = "RoleGuard::USER")]
+    async fn create_agent(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateAgentInput,
+    ) -> async_graphql::Result<Agent> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let input = AgentInput {
+            name: input.name,
+            description: input.description,
+            role: input.role,
+            goal: input.goal,
+            backstory: input.backstory,
+            api_key_id: input.api_key_id.to_string(),
+            model: input.model,
+            temperature: input.temperature,
+            max_output_tokens: input.max_output_tokens,
+            tools: input
+                .tools
+                .iter()
+                .map(|t| t.as_stored().to_owned())
+                .collect(),
+            config: input.config.map(|c| c.0),
+        };
+        Ok(Agent(service::create(state(ctx)?, viewer, input).await?))
+    }
+
+    /// Changes an agent; omitted fields stay as they are.
+    #[graphql(guard = "RoleGuard::USER")]
+    async fn update_agent(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateAgentInput,
+    ) -> async_graphql::Result<Agent> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let id = parse_id("id", &id)?;
+        let changes = AgentChanges {
+            name: input.name,
+            description: input.description,
+            role: input.role,
+            goal: input.goal,
+            backstory: input.backstory,
+            api_key_id: input.api_key_id.map(|id| id.to_string()),
+            model: input.model,
+            temperature: maybe(input.temperature),
+            max_output_tokens: maybe(input.max_output_tokens),
+            tools: input
+                .tools
+                .map(|tools| tools.iter().map(|t| t.as_stored().to_owned()).collect()),
+            config: input.config.map(|c| c.0),
+        };
+        Ok(Agent(
+            service::update(state(ctx)?, viewer, id, changes).await?,
+        ))
+    }
+
+    /// Turns an agent on or off; inactive agents cannot run.
+    #[graphql(guard = "RoleGuard::USER")]
+    async fn set_agent_active(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        active: bool,
+    ) -> async_graphql::Result<Agent> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let id = parse_id("id", &id)?;
+        Ok(Agent(
+            service::set_active(state(ctx)?, viewer, id, active).await?,
+        ))
+    }
+
+    /// Deletes an agent with its runs (refused while one is in progress).
+    #[graphql(guard = "RoleGuard::USER")]
+    async fn delete_agent(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let id = parse_id("id", &id)?;
+        Ok(service::delete(state(ctx)?, viewer, id).await?)
+    }
+}

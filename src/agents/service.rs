@@ -1,0 +1,346 @@
+//! Agent rules: every field checked with a clear error naming it, names unique per user, keys
+//! must be the owner's and active.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::{
+    agents::model::{self, AgentRow, AgentValues},
+    api_keys,
+    db::schema::{agents, executions},
+    error::{AppError, AppResult},
+    request::Viewer,
+    state::AppState,
+};
+
+/// Tools an agent may be given. Running them is a later capability; the list is validated now.
+pub const TOOLS: [&str; 4] = [
+    "WEB_SEARCH",
+    "HTTP_REQUEST",
+    "CODE_INTERPRETER",
+    "CALCULATOR",
+];
+/// Largest `config`, serialised.
+pub const MAX_CONFIG_BYTES: usize = 16 * 1024;
+
+/// An agent definition as the client sent it (create) or as it results from an update.
+#[derive(Debug, Clone)]
+pub struct AgentInput {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Role.
+    pub role: String,
+    /// Goal.
+    pub goal: String,
+    /// Backstory.
+    pub backstory: Option<String>,
+    /// Key id, as sent.
+    pub api_key_id: String,
+    /// Model.
+    pub model: String,
+    /// Temperature.
+    pub temperature: Option<f64>,
+    /// Output token cap.
+    pub max_output_tokens: Option<i32>,
+    /// Tool names.
+    pub tools: Vec<String>,
+    /// Configuration.
+    pub config: Option<serde_json::Value>,
+}
+
+/// Changes to an agent; `None` keeps the current value. Nullable fields take `Some(None)` to
+/// clear them.
+#[derive(Debug, Clone, Default)]
+pub struct AgentChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New role.
+    pub role: Option<String>,
+    /// New goal.
+    pub goal: Option<String>,
+    /// New backstory.
+    pub backstory: Option<String>,
+    /// New key.
+    pub api_key_id: Option<String>,
+    /// New model.
+    pub model: Option<String>,
+    /// New temperature, or `Some(None)` for the provider default.
+    pub temperature: Option<Option<f64>>,
+    /// New output cap, or `Some(None)` for the provider default.
+    pub max_output_tokens: Option<Option<i32>>,
+    /// New tools.
+    pub tools: Option<Vec<String>>,
+    /// New configuration.
+    pub config: Option<serde_json::Value>,
+}
+
+fn text(field: &str, raw: &str, required: bool, max: usize) -> AppResult<String> {
+    let value = raw.trim();
+    if required && value.is_empty() {
+        return Err(AppError::bad_input(field, "must not be empty"));
+    }
+    let chars = value.chars().count();
+    if chars > max {
+        return Err(AppError::bad_input(
+            field,
+            format!("must be at most {max} characters (got {chars})"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(AppError::bad_input(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Checks every field; `prefix` is how the client names the input object (`input`).
+async fn validate(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    input: AgentInput,
+    except: Option<Uuid>,
+) -> AppResult<AgentValues> {
+    let name = text("input.name", &input.name, true, 100)?;
+    let description = text(
+        "input.description",
+        input.description.as_deref().unwrap_or(""),
+        false,
+        2000,
+    )?;
+    let role = text("input.role", &input.role, true, 2000)?;
+    let goal = text("input.goal", &input.goal, true, 4000)?;
+    let backstory = text(
+        "input.backstory",
+        input.backstory.as_deref().unwrap_or(""),
+        false,
+        8000,
+    )?;
+    let model = text("input.model", &input.model, true, 200)?;
+    if model.chars().any(char::is_whitespace) {
+        return Err(AppError::bad_input(
+            "input.model",
+            "must not contain spaces (e.g. gpt-4o-mini)",
+        ));
+    }
+    if let Some(t) = input.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(AppError::bad_input(
+            "input.temperature",
+            format!("must be between 0 and 2 (got {t})"),
+        ));
+    }
+    if let Some(n) = input.max_output_tokens
+        && !(1..=200_000).contains(&n)
+    {
+        return Err(AppError::bad_input(
+            "input.maxOutputTokens",
+            format!("must be between 1 and 200000 (got {n})"),
+        ));
+    }
+    let mut tools: Vec<Option<String>> = Vec::new();
+    for tool in &input.tools {
+        if !TOOLS.contains(&tool.as_str()) {
+            return Err(AppError::bad_input(
+                "input.tools",
+                format!("unknown tool {tool}"),
+            ));
+        }
+        if tools.iter().any(|t| t.as_deref() == Some(tool)) {
+            return Err(AppError::bad_input(
+                "input.tools",
+                format!("{tool} is listed twice"),
+            ));
+        }
+        tools.push(Some(tool.clone()));
+    }
+    let config = input.config.unwrap_or_else(|| serde_json::json!({}));
+    if !config.is_object() {
+        return Err(AppError::bad_input("input.config", "must be a JSON object"));
+    }
+    let size = config.to_string().len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(AppError::bad_input(
+            "input.config",
+            format!("must be at most {MAX_CONFIG_BYTES} bytes as JSON (got {size})"),
+        ));
+    }
+    let api_key_id = Uuid::parse_str(input.api_key_id.trim())
+        .map_err(|_| AppError::bad_input("input.apiKeyId", "is not a valid id"))?;
+    let key = api_keys::model::find_owned(conn, viewer.id(), api_key_id)
+        .await?
+        .ok_or_else(|| AppError::bad_input("input.apiKeyId", "no API key of yours has this id"))?;
+    if !key.is_active {
+        return Err(AppError::bad_input(
+            "input.apiKeyId",
+            format!(
+                "the key `{}` is inactive: activate it or choose another",
+                key.name
+            ),
+        ));
+    }
+    if model::name_taken(conn, viewer.id(), &name, except).await? {
+        return Err(duplicate_name());
+    }
+    Ok(AgentValues {
+        api_key_id,
+        name,
+        description,
+        role,
+        goal,
+        backstory,
+        model,
+        temperature: input.temperature,
+        max_output_tokens: input.max_output_tokens,
+        tools,
+        config,
+    })
+}
+
+fn duplicate_name() -> AppError {
+    AppError::Conflict("you already have an agent with this name".into())
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound { what: "agent" }
+}
+
+fn map_unique(e: diesel::result::Error) -> AppError {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => duplicate_name(),
+        other => other.into(),
+    }
+}
+
+/// Creates an agent.
+pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> AppResult<AgentRow> {
+    let mut conn = state.pool.get().await?;
+    let values = validate(&mut conn, viewer, input, None).await?;
+    let row = diesel::insert_into(agents::table)
+        .values((
+            agents::id.eq(Uuid::now_v7()),
+            agents::user_id.eq(viewer.id()),
+            &values,
+        ))
+        .returning(AgentRow::as_returning())
+        .get_result(&mut conn)
+        .await
+        .map_err(map_unique)?;
+    Ok(row)
+}
+
+/// The viewer's agent, or `NOT_FOUND`.
+pub async fn get(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<AgentRow> {
+    let mut conn = state.pool.get().await?;
+    model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Applies changes to an agent, checking the result as a whole.
+pub async fn update(
+    state: &AppState,
+    viewer: &Viewer,
+    id: Uuid,
+    changes: AgentChanges,
+) -> AppResult<AgentRow> {
+    let mut conn = state.pool.get().await?;
+    let current = model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)?;
+    let merged = AgentInput {
+        name: changes.name.unwrap_or(current.name),
+        description: Some(changes.description.unwrap_or(current.description)),
+        role: changes.role.unwrap_or(current.role),
+        goal: changes.goal.unwrap_or(current.goal),
+        backstory: Some(changes.backstory.unwrap_or(current.backstory)),
+        api_key_id: changes
+            .api_key_id
+            .unwrap_or_else(|| current.api_key_id.to_string()),
+        model: changes.model.unwrap_or(current.model),
+        temperature: changes.temperature.unwrap_or(current.temperature),
+        max_output_tokens: changes
+            .max_output_tokens
+            .unwrap_or(current.max_output_tokens),
+        tools: changes
+            .tools
+            .unwrap_or_else(|| current.tools.into_iter().flatten().collect()),
+        config: Some(changes.config.unwrap_or(current.config)),
+    };
+    let values = validate(&mut conn, viewer, merged, Some(id)).await?;
+    let row = diesel::update(agents::table.find(id))
+        .filter(agents::user_id.eq(viewer.id()))
+        .set((&values, agents::updated_at.eq(diesel::dsl::now)))
+        .returning(AgentRow::as_returning())
+        .get_result(&mut conn)
+        .await
+        .map_err(map_unique)?;
+    Ok(row)
+}
+
+/// Turns an agent on or off (inactive agents cannot run).
+pub async fn set_active(
+    state: &AppState,
+    viewer: &Viewer,
+    id: Uuid,
+    active: bool,
+) -> AppResult<AgentRow> {
+    let mut conn = state.pool.get().await?;
+    diesel::update(agents::table.find(id))
+        .filter(agents::user_id.eq(viewer.id()))
+        .set((
+            agents::is_active.eq(active),
+            agents::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(AgentRow::as_returning())
+        .get_result(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(not_found)
+}
+
+/// Deletes an agent with its runs and their events. Refused while a run is in progress.
+pub async fn delete(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<bool> {
+    let mut conn = state.pool.get().await?;
+    model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)?;
+    let running: i64 = executions::table
+        .filter(executions::agent_id.eq(id))
+        .filter(executions::status.eq_any(["QUEUED", "RUNNING"]))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    if running > 0 {
+        return Err(AppError::Conflict(format!(
+            "the agent has {running} run(s) in progress: cancel them first"
+        )));
+    }
+    diesel::delete(agents::table.find(id))
+        .filter(agents::user_id.eq(viewer.id()))
+        .execute(&mut conn)
+        .await?;
+    Ok(true)
+}
+
+/// The system prompt built from an agent's role, goal and backstory.
+pub fn system_prompt(agent: &AgentRow) -> String {
+    let mut prompt = format!("You are {}.\n\nYour goal: {}", agent.role, agent.goal);
+    if !agent.backstory.is_empty() {
+        prompt.push_str(&format!("\n\nBackstory: {}", agent.backstory));
+    }
+    prompt
+}

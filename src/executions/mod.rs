@@ -1,0 +1,9 @@
+//! Runs: the runner, the event log, the live hub (fan-out across processes), cancellation and
+//! recovery.
+
+pub mod graphql;
+pub mod hub;
+pub mod model;
+pub mod recovery;
+pub mod runner;
+pub mod service;

@@ -1,0 +1,307 @@
+//! Rows of `executions`, `execution_events` and `idempotency_keys`, and the queries on them.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::schema::{execution_events, executions};
+
+/// Run states, as stored.
+pub mod status {
+    /// Accepted, not started.
+    pub const QUEUED: &str = "QUEUED";
+    /// Streaming from the provider.
+    pub const RUNNING: &str = "RUNNING";
+    /// Finished normally.
+    pub const SUCCEEDED: &str = "SUCCEEDED";
+    /// Ended by an error.
+    pub const FAILED: &str = "FAILED";
+    /// Ended by `cancelExecution`.
+    pub const CANCELLED: &str = "CANCELLED";
+    /// Ended by the per-run timeout.
+    pub const TIMED_OUT: &str = "TIMED_OUT";
+    /// States of a run that has not ended.
+    pub const UNFINISHED: [&str; 2] = [QUEUED, RUNNING];
+}
+
+/// Event kinds, as stored.
+pub mod kind {
+    /// The run started.
+    pub const STARTED: &str = "STARTED";
+    /// Output text (one or more tokens).
+    pub const OUTPUT_DELTA: &str = "OUTPUT_DELTA";
+    /// Tokens and cost.
+    pub const USAGE: &str = "USAGE";
+    /// Terminal: success.
+    pub const COMPLETED: &str = "COMPLETED";
+    /// Terminal: failure.
+    pub const FAILED: &str = "FAILED";
+    /// Terminal: cancelled.
+    pub const CANCELLED: &str = "CANCELLED";
+    /// Terminal: timed out.
+    pub const TIMED_OUT: &str = "TIMED_OUT";
+    /// Whether an event kind ends a run's stream.
+    pub fn is_terminal(kind: &str) -> bool {
+        matches!(kind, COMPLETED | FAILED | CANCELLED | TIMED_OUT)
+    }
+}
+
+/// A row of `executions`.
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = executions, check_for_backend(diesel::pg::Pg))]
+pub struct ExecutionRow {
+    /// Primary key (UUIDv7: newest first is id order).
+    pub id: Uuid,
+    /// Owner.
+    pub user_id: Uuid,
+    /// The agent that ran.
+    pub agent_id: Uuid,
+    /// The key it ran on (null once that key is deleted).
+    pub api_key_id: Option<Uuid>,
+    /// Provider name at the time of the run.
+    pub provider: String,
+    /// Model at the time of the run.
+    pub model: String,
+    /// One of [`status`].
+    pub status: String,
+    /// The user's input.
+    pub input: String,
+    /// The output assembled so far.
+    pub output: String,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Completion tokens.
+    pub output_tokens: i64,
+    /// Cost in micro-dollars.
+    pub cost_micros: i64,
+    /// Whether tokens or price were estimated.
+    pub cost_estimated: bool,
+    /// Highest event sequence written.
+    pub last_sequence: i32,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+    /// Last sign of life of the runner.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// When streaming began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the run ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ExecutionRow {
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        !status::UNFINISHED.contains(&self.status.as_str())
+    }
+}
+
+/// A row of `execution_events`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = execution_events, check_for_backend(diesel::pg::Pg))]
+pub struct EventRow {
+    /// The run.
+    pub execution_id: Uuid,
+    /// 1, 2, 3 … per run, without gaps.
+    pub sequence: i32,
+    /// One of [`kind`].
+    pub kind: String,
+    /// Output text of an OUTPUT_DELTA.
+    pub delta: Option<String>,
+    /// Structured details (usage, error).
+    pub data: Option<serde_json::Value>,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// The owner's run `id`, if it exists and is theirs.
+pub async fn find_owned(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<ExecutionRow>> {
+    executions::table
+        .filter(executions::id.eq(id))
+        .filter(executions::user_id.eq(user_id))
+        .select(ExecutionRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A run by id, whoever owns it (runner and recovery only).
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<ExecutionRow>> {
+    executions::table
+        .find(id)
+        .select(ExecutionRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A page of a user's runs, newest first, optionally for one agent and one status.
+pub async fn page_owned(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    agent_id: Option<Uuid>,
+    status: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<ExecutionRow>> {
+    let mut query = executions::table
+        .filter(executions::user_id.eq(user_id))
+        .order(executions::id.desc())
+        .limit(limit)
+        .select(ExecutionRow::as_select())
+        .into_boxed();
+    if let Some(agent_id) = agent_id {
+        query = query.filter(executions::agent_id.eq(agent_id));
+    }
+    if let Some(status) = status {
+        query = query.filter(executions::status.eq(status.to_owned()));
+    }
+    if let Some(before) = before {
+        query = query.filter(executions::id.lt(before));
+    }
+    query.load(conn).await
+}
+
+/// Events of a run with `sequence > after`, in order, at most `limit`.
+pub async fn events_after(
+    conn: &mut AsyncPgConnection,
+    execution_id: Uuid,
+    after: i32,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    execution_events::table
+        .filter(execution_events::execution_id.eq(execution_id))
+        .filter(execution_events::sequence.gt(after))
+        .order(execution_events::sequence.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// The newest `limit` runs of each agent in `agent_ids`, in one statement (DataLoader).
+pub async fn recent_by_agents(
+    conn: &mut AsyncPgConnection,
+    agent_ids: &[Uuid],
+    limit: i64,
+) -> QueryResult<Vec<ExecutionRow>> {
+    // A lateral join per agent: each side uses the (agent_id, id DESC) index.
+    let ids: Vec<Uuid> = agent_ids.to_vec();
+    diesel::sql_query(
+        "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
+         CROSS JOIN LATERAL (SELECT * FROM executions WHERE agent_id = a.id ORDER BY id DESC LIMIT $2) e",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load::<ExecutionRowByName>(conn)
+    .await
+    .map(|rows| rows.into_iter().map(Into::into).collect())
+}
+
+/// [`ExecutionRow`] loaded from raw SQL by column name.
+#[derive(QueryableByName)]
+#[diesel(table_name = executions, check_for_backend(diesel::pg::Pg))]
+struct ExecutionRowByName {
+    id: Uuid,
+    user_id: Uuid,
+    agent_id: Uuid,
+    api_key_id: Option<Uuid>,
+    provider: String,
+    model: String,
+    status: String,
+    input: String,
+    output: String,
+    error: Option<String>,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_micros: i64,
+    cost_estimated: bool,
+    last_sequence: i32,
+    cancel_requested: bool,
+    heartbeat_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<ExecutionRowByName> for ExecutionRow {
+    fn from(r: ExecutionRowByName) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            agent_id: r.agent_id,
+            api_key_id: r.api_key_id,
+            provider: r.provider,
+            model: r.model,
+            status: r.status,
+            input: r.input,
+            output: r.output,
+            error: r.error,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_micros: r.cost_micros,
+            cost_estimated: r.cost_estimated,
+            last_sequence: r.last_sequence,
+            cancel_requested: r.cancel_requested,
+            heartbeat_at: r.heartbeat_at,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// Totals of one key's runs.
+#[derive(Debug, Clone, Default, QueryableByName)]
+pub struct UsageRow {
+    /// The key.
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub api_key_id: Uuid,
+    /// Number of runs.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub executions: i64,
+    /// Prompt tokens.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub input_tokens: i64,
+    /// Completion tokens.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub output_tokens: i64,
+    /// Cost in micro-dollars.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub cost_micros: i64,
+}
+
+/// Usage of each key in `key_ids` for runs created in `[since, until)`, in one statement.
+pub async fn usage_by_keys(
+    conn: &mut AsyncPgConnection,
+    key_ids: &[Uuid],
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> QueryResult<Vec<UsageRow>> {
+    use diesel::sql_types::{Array, Nullable, Timestamptz};
+    // sum(bigint) is numeric in PostgreSQL: cast back, the totals fit in bigint.
+    diesel::sql_query(
+        "SELECT api_key_id, count(*)::bigint AS executions, \
+                coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
+                coalesce(sum(output_tokens), 0)::bigint AS output_tokens, \
+                coalesce(sum(cost_micros), 0)::bigint AS cost_micros \
+         FROM executions \
+         WHERE api_key_id = ANY($1) \
+           AND ($2::timestamptz IS NULL OR created_at >= $2) \
+           AND ($3::timestamptz IS NULL OR created_at < $3) \
+         GROUP BY api_key_id",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(key_ids.to_vec())
+    .bind::<Nullable<Timestamptz>, _>(since)
+    .bind::<Nullable<Timestamptz>, _>(until)
+    .load(conn)
+    .await
+}

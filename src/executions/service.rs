@@ -1,0 +1,213 @@
+//! Run rules: starting a run (ownership, active agent and key, idempotency, the per-user
+//! concurrency cap), cancelling, and listing.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    agents, api_keys,
+    db::schema::{executions, idempotency_keys},
+    error::{AppError, AppResult},
+    executions::{
+        hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
+        model::{self, ExecutionRow, status},
+        runner,
+    },
+    request::Viewer,
+    state::AppState,
+};
+
+/// Longest run input, in characters.
+pub const MAX_INPUT_CHARS: usize = 32_000;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+fn not_found() -> AppError {
+    AppError::NotFound { what: "execution" }
+}
+
+/// Starts a run of the viewer's agent and returns it at once (QUEUED); a runner task does the
+/// rest. The same idempotency key with the same request returns the same run.
+pub async fn execute(
+    state: &AppState,
+    viewer: &Viewer,
+    agent_id: Uuid,
+    input: String,
+    idempotency_key: Option<String>,
+) -> AppResult<ExecutionRow> {
+    let input = input.trim().to_owned();
+    if input.is_empty() {
+        return Err(AppError::bad_input("input", "must not be empty"));
+    }
+    let chars = input.chars().count();
+    if chars > MAX_INPUT_CHARS {
+        return Err(AppError::bad_input(
+            "input",
+            format!("must be at most {MAX_INPUT_CHARS} characters (got {chars})"),
+        ));
+    }
+    let idempotency_key = idempotency_key.map(|k| k.trim().to_owned());
+    if let Some(key) = &idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(AppError::bad_input(
+            "idempotencyKey",
+            format!("must be 1–{MAX_IDEMPOTENCY_KEY_LEN} characters"),
+        ));
+    }
+    let request_hash = {
+        let mut hasher = Sha256::new();
+        hasher.update(agent_id.as_bytes());
+        hasher.update(input.as_bytes());
+        hasher.finalize().to_vec()
+    };
+
+    let mut conn = state.pool.get().await?;
+    let agent = agents::model::find_owned(&mut conn, viewer.id(), agent_id)
+        .await?
+        .ok_or(AppError::NotFound { what: "agent" })?;
+    let user_id = viewer.id();
+    let cap = state.config.max_concurrent_executions;
+    let key_lookup = api_keys::model::find_owned(&mut conn, user_id, agent.api_key_id).await?;
+    let agent_active = agent.is_active;
+    let agent_for_tx = agent.clone();
+    let (execution, key, created) = conn
+        .transaction::<_, AppError, _>(async move |conn| {
+            // One user at a time: the idempotency check and the concurrency count see each
+            // other's inserts.
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7220431))")
+                .bind::<diesel::sql_types::Text, _>(user_id.to_string())
+                .execute(conn)
+                .await?;
+            if let Some(key) = &idempotency_key {
+                let existing: Option<(Vec<u8>, Uuid)> = idempotency_keys::table
+                    .filter(idempotency_keys::user_id.eq(user_id))
+                    .filter(idempotency_keys::key.eq(key))
+                    .select((idempotency_keys::request_hash, idempotency_keys::execution_id))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some((hash, execution_id)) = existing {
+                    if hash != request_hash {
+                        return Err(AppError::Conflict(
+                            "this idempotency key was already used with a different agent or input".into(),
+                        ));
+                    }
+                    let execution = model::find_owned(conn, user_id, execution_id).await?.ok_or_else(not_found)?;
+                    return Ok((execution, None, false));
+                }
+            }
+            if !agent_active {
+                return Err(AppError::bad_input("agentId", "the agent is inactive: activate it first"));
+            }
+            let key = key_lookup.ok_or_else(|| AppError::bad_input("agentId", "the agent's API key no longer exists"))?;
+            if !key.is_active {
+                return Err(AppError::bad_input(
+                    "agentId",
+                    format!("the agent's API key `{}` is inactive: activate it or give the agent another", key.name),
+                ));
+            }
+            let running: i64 = executions::table
+                .filter(executions::user_id.eq(user_id))
+                .filter(executions::status.eq_any(status::UNFINISHED))
+                .count()
+                .get_result(conn)
+                .await?;
+            if running >= cap {
+                return Err(AppError::RateLimited {
+                    retry_after_secs: 1,
+                    reason: Some(format!(
+                        "you already have {running} runs in progress (the limit is {cap}): wait for one to finish"
+                    )),
+                });
+            }
+            let execution: ExecutionRow = diesel::insert_into(executions::table)
+                .values((
+                    executions::id.eq(Uuid::now_v7()),
+                    executions::user_id.eq(user_id),
+                    executions::agent_id.eq(agent_for_tx.id),
+                    executions::api_key_id.eq(Some(key.id)),
+                    executions::provider.eq(&key.provider),
+                    executions::model.eq(&agent_for_tx.model),
+                    executions::input.eq(&input),
+                ))
+                .returning(ExecutionRow::as_returning())
+                .get_result(conn)
+                .await?;
+            if let Some(idempotency) = &idempotency_key {
+                diesel::insert_into(idempotency_keys::table)
+                    .values((
+                        idempotency_keys::user_id.eq(user_id),
+                        idempotency_keys::key.eq(idempotency),
+                        idempotency_keys::request_hash.eq(&request_hash),
+                        idempotency_keys::execution_id.eq(execution.id),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            notify(conn, EXECUTION_CHANNEL, &format!("{}:{user_id}", execution.id)).await?;
+            Ok((execution, Some(key), true))
+        })
+        .await?;
+    if created && let Some(key) = key {
+        tracing::info!(execution.id = %execution.id, agent.id = %agent.id, user.id = %user_id, "run queued");
+        runner::spawn(state.clone(), execution.clone(), agent, key);
+    }
+    Ok(execution)
+}
+
+/// The viewer's run, or `NOT_FOUND`.
+pub async fn get(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<ExecutionRow> {
+    let mut conn = state.pool.get().await?;
+    model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Stops a run: the runner (on whichever instance) drops the provider stream, keeps the
+/// partial output and ends the run CANCELLED. A finished run is returned unchanged. Waits
+/// briefly for the run to end so the answer usually shows CANCELLED.
+pub async fn cancel(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<ExecutionRow> {
+    let mut conn = state.pool.get().await?;
+    let execution = model::find_owned(&mut conn, viewer.id(), id)
+        .await?
+        .ok_or_else(not_found)?;
+    if execution.is_finished() {
+        return Ok(execution);
+    }
+    diesel::update(executions::table.find(id))
+        .set(executions::cancel_requested.eq(true))
+        .execute(&mut conn)
+        .await?;
+    if !state.hub.cancel(id) {
+        // Running elsewhere (or about to start): tell every instance.
+        notify(&mut conn, CANCEL_CHANNEL, &id.to_string()).await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let current = model::find_owned(&mut conn, viewer.id(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        if current.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(current);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A page of the viewer's runs, newest first.
+pub async fn page(
+    state: &AppState,
+    viewer: &Viewer,
+    agent_id: Option<Uuid>,
+    status: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> AppResult<Vec<ExecutionRow>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::page_owned(&mut conn, viewer.id(), agent_id, status, before, limit).await?)
+}
