@@ -154,8 +154,9 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_MAX_QUERY_DEPTH", default_value_t = 12)]
     pub max_query_depth: usize,
 
-    /// Maximum query complexity (each field costs 1, lists multiply by `first`).
-    #[arg(long, env = "AGENTRY_MAX_QUERY_COMPLEXITY", default_value_t = 1000)]
+    /// Maximum query complexity (each field costs 1, lists multiply by `first`); graphql-armor's
+    /// default cost limit.
+    #[arg(long, env = "AGENTRY_MAX_QUERY_COMPLEXITY", default_value_t = 5000)]
     pub max_query_complexity: usize,
 
     /// Maximum number of aliases in one operation.

@@ -308,14 +308,15 @@ async fn deep_queries_are_refused() {
 #[tokio::test]
 async fn complex_queries_are_refused_and_lists_count_by_page_size() {
     let app = TestApp::spawn().await;
-    let admin = app.user_with_role("admin@example.com", "ADMIN").await;
-    let query = |first: u32| {
+    let user = app.register("complex@example.com").await;
+    // 100 runs, each with its agent's 100 runs: about 30,000, far over the limit of 5,000.
+    let nested = |inner: u32| {
         format!(
-            "{{ users(first: {first}) {{ edges {{ cursor node {{ id email displayName role status suspendedReason hasPassword createdAt lastLoginAt }} }} }} }}"
+            "{{ executions(first: 100) {{ edges {{ node {{ id agent {{ executions(first: {inner}) {{ edges {{ node {{ id status }} }} }} }} }} }} }} }}"
         )
     };
     let body = app
-        .gql_as(Some(&admin.access), &query(100), json!({}))
+        .gql_as(Some(&user.access), &nested(100), json!({}))
         .await;
     assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert!(
@@ -326,8 +327,8 @@ async fn complex_queries_are_refused_and_lists_count_by_page_size() {
             .contains("complex"),
         "{body}"
     );
-    let body = app.gql_as(Some(&admin.access), &query(10), json!({})).await;
-    assert!(body["data"]["users"]["edges"].is_array(), "{body}");
+    let body = app.gql_as(Some(&user.access), &nested(5), json!({})).await;
+    assert!(body["data"]["executions"]["edges"].is_array(), "{body}");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use anyhow::Context;
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool},
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -58,6 +58,9 @@ impl diesel::connection::Instrumentation for QueryCounter {
 /// and recovers by itself when it returns. Every connection reports its statements to `counter`.
 pub fn pool(database_url: &str, max_size: usize, counter: QueryCounter) -> anyhow::Result<Pool> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // No test query on every checkout (one round trip per borrowed connection); a connection
+    // that broke is known as broken and replaced.
+    manager_config.recycling_method = RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let counter = counter.clone();
         Box::pin(async move {

@@ -129,6 +129,9 @@ impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
     }
 }
 
+/// A half-open period `[since, until)`, either end open when `None`.
+pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Key of a usage lookup: the key and the half-open period.
 pub type UsageKey = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
@@ -141,8 +144,7 @@ impl Loader<UsageKey> for UsageLoader {
 
     async fn load(&self, keys: &[UsageKey]) -> Result<HashMap<UsageKey, UsageRow>, LoadError> {
         let mut conn = self.0.get().await.map_err(load_error)?;
-        let mut by_period: HashMap<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), Vec<Uuid>> =
-            HashMap::new();
+        let mut by_period: HashMap<Period, Vec<Uuid>> = HashMap::new();
         for (key, since, until) in keys {
             by_period.entry((*since, *until)).or_default().push(*key);
         }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
+    agents::graphql::Agent,
     api_keys::graphql::ApiKey,
     error::AppError,
     graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
@@ -94,6 +95,35 @@ impl User {
         }
         let rows = crate::api_keys::service::list(state(ctx)?, viewer.id()).await?;
         Ok(rows.into_iter().map(ApiKey).collect())
+    }
+
+    /// This user's agents, newest first. Only the user themselves may list them.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn agents(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        active: Option<bool>,
+    ) -> async_graphql::Result<Connection<String, Agent>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        if viewer.id().to_string() != self.id.as_str() {
+            return Err(
+                AppError::Forbidden("only the owner of agents may list them".into()).into(),
+            );
+        }
+        let page = Page::new(first, after)?;
+        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
+        let rows = crate::agents::model::page_owned(
+            &mut conn,
+            viewer.id(),
+            active,
+            page.after,
+            page.fetch_limit(),
+        )
+        .await
+        .map_err(AppError::from)?;
+        Ok(page.connection(rows, |a| a.id, Agent))
     }
 }
 
