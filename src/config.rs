@@ -187,6 +187,19 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Bearer token required on `GET /metrics` (open when unset; bind privately or set it).
+    #[arg(long, env = "AGENTRY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
+
+    /// Seconds between readiness turning 503 and the listener closing (lets a load balancer
+    /// notice before connections are refused).
+    #[arg(long, env = "AGENTRY_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
+
+    /// Seconds in-flight requests, sockets and runs get to finish after shutdown begins.
+    #[arg(long, env = "AGENTRY_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
     /// Where development mode keeps generated secrets.
     #[arg(long, env = "AGENTRY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

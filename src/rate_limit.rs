@@ -57,7 +57,7 @@ impl RateLimiters {
     /// Spends `operations` units of `key`'s quota, or says when to retry.
     pub fn check_client(&self, key: ClientKey, operations: usize) -> AppResult<()> {
         let n = non_zero(u32::try_from(operations).unwrap_or(u32::MAX));
-        match self.client.check_key_n(&key, n) {
+        let result = match self.client.check_key_n(&key, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(retry_after(
                 not_until.wait_time_from(DefaultClock::default().now()),
@@ -67,19 +67,32 @@ impl RateLimiters {
                 retry_after_secs: 60,
                 reason: None,
             }),
+        };
+        if result.is_err() {
+            metrics::counter!(crate::telemetry::names::RATE_LIMITED, "limiter" => "client")
+                .increment(1);
         }
+        result
     }
 
     /// Spends one sign-in attempt for `ip` and, when known, for `email` (already normalised).
     pub fn check_sign_in(&self, ip: IpAddr, email: Option<&str>) -> AppResult<()> {
         let now = DefaultClock::default().now();
-        self.auth_ip
-            .check_key(&ip)
-            .map_err(|not_until| retry_after(not_until.wait_time_from(now)))?;
+        let refused = |limiter: &'static str| {
+            metrics::counter!(crate::telemetry::names::RATE_LIMITED, "limiter" => limiter)
+                .increment(1);
+        };
+        self.auth_ip.check_key(&ip).map_err(|not_until| {
+            refused("sign_in_ip");
+            retry_after(not_until.wait_time_from(now))
+        })?;
         if let Some(email) = email {
             self.auth_email
                 .check_key(&email.to_owned())
-                .map_err(|not_until| retry_after(not_until.wait_time_from(now)))?;
+                .map_err(|not_until| {
+                    refused("sign_in_email");
+                    retry_after(not_until.wait_time_from(now))
+                })?;
         }
         Ok(())
     }

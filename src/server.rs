@@ -23,6 +23,7 @@ use tower_http::{
 use crate::{
     graphql::{self, AppSchema},
     state::AppState,
+    telemetry::names,
 };
 
 /// What the HTTP handlers share: the state and the schema built from it.
@@ -60,6 +61,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
         .with_state(http)
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -98,7 +100,72 @@ pub fn router(app: AppState) -> Router {
                 .unwrap_or_default();
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request.id = %id)
         }))
+        .layer(middleware::from_fn(track_http))
         .layer(middleware::from_fn(request_id))
+}
+
+/// Counts requests and their latency by route (the matched pattern, so ids in paths cannot
+/// multiply the series), method and status.
+async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(names::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format. With `AGENTRY_METRICS_TOKEN` set, only for
+/// `Authorization: Bearer <token>`.
+async fn metrics_endpoint(
+    State(http): State<HttpState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(expected) = &http.app.config.metrics_token {
+        use secrecy::ExposeSecret;
+        let presented = crate::graphql::http::bearer_token(&headers).unwrap_or_default();
+        // Constant-time comparison: the token guards operational data.
+        let matches = presented.len() == expected.expose_secret().len()
+            && presented
+                .bytes()
+                .zip(expected.expose_secret().bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !matches {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "metrics need `Authorization: Bearer <AGENTRY_METRICS_TOKEN>`",
+            )
+                .into_response();
+        }
+    }
+    let Some(handle) = crate::telemetry::metrics() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response();
+    };
+    let pool = http.app.pool.status();
+    metrics::gauge!(names::DB_POOL, "state" => "in_use").set((pool.size - pool.available) as f64);
+    metrics::gauge!(names::DB_POOL, "state" => "idle").set(pool.available as f64);
+    metrics::gauge!(names::DB_POOL, "state" => "max").set(pool.max_size as f64);
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// CORS from `AGENTRY_CORS_ORIGINS`; with none configured, no cross-origin access at all.
@@ -147,6 +214,9 @@ async fn healthz() -> &'static str {
 
 /// `GET /readyz`: 200 when the database answers, 503 otherwise.
 async fn readyz(State(http): State<HttpState>) -> Response {
+    if http.app.shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
     if crate::db::ping(&http.app.pool).await {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -154,8 +224,10 @@ async fn readyz(State(http): State<HttpState>) -> Response {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests finish.
+/// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: readiness turns
+/// 503, WebSockets get a 1001 close, runs executing here end with a terminal event, and after
+/// `AGENTRY_SHUTDOWN_DRAIN_SECS` the listener closes while in-flight requests finish — all
+/// bounded by `AGENTRY_SHUTDOWN_GRACE_SECS`.
 pub async fn serve(
     app: AppState,
     listener: TcpListener,
@@ -165,17 +237,49 @@ pub async fn serve(
     let listener_task =
         crate::executions::hub::spawn_listener(app.hub.clone(), app.config.database_url.clone());
     let recovery = crate::executions::recovery::spawn(app.clone());
-    let router = router(app);
-    let result = axum::serve(
+    let router = router(app.clone());
+    let drain = Duration::from_secs(app.config.shutdown_drain_secs);
+    let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+    let draining = app.clone();
+    let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        draining.begin_shutdown();
+        tokio::time::sleep(drain).await;
+    });
+    let mut stopping = app.shutdown.subscribe();
+    let bounded = async {
+        crate::state::until_set(&mut stopping).await;
+        tokio::time::sleep(drain + grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(anyhow::Error::from),
+        () = bounded => {
+            tracing::warn!("grace period over: exiting with requests still in flight");
+            Ok(())
+        }
+    };
+    // Sockets were told to close and runs to stop when shutdown began: wait for both, bounded.
+    let settled = async {
+        app.sockets.all_closed().await;
+        while app.hub.running_here() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(grace, settled).await.is_err() {
+        tracing::warn!(
+            sockets = app.sockets.count(),
+            runs = app.hub.running_here(),
+            "grace period over before every socket closed and every run ended"
+        );
+    }
     pruner.abort();
     listener_task.abort();
     recovery.abort();
-    Ok(result?)
+    result
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

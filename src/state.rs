@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use secrecy::SecretString;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::{
@@ -49,6 +49,59 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Live fan-out of run events and status changes, and local cancellation.
     pub hub: Arc<crate::executions::hub::Hub>,
+    /// Turns true when the server starts shutting down (readiness fails, sockets close).
+    pub shutdown: Arc<watch::Sender<bool>>,
+    /// Open WebSocket connections, so shutdown can wait for their close frames.
+    pub sockets: Arc<SocketTracker>,
+}
+
+/// Counts open WebSocket connections and wakes a waiter when none is left.
+#[derive(Debug, Default)]
+pub struct SocketTracker {
+    open: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl SocketTracker {
+    /// Registers a connection; dropping the guard unregisters it.
+    pub fn open(self: &Arc<Self>) -> SocketGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!(crate::telemetry::names::WS_CONNECTIONS).increment(1.0);
+        SocketGuard(self.clone())
+    }
+
+    /// Open connections.
+    pub fn count(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One open WebSocket connection.
+pub struct SocketGuard(Arc<SocketTracker>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::names::WS_CONNECTIONS).decrement(1.0);
+        if self
+            .0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl AppState {
@@ -63,6 +116,7 @@ impl AppState {
         })?;
         let vault = Vault::from_config(&keys)?;
         let pricing = Pricing::load(config.pricing_file.as_deref())?;
+        crate::telemetry::metrics();
         let http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
@@ -80,6 +134,8 @@ impl AppState {
             pricing: Arc::new(pricing),
             http,
             hub: crate::executions::hub::Hub::new(),
+            shutdown: Arc::new(watch::channel(false).0),
+            sockets: Arc::new(SocketTracker::default()),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),
             passwords: PasswordHasher::new(config.bcrypt_cost),
             limiters: RateLimiters::new(&config),
@@ -89,8 +145,33 @@ impl AppState {
         })
     }
 
+    /// Whether the server is shutting down.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Starts shutting down: readiness fails, WebSockets close with 1001, local runs end with a
+    /// terminal event.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let runs = self.hub.stop_all_runners();
+        tracing::info!(
+            runs,
+            sockets = self.sockets.count(),
+            "shutting down: draining"
+        );
+    }
+
     /// Announces a revocation to open WebSockets (no-op when none listens).
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
+    }
+}
+
+/// Resolves once a boolean switch (cancel, shutdown) turns true. The watch guard is not held
+/// across an await, so the future stays `Send`; a switch whose sender is gone never fires.
+pub async fn until_set(switch: &mut watch::Receiver<bool>) {
+    if switch.wait_for(|on| *on).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -22,3 +22,79 @@ pub fn init(filter: &str, json: bool) {
     // Already installed (tests start many servers in one process): keep the first one.
     let _ = result;
 }
+
+/// The Prometheus recorder of this process (installed once; every server in the process shares
+/// it). `None` if another recorder was installed first.
+pub fn metrics() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+            // Latency buckets from 1 ms to 60 s (requests, provider first bytes).
+            let builder = builder
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0,
+                ])
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Metric names, in one place.
+pub mod names {
+    /// Counter: HTTP requests by route, method and status.
+    pub const HTTP_REQUESTS: &str = "agentry_http_requests_total";
+    /// Histogram: HTTP request latency by route and method.
+    pub const HTTP_DURATION: &str = "agentry_http_request_duration_seconds";
+    /// Counter: GraphQL operations by name, type and outcome.
+    pub const GRAPHQL_OPERATIONS: &str = "agentry_graphql_operations_total";
+    /// Gauge: open WebSocket connections.
+    pub const WS_CONNECTIONS: &str = "agentry_websocket_connections";
+    /// Gauge: active GraphQL subscriptions.
+    pub const SUBSCRIPTIONS: &str = "agentry_graphql_active_subscriptions";
+    /// Counter: rate-limit rejections by limiter.
+    pub const RATE_LIMITED: &str = "agentry_rate_limit_rejections_total";
+    /// Gauge: database pool connections by state.
+    pub const DB_POOL: &str = "agentry_db_pool_connections";
+    /// Counter: runs ended, by status and provider.
+    pub const RUNS: &str = "agentry_executions_total";
+    /// Histogram: time until a provider stream opened, by provider.
+    pub const PROVIDER_LATENCY: &str = "agentry_provider_first_byte_seconds";
+    /// Counter: tokens by provider and direction (input, output).
+    pub const TOKENS: &str = "agentry_llm_tokens_total";
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        names::HTTP_REQUESTS,
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        names::HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency"
+    );
+    describe_counter!(
+        names::GRAPHQL_OPERATIONS,
+        "GraphQL operations by name, type and outcome"
+    );
+    describe_gauge!(names::WS_CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(names::SUBSCRIPTIONS, "Active GraphQL subscriptions");
+    describe_counter!(names::RATE_LIMITED, "Requests refused by a rate limit");
+    describe_gauge!(names::DB_POOL, "Database pool connections by state");
+    describe_counter!(names::RUNS, "Agent runs ended, by status and provider");
+    describe_histogram!(
+        names::PROVIDER_LATENCY,
+        metrics::Unit::Seconds,
+        "Time until a provider stream opened"
+    );
+    describe_counter!(names::TOKENS, "LLM tokens by provider and direction");
+}

@@ -132,6 +132,24 @@ impl Hub {
             .unwrap_or(false)
     }
 
+    /// Stops every run executing in this process (shutdown); returns how many.
+    pub fn stop_all_runners(&self) -> usize {
+        self.cancels
+            .lock()
+            .map(|cancels| {
+                for tx in cancels.values() {
+                    let _ = tx.send(true);
+                }
+                cancels.len()
+            })
+            .unwrap_or(0)
+    }
+
+    /// How many runs execute in this process.
+    pub fn running_here(&self) -> usize {
+        self.cancels.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
     /// Wakes every subscriber to re-read from the table.
     pub fn resync(&self) {
         self.resync.send_modify(|n| *n += 1);

@@ -206,13 +206,14 @@ async fn run(
             config.provider_max_attempts,
             Duration::from_millis(config.provider_retry_base_ms),
         );
+        let opening_started = Instant::now();
         tokio::pin!(opening);
         // Retries may take a while: keep the heartbeat going meanwhile.
         let mut beat = tokio::time::interval(heartbeat_every);
         let opened = loop {
             tokio::select! {
                 opened = &mut opening => break Ok(opened),
-                () = until_cancelled(&mut cancelled) => break Err(Outcome::Cancelled),
+                () = crate::state::until_set(&mut cancelled) => break Err(Outcome::Cancelled),
                 () = &mut deadline => break Err(Outcome::TimedOut),
                 _ = beat.tick() => {
                     if !writer.heartbeat(&mut conn, Duration::ZERO).await? {
@@ -221,6 +222,8 @@ async fn run(
                 }
             }
         };
+        metrics::histogram!(crate::telemetry::names::PROVIDER_LATENCY, "provider" => provider_kind.as_str())
+            .record(opening_started.elapsed().as_secs_f64());
         match opened {
             Err(outcome) => outcome,
             Ok(Err(e)) => Outcome::Failed(failure_message(&e)),
@@ -229,7 +232,7 @@ async fn run(
                 let outcome = loop {
                     tokio::select! {
                         biased;
-                        () = until_cancelled(&mut cancelled) => break Outcome::Cancelled,
+                        () = crate::state::until_set(&mut cancelled) => break Outcome::Cancelled,
                         () = &mut deadline => break Outcome::TimedOut,
                         // Before the stream, so a fast stream cannot starve the batched writes.
                         _ = tick.tick() => {
@@ -259,6 +262,13 @@ async fn run(
             }
         }
     };
+    // A stop during shutdown is not the user's cancel: the run failed, and says why.
+    let outcome = match outcome {
+        Outcome::Cancelled if state.shutting_down() => {
+            Outcome::Failed("the server shut down during the run: start it again".into())
+        }
+        other => other,
+    };
     let outcome = match outcome {
         Outcome::Lost => Outcome::Lost,
         other => {
@@ -271,14 +281,6 @@ async fn run(
         }
     };
     finish(&mut conn, &mut writer, outcome, usage).await
-}
-
-/// Resolves once the run must stop (the guard of the watch is not held across awaits).
-async fn until_cancelled(cancelled: &mut tokio::sync::watch::Receiver<bool>) {
-    if cancelled.wait_for(|c| *c).await.is_err() {
-        // The switch is gone (never, while registered): nobody can cancel any more.
-        std::future::pending::<()>().await;
-    }
 }
 
 fn failure_message(e: &ProviderError) -> String {
@@ -408,6 +410,12 @@ async fn finish(
         .await?
     };
     if ended {
+        let provider = execution.provider.clone();
+        metrics::counter!(crate::telemetry::names::RUNS, "status" => final_status, "provider" => provider.clone()).increment(1);
+        metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider.clone(), "direction" => "input")
+            .increment(u64::try_from(input_tokens).unwrap_or(0));
+        metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider, "direction" => "output")
+            .increment(u64::try_from(output_tokens).unwrap_or(0));
         writer.sequence = terminal_sequence;
         tracing::info!(
             execution.id = %id,

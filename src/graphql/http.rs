@@ -142,8 +142,16 @@ async fn execute(
     if let Err(err) = app.limiters.check_client(context.client_key(), operations) {
         return app_error_response(&request_id, err);
     }
+    let names: Vec<Option<String>> = batch.iter().map(|r| r.operation_name.clone()).collect();
     let batch = batch.data(context).data(super::loaders::Loaders::new(app));
     let response = http.schema.execute_batch(batch).await;
+    let outcomes: Vec<bool> = match &response {
+        BatchResponse::Single(r) => vec![r.errors.is_empty()],
+        BatchResponse::Batch(rs) => rs.iter().map(|r| r.errors.is_empty()).collect(),
+    };
+    for (name, ok) in names.iter().zip(outcomes) {
+        super::observe::record_operation(name.as_deref(), ok);
+    }
     finish(response, &request_id)
 }
 

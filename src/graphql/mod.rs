@@ -5,6 +5,7 @@ pub mod guards;
 pub mod http;
 pub mod limits;
 pub mod loaders;
+pub mod observe;
 pub mod pagination;
 pub mod ws;
 
@@ -54,7 +55,8 @@ pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscri
     .limit_directives(config.max_directives)
     .extension(limits::Limits {
         max_aliases: config.max_aliases,
-    });
+    })
+    .extension(observe::Observe);
     if !config.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }

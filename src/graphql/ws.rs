@@ -41,6 +41,8 @@ mod close {
     pub const FORBIDDEN: u16 = 4403;
     /// No `connection_init` in time.
     pub const INIT_TIMEOUT: u16 = 4408;
+    /// The server is shutting down (RFC 6455 "going away"): reconnect to another instance.
+    pub const GOING_AWAY: u16 = 1001;
 }
 
 /// Socket read buffer: small, so idle connections cost kilobytes.
@@ -105,9 +107,11 @@ async fn serve(
     protocol: WebSocketProtocols,
     meta: RequestMeta,
 ) {
+    let _open = http.app.sockets.open();
     let (mut sink, stream) = socket.split();
     let init_state = Arc::new(Mutex::new(InitState::Pending));
     let mut revocations = http.app.revocations.subscribe();
+    let mut shutdown = http.app.shutdown.subscribe();
 
     let input = stream
         .take_while(|message| future::ready(message.is_ok()))
@@ -180,6 +184,9 @@ async fn serve(
             }
             () = sleep_until_opt(expiry) => {
                 break Some((close::UNAUTHORIZED, "Unauthorized: access token expired".into()));
+            }
+            () = crate::state::until_set(&mut shutdown) => {
+                break Some((close::GOING_AWAY, "server shutting down".into()));
             }
             revocation = revocations.recv() => match revocation {
                 Ok(revocation) if concerns(identity.as_ref(), revocation) => {
