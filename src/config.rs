@@ -187,6 +187,10 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Milliseconds a DataLoader waits to gather a batch (longer: fewer, larger batches).
+    #[arg(long, env = "AGENTRY_DATALOADER_DELAY_MS", default_value_t = 2)]
+    pub dataloader_delay_ms: u64,
+
     /// Bearer token required on `GET /metrics` (open when unset; bind privately or set it).
     #[arg(long, env = "AGENTRY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<SecretString>,

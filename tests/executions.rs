@@ -970,8 +970,13 @@ async fn bad_run_input_is_named_and_starts_nothing() {
 
 #[tokio::test]
 async fn statements_per_request_do_not_grow_with_the_number_of_agents() {
-    // No background recovery pass may land inside a measurement: heartbeats far apart.
-    let w = world_with("OPENAI", "gpt-4o-mini", |c| c.execution_heartbeat_secs = 3600).await;
+    // No background recovery pass may land inside a measurement (heartbeats far apart), and an
+    // unoptimised test build needs a wider batching window to gather 50 nodes in one batch.
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 3600;
+        c.dataloader_delay_ms = 20;
+    })
+    .await;
     w.fake.set_stream(slow(&["s"], 0));
     // 50 agents, each with two runs.
     for i in 0..49 {

@@ -260,6 +260,13 @@ impl AgentsQuery {
         )
         .await
         .map_err(AppError::from)?;
+        // Runs listed below these agents resolve `agent` from this, without a query.
+        if let Ok(loaders) = ctx.data::<crate::graphql::loaders::Loaders>() {
+            loaders
+                .agents
+                .feed_many(rows.iter().map(|a| (a.id, a.clone())))
+                .await;
+        }
         Ok(page.connection(rows, |a| a.id, Agent))
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -32,8 +32,8 @@ impl std::ops::Deref for Loaders {
 pub struct LoaderSet {
     /// API keys by id.
     pub api_keys: DataLoader<ApiKeyLoader>,
-    /// Agents by id.
-    pub agents: DataLoader<AgentLoader>,
+    /// Agents by id (cached per request; lists feed it what they loaded).
+    pub agents: DataLoader<AgentLoader, HashMapCache>,
     /// The newest N runs of each agent, keyed by (agent id, N).
     pub recent_executions: DataLoader<RecentExecutionsLoader>,
     /// Key usage, keyed by (key id, since, until).
@@ -44,11 +44,18 @@ impl Loaders {
     /// A fresh set for one request.
     pub fn new(state: &AppState) -> Self {
         let pool = state.pool.clone();
+        let delay = std::time::Duration::from_millis(state.config.dataloader_delay_ms);
         Self(std::sync::Arc::new(LoaderSet {
-            api_keys: DataLoader::new(ApiKeyLoader(pool.clone()), tokio::spawn),
-            agents: DataLoader::new(AgentLoader(pool.clone()), tokio::spawn),
-            recent_executions: DataLoader::new(RecentExecutionsLoader(pool.clone()), tokio::spawn),
-            usage: DataLoader::new(UsageLoader(pool), tokio::spawn),
+            api_keys: DataLoader::new(ApiKeyLoader(pool.clone()), tokio::spawn).delay(delay),
+            agents: DataLoader::with_cache(
+                AgentLoader(pool.clone()),
+                tokio::spawn,
+                HashMapCache::default(),
+            )
+            .delay(delay),
+            recent_executions: DataLoader::new(RecentExecutionsLoader(pool.clone()), tokio::spawn)
+                .delay(delay),
+            usage: DataLoader::new(UsageLoader(pool), tokio::spawn).delay(delay),
         }))
     }
 }
