@@ -38,6 +38,44 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     ExportSchema,
+    /// Dump the database (pg_dump, compressed) with a manifest of row counts; keep the newest
+    /// `--keep`; upload to S3-compatible storage when AGENTRY_BACKUP_S3_* is set.
+    Backup {
+        /// Directory for backups.
+        #[arg(long, env = "AGENTRY_BACKUP_DIR", default_value = "./backups")]
+        dir: std::path::PathBuf,
+        /// How many backups to keep.
+        #[arg(long, env = "AGENTRY_BACKUP_KEEP", default_value_t = 7)]
+        keep: usize,
+        /// S3-compatible endpoint, e.g. https://s3.eu-west-1.amazonaws.com.
+        #[arg(long, env = "AGENTRY_BACKUP_S3_ENDPOINT")]
+        s3_endpoint: Option<url::Url>,
+        /// Bucket.
+        #[arg(long, env = "AGENTRY_BACKUP_S3_BUCKET")]
+        s3_bucket: Option<String>,
+        /// Region.
+        #[arg(long, env = "AGENTRY_BACKUP_S3_REGION", default_value = "us-east-1")]
+        s3_region: String,
+        /// Access key id.
+        #[arg(long, env = "AGENTRY_BACKUP_S3_ACCESS_KEY_ID")]
+        s3_access_key_id: Option<String>,
+        /// Secret access key.
+        #[arg(
+            long,
+            env = "AGENTRY_BACKUP_S3_SECRET_ACCESS_KEY",
+            hide_env_values = true
+        )]
+        s3_secret_access_key: Option<String>,
+    },
+    /// Restore a backup into a new database on the same server and verify every table's rows.
+    Restore {
+        /// The `.dump` file (its `.dump.json` manifest must sit beside it).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Name of the database to create and restore into.
+        #[arg(long)]
+        database: String,
+    },
     /// Re-encrypt every stored secret with the first key of AGENTRY_ENCRYPTION_KEYS (safe to
     /// interrupt and re-run); afterwards the old keys can be removed from the list.
     RotateEncryptionKey,
@@ -58,9 +96,70 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
-    if let Command::ExportSchema = command {
-        print!("{}", graphql::export_sdl(config));
-        return Ok(());
+    match command {
+        Command::ExportSchema => {
+            print!("{}", graphql::export_sdl(config));
+            return Ok(());
+        }
+        // Backups need the database, not the application's secrets.
+        Command::Backup {
+            dir,
+            keep,
+            s3_endpoint,
+            s3_bucket,
+            s3_region,
+            s3_access_key_id,
+            s3_secret_access_key,
+        } => {
+            let s3 = match (s3_endpoint, s3_bucket) {
+                (Some(endpoint), Some(bucket)) => Some(db::backup::S3Target {
+                    endpoint,
+                    bucket,
+                    region: s3_region,
+                    access_key: s3_access_key_id.unwrap_or_default(),
+                    secret_key: s3_secret_access_key.unwrap_or_default().into(),
+                }),
+                _ => None,
+            };
+            let http = reqwest::Client::new();
+            let report =
+                db::backup::backup(&config.database_url, &dir, keep, s3.as_ref(), &http).await?;
+            println!("backup {} ({} bytes)", report.file.display(), report.bytes);
+            for (table, rows) in &report.manifest.tables {
+                println!("  {table}: {rows} rows");
+            }
+            if let Some(url) = report.uploaded {
+                println!("uploaded to {url}");
+            }
+            for old in report.removed {
+                println!("removed old backup {}", old.display());
+            }
+            return Ok(());
+        }
+        Command::Restore { file, database } => {
+            let checks = db::backup::restore(&config.database_url, &file, &database).await?;
+            let mut ok = true;
+            for check in &checks {
+                let same = check.restored == Some(check.expected);
+                ok &= same;
+                println!(
+                    "  {}: {} rows expected, {} restored {}",
+                    check.table,
+                    check.expected,
+                    check.restored.map_or("none".into(), |n| n.to_string()),
+                    if same { "✓" } else { "✗ MISMATCH" }
+                );
+            }
+            if !ok {
+                anyhow::bail!("restored database {database} does not match the backup's manifest");
+            }
+            println!(
+                "restored {} into database {database}: every table verified",
+                file.display()
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     config.validate()?;
     db::bootstrap(&config.database_url).await?;
@@ -114,6 +213,6 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::ExportSchema => Ok(()),
+        Command::ExportSchema | Command::Backup { .. } | Command::Restore { .. } => Ok(()),
     }
 }

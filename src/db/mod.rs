@@ -1,5 +1,6 @@
 //! The database: connection pool, bootstrap (create the database if missing) and migrations.
 
+pub mod backup;
 pub mod schema;
 
 use std::{
