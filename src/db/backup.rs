@@ -311,7 +311,7 @@ fn with_database(url: &str, name: &str) -> String {
 fn split_password(url: &str) -> (String, Option<String>) {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
-            let password = parsed.password().map(|p| percent_decode(p));
+            let password = parsed.password().map(percent_decode);
             let _ = parsed.set_password(None);
             (parsed.to_string(), password)
         }
