@@ -49,6 +49,10 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Live fan-out of run events and status changes, and local cancellation.
     pub hub: Arc<crate::executions::hub::Hub>,
+    /// The configured OAuth providers and redirect allowlist.
+    pub oauth: Arc<crate::oauth::providers::Registry>,
+    /// Outbound HTTP to OAuth providers: redirects are never followed (SSRF safety).
+    pub oauth_http: reqwest::Client,
 }
 
 impl AppState {
@@ -67,6 +71,16 @@ impl AppState {
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
             .build()?;
+        let oauth_http = reqwest::Client::builder()
+            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
+            .timeout(std::time::Duration::from_secs(
+                config.provider_timeout_secs.saturating_mul(2),
+            ))
+            .build()?;
+        let oauth =
+            crate::oauth::providers::Registry::from_config(&config.oauth, config.is_production())?;
         let query_counter = crate::db::QueryCounter::default();
         let pool = crate::db::pool(
             &config.database_url,
@@ -79,6 +93,8 @@ impl AppState {
             vault: Arc::new(vault),
             pricing: Arc::new(pricing),
             http,
+            oauth: Arc::new(oauth),
+            oauth_http,
             hub: crate::executions::hub::Hub::new(),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),
             passwords: PasswordHasher::new(config.bcrypt_cost),
