@@ -5,6 +5,7 @@ use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use crate::{
+    error::AppError,
     graphql::{guards::RoleGuard, parse_id, request_context, state},
     oauth::{
         model::OAuthAccountRow,
@@ -126,8 +127,16 @@ impl OAuthAccount {
     }
 
     /// The provider.
-    async fn provider(&self) -> Option<OAuthProvider> {
-        ProviderKind::from_stored(&self.0.provider).map(Into::into)
+    async fn provider(&self) -> async_graphql::Result<OAuthProvider> {
+        ProviderKind::from_stored(&self.0.provider)
+            .map(Into::into)
+            .ok_or_else(|| {
+                AppError::Internal(anyhow::anyhow!(
+                    "unknown OAuth provider {}",
+                    self.0.provider
+                ))
+                .into()
+            })
     }
 
     /// The provider's verified email when last seen (informational: it links nothing).

@@ -473,3 +473,83 @@ fn endpoint(var: &'static str, raw: &str, production: bool) -> Result<Url, Confi
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        oauth: OAuthConfig,
+    }
+
+    fn registry(args: &[&str], production: bool) -> Result<Registry, ConfigError> {
+        let cli = Cli::parse_from(std::iter::once("agentry").chain(args.iter().copied()));
+        Registry::from_config(&cli.oauth, production)
+    }
+
+    fn err_var(result: Result<Registry, ConfigError>) -> &'static str {
+        match result {
+            Err(ConfigError::Invalid(var, _) | ConfigError::Missing(var, _)) => var,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_configured_means_no_providers() {
+        let r = registry(&[], true).unwrap();
+        assert_eq!(r.configured().count(), 0);
+    }
+
+    #[test]
+    fn a_half_configured_provider_names_the_missing_variable() {
+        let r = registry(&["--oauth-google-client-id", "id"], false);
+        assert_eq!(err_var(r), "AGENTRY_OAUTH_GOOGLE_CLIENT_SECRET");
+        let r = registry(&["--oauth-github-client-secret", "s"], false);
+        assert_eq!(err_var(r), "AGENTRY_OAUTH_GITHUB_CLIENT_ID");
+    }
+
+    #[test]
+    fn a_configured_provider_needs_redirect_uris_and_https_in_production() {
+        let base = [
+            "--oauth-microsoft-client-id",
+            "id",
+            "--oauth-microsoft-client-secret",
+            "s",
+        ];
+        assert_eq!(
+            err_var(registry(&base, true)),
+            "AGENTRY_OAUTH_REDIRECT_URIS"
+        );
+        let mut args = base.to_vec();
+        args.extend([
+            "--oauth-redirect-uris",
+            "https://app.example.com/cb,https://app.example.com/cb2",
+        ]);
+        let r = registry(&args, true).unwrap();
+        assert_eq!(
+            r.configured().collect::<Vec<_>>(),
+            [ProviderKind::Microsoft]
+        );
+        assert!(r.redirect_allowed("https://app.example.com/cb2"));
+        assert!(!r.redirect_allowed("https://app.example.com/cb/"));
+        args.extend([
+            "--oauth-microsoft-token-url",
+            "http://login.example.com/token",
+        ]);
+        assert_eq!(
+            err_var(registry(&args, true)),
+            "AGENTRY_OAUTH_MICROSOFT_TOKEN_URL"
+        );
+        assert_eq!(
+            err_var(registry(
+                &[&base[..], &["--oauth-redirect-uris", "not a url"]].concat(),
+                false
+            )),
+            "AGENTRY_OAUTH_REDIRECT_URIS"
+        );
+    }
+}

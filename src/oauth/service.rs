@@ -412,7 +412,11 @@ pub async fn complete(
         .await?;
     match (claimed.intent, claimed.user_id) {
         (Intent::Link, Some(user_id)) => link(state, meta, user_id, provider, profile, grant).await,
-        _ => login(state, meta, provider, profile, grant).await,
+        (Intent::Login, _) => login(state, meta, provider, profile, grant).await,
+        // The table's CHECK makes this impossible; never fall back to signing someone in.
+        (Intent::Link, None) => Err(AppError::Internal(anyhow::anyhow!(
+            "LINK state without a user"
+        ))),
     }
 }
 
