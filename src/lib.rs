@@ -20,6 +20,8 @@ pub mod executions;
 pub mod graphql;
 /// LLM providers' wire formats and the pricing table.
 pub mod llm;
+/// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
+pub mod oauth;
 /// Per-client and sign-in rate limits (governor).
 pub mod rate_limit;
 /// Request ids, client addresses and the identity of the caller.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use agentry::{
-    api_keys, config::Config, db, graphql, server, state::AppState, telemetry, users::admin,
+    api_keys, config::Config, db, graphql, oauth, server, state::AppState, telemetry, users::admin,
 };
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -206,9 +206,11 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
         Command::RotateEncryptionKey => {
             let state = AppState::new(config.clone())?;
             let mut conn = state.pool.get().await?;
-            let rewrapped = api_keys::service::rewrap_all(&mut conn, &state.vault, 100).await?;
+            let keys = api_keys::service::rewrap_all(&mut conn, &state.vault, 100).await?;
+            let oauth = oauth::service::rewrap_all(&mut conn, &state.vault, 100).await?;
             println!(
-                "rewrapped {rewrapped} secrets (api_keys) under key `{}`",
+                "rewrapped {} secrets ({keys} api_keys, {oauth} oauth_accounts/oauth_states) under key `{}`",
+                keys + oauth,
                 state.vault.active_key_id()
             );
             Ok(())

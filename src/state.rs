@@ -53,6 +53,10 @@ pub struct AppState {
     pub shutdown: Arc<watch::Sender<bool>>,
     /// Open WebSocket connections, so shutdown can wait for their close frames.
     pub sockets: Arc<SocketTracker>,
+    /// The configured OAuth providers and redirect allowlist.
+    pub oauth: Arc<crate::oauth::providers::Registry>,
+    /// Outbound HTTP to OAuth providers: redirects are never followed (SSRF safety).
+    pub oauth_http: reqwest::Client,
 }
 
 /// Counts open WebSocket connections and wakes a waiter when none is left.
@@ -121,6 +125,16 @@ impl AppState {
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
             .build()?;
+        let oauth_http = reqwest::Client::builder()
+            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
+            .timeout(std::time::Duration::from_secs(
+                config.provider_timeout_secs.saturating_mul(2),
+            ))
+            .build()?;
+        let oauth =
+            crate::oauth::providers::Registry::from_config(&config.oauth, config.is_production())?;
         let query_counter = crate::db::QueryCounter::default();
         let pool = crate::db::pool(
             &config.database_url,
@@ -133,6 +147,8 @@ impl AppState {
             vault: Arc::new(vault),
             pricing: Arc::new(pricing),
             http,
+            oauth: Arc::new(oauth),
+            oauth_http,
             hub: crate::executions::hub::Hub::new(),
             shutdown: Arc::new(watch::channel(false).0),
             sockets: Arc::new(SocketTracker::default()),

@@ -100,6 +100,37 @@ diesel::table! {
 }
 
 diesel::table! {
+    oauth_accounts (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        provider -> Text,
+        subject -> Text,
+        email -> Nullable<Text>,
+        access_token_ciphertext -> Bytea,
+        refresh_token_ciphertext -> Nullable<Bytea>,
+        expires_at -> Nullable<Timestamptz>,
+        is_connected -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    oauth_states (id) {
+        id -> Uuid,
+        state_hash -> Bytea,
+        provider -> Text,
+        intent -> Text,
+        user_id -> Nullable<Uuid>,
+        pkce_verifier_ciphertext -> Bytea,
+        redirect_uri -> Text,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     retired_refresh_tokens (token_hash) {
         token_hash -> Bytea,
         session_id -> Uuid,
@@ -146,6 +177,8 @@ diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> users (user_id));
 diesel::joinable!(idempotency_keys -> executions (execution_id));
 diesel::joinable!(idempotency_keys -> users (user_id));
+diesel::joinable!(oauth_accounts -> users (user_id));
+diesel::joinable!(oauth_states -> users (user_id));
 diesel::joinable!(retired_refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
 
@@ -156,6 +189,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     execution_events,
     executions,
     idempotency_keys,
+    oauth_accounts,
+    oauth_states,
     retired_refresh_tokens,
     sessions,
     users,

@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     error::{AppError, AppResult},
     executions::graphql::{ExecutionsMutation, ExecutionsQuery, ExecutionsSubscription},
+    oauth::graphql::{OAuthMutation, OAuthQuery},
     request::RequestContext,
     state::AppState,
     users::graphql::{UsersMutation, UsersQuery},
@@ -25,12 +26,19 @@ use crate::{
 
 /// Every query field, one object per domain.
 #[derive(MergedObject, Default)]
-pub struct Query(UsersQuery, ApiKeysQuery, AgentsQuery, ExecutionsQuery);
+pub struct Query(
+    UsersQuery,
+    OAuthQuery,
+    ApiKeysQuery,
+    AgentsQuery,
+    ExecutionsQuery,
+);
 
 /// Every mutation field, one object per domain.
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     UsersMutation,
+    OAuthMutation,
     ApiKeysMutation,
     AgentsMutation,
     ExecutionsMutation,

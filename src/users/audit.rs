@@ -24,6 +24,12 @@ pub mod actions {
     pub const ROLE_CHANGE: &str = "user.role_change";
     /// An owner account was created from the command line.
     pub const OWNER_CREATE: &str = "user.create_owner";
+    /// A user signed up through an OAuth provider (no password).
+    pub const OAUTH_SIGN_UP: &str = "user.register_oauth";
+    /// A user linked an OAuth provider account.
+    pub const OAUTH_LINK: &str = "oauth.link";
+    /// A user unlinked an OAuth provider account.
+    pub const OAUTH_UNLINK: &str = "oauth.unlink";
     /// A rotated-away refresh token was presented again; its family was revoked.
     pub const REFRESH_TOKEN_REUSE: &str = "session.refresh_token_reuse";
 }

@@ -13,6 +13,7 @@ use crate::{
     api_keys::graphql::ApiKey,
     error::AppError,
     graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
+    oauth::graphql::OAuthAccount,
     users::{
         admin, audit,
         model::{AuditRow, UserRow, roles, statuses},
@@ -95,6 +96,20 @@ impl User {
         }
         let rows = crate::api_keys::service::list(state(ctx)?, viewer.id()).await?;
         Ok(rows.into_iter().map(ApiKey).collect())
+    }
+
+    /// This user's linked Google, GitHub and Microsoft accounts (tokens never shown). Only the
+    /// user themselves may list them.
+    async fn oauth_accounts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OAuthAccount>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        if viewer.id().to_string() != self.id.as_str() {
+            return Err(AppError::Forbidden(
+                "only the owner of linked accounts may list them".into(),
+            )
+            .into());
+        }
+        let rows = crate::oauth::service::list(state(ctx)?, viewer.id()).await?;
+        Ok(rows.into_iter().map(OAuthAccount).collect())
     }
 
     /// This user's agents, newest first. Only the user themselves may list them.

@@ -88,6 +88,58 @@ pub async fn register(
     .await
 }
 
+/// Creates an account without a password for someone who signed up through an OAuth provider
+/// (inside the caller's transaction), and audits the sign-up with `details`. The email must be
+/// one the provider verified; the user can set a password later with `changePassword`.
+pub async fn create_external(
+    conn: &mut diesel_async::AsyncPgConnection,
+    meta: &RequestMeta,
+    email: &str,
+    name: Option<&str>,
+    details: serde_json::Value,
+) -> AppResult<UserRow> {
+    let email = Email::parse("email", email)?;
+    let fallback = email
+        .as_str()
+        .split('@')
+        .next()
+        .unwrap_or("user")
+        .to_owned();
+    let display_name = name
+        .map(|n| n.chars().take(100).collect::<String>())
+        .and_then(|n| validate::display_name("displayName", &n).ok())
+        .or_else(|| validate::display_name("displayName", &fallback).ok())
+        .unwrap_or_else(|| "New user".to_owned());
+    let user: UserRow = diesel::insert_into(users::table)
+        .values(NewUser {
+            id: Uuid::now_v7(),
+            email: email.as_str(),
+            display_name: &display_name,
+            password_hash: None,
+            role: roles::USER,
+        })
+        .returning(UserRow::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ) => duplicate_email(),
+            other => other.into(),
+        })?;
+    audit::record(
+        conn,
+        Some(meta),
+        Some(user.id),
+        actions::OAUTH_SIGN_UP,
+        Some(user.id),
+        details,
+    )
+    .await?;
+    Ok(user)
+}
+
 fn duplicate_email() -> AppError {
     AppError::Conflict("an account with this email already exists: sign in instead".into())
 }

@@ -1,0 +1,2 @@
+DROP TABLE oauth_accounts;
+DROP TABLE oauth_states;

@@ -1,0 +1,7 @@
+//! OAuth sign-in and linked accounts: provider registry, code flow with PKCE + state, linked
+//! accounts whose tokens live in the vault.
+
+pub mod graphql;
+pub mod model;
+pub mod providers;
+pub mod service;
