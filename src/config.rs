@@ -381,6 +381,7 @@ impl Config {
     ///
     /// Called once at start-up, before anything listens: a bad configuration never half-starts.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        self.treat_empty_as_unset();
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(ConfigError::Invalid(
                 "AGENTRY_BCRYPT_COST",
@@ -462,6 +463,44 @@ impl Config {
         crate::crypto::vault::Vault::from_config(&keys)
             .map_err(|e| ConfigError::Invalid(VAR, e.to_string()))?;
         Ok(keys)
+    }
+
+    /// `VAR=` (as compose writes for an unset `${VAR:-}`) means "not set", not "set to nothing".
+    fn treat_empty_as_unset(&mut self) {
+        fn secret(value: &mut Option<SecretString>) {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.expose_secret().trim().is_empty())
+            {
+                *value = None;
+            }
+        }
+        fn text(value: &mut Option<String>) {
+            if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+        secret(&mut self.jwt_secret);
+        secret(&mut self.encryption_keys);
+        secret(&mut self.metrics_token);
+        let oauth = &mut self.oauth;
+        for id in [
+            &mut oauth.google_client_id,
+            &mut oauth.github_client_id,
+            &mut oauth.microsoft_client_id,
+        ] {
+            text(id);
+        }
+        for key in [
+            &mut oauth.google_client_secret,
+            &mut oauth.github_client_secret,
+            &mut oauth.microsoft_client_secret,
+        ] {
+            secret(key);
+        }
+        text(&mut oauth.github_emails_url);
+        self.cors_origins.retain(|o| !o.trim().is_empty());
+        oauth.redirect_uris.retain(|u| !u.trim().is_empty());
     }
 
     fn resolve_jwt_secret(&self) -> Result<SecretString, ConfigError> {

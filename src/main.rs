@@ -38,6 +38,8 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     ExportSchema,
+    /// Exit 0 when the server at AGENTRY_LISTEN answers /healthz (the container's HEALTHCHECK).
+    Healthcheck,
     /// Dump the database (pg_dump, compressed) with a manifest of row counts; keep the newest
     /// `--keep`; upload to S3-compatible storage when AGENTRY_BACKUP_S3_* is set.
     Backup {
@@ -99,6 +101,26 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
     match command {
         Command::ExportSchema => {
             print!("{}", graphql::export_sdl(config));
+            return Ok(());
+        }
+        Command::Healthcheck => {
+            // A wildcard listen address is reached through loopback.
+            let mut address = config.listen;
+            if address.ip().is_unspecified() {
+                address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let response = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build()?
+                .get(format!("http://{address}/healthz"))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "healthz answered {}",
+                response.status()
+            );
+            println!("ok");
             return Ok(());
         }
         // Backups need the database, not the application's secrets.
@@ -215,6 +237,9 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::ExportSchema | Command::Backup { .. } | Command::Restore { .. } => Ok(()),
+        Command::ExportSchema
+        | Command::Healthcheck
+        | Command::Backup { .. }
+        | Command::Restore { .. } => Ok(()),
     }
 }
