@@ -187,6 +187,10 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Sentry DSN: report errors to Sentry (off when unset).
+    #[arg(long, env = "SENTRY_DSN", hide_env_values = true)]
+    pub sentry_dsn: Option<SecretString>,
+
     /// Milliseconds a DataLoader waits to gather a batch (longer: fewer, larger batches).
     #[arg(long, env = "AGENTRY_DATALOADER_DELAY_MS", default_value_t = 2)]
     pub dataloader_delay_ms: u64,
@@ -483,6 +487,7 @@ impl Config {
         secret(&mut self.jwt_secret);
         secret(&mut self.encryption_keys);
         secret(&mut self.metrics_token);
+        secret(&mut self.sentry_dsn);
         let oauth = &mut self.oauth;
         for id in [
             &mut oauth.google_client_id,

@@ -87,14 +87,24 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = cli.config;
-    telemetry::init(&config.log_filter, config.is_production());
-    match run(cli.command.unwrap_or(Command::Serve), &mut config).await {
+    let environment = if config.is_production() {
+        "production"
+    } else {
+        "development"
+    };
+    let sentry = telemetry::sentry(config.sentry_dsn.as_ref(), environment);
+    telemetry::init_with_sentry(&config.log_filter, config.is_production(), sentry.is_some());
+    let code = match run(cli.command.unwrap_or(Command::Serve), &mut config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // Logged (and so reported to Sentry when enabled) as well as printed.
+            tracing::error!(error = %format!("{err:#}"), "agentry failed");
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(sentry); // flushes pending error reports
+    code
 }
 
 async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {

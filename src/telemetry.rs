@@ -7,8 +7,40 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(filter: &str, json: bool) {
+    init_with_sentry(filter, json, false);
+}
+
+/// Error reporting to Sentry, on only when `SENTRY_DSN` is set. Keep the guard alive until the
+/// process ends: dropping it flushes pending events.
+pub fn sentry(
+    dsn: Option<&secrecy::SecretString>,
+    environment: &'static str,
+) -> Option<sentry::ClientInitGuard> {
+    use secrecy::ExposeSecret;
+    let dsn = dsn
+        .map(|d| d.expose_secret().trim().to_owned())
+        .filter(|d| !d.is_empty())?;
+    let guard = sentry::init((
+        dsn,
+        sentry::ClientOptions {
+            release: sentry::release_name!(),
+            environment: Some(environment.into()),
+            // Never attach request bodies, headers or user data: they may hold secrets.
+            send_default_pii: false,
+            ..Default::default()
+        },
+    ));
+    guard.is_enabled().then_some(guard)
+}
+
+/// Installs the global subscriber, with the Sentry layer when `with_sentry` (error events
+/// become Sentry events, lower levels breadcrumbs).
+pub fn init_with_sentry(filter: &str, json: bool, with_sentry: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let sentry_layer = with_sentry.then(sentry::integrations::tracing::layer);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(sentry_layer);
     let result = if json {
         registry
             .with(fmt::layer().json().with_current_span(true))

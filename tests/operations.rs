@@ -580,3 +580,46 @@ async fn backup_then_restore_gives_identical_rows_and_keys_still_decrypt() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_reported_to_sentry_when_a_dsn_is_set() {
+    use axum::{body::Bytes, extract::State, routing::post};
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    let seen: Seen = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/api/{project}/envelope/",
+            post(|State(seen): State<Seen>, body: Bytes| async move {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).to_string());
+                axum::http::StatusCode::OK
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let output = agentry_cli("postgres://app:pw-never-sent@127.0.0.1:1/agentry")
+        .arg("migrate")
+        .env("SENTRY_DSN", format!("http://public@127.0.0.1:{port}/42"))
+        .env(
+            "AGENTRY_DATA_DIR",
+            std::env::temp_dir().join("agentry-sentry-test"),
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let reports = seen.lock().unwrap().clone();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.contains("could not reach PostgreSQL")),
+        "no Sentry event received: {reports:?}"
+    );
+    assert!(
+        reports.iter().all(|r| !r.contains("pw-never-sent")),
+        "a password reached Sentry"
+    );
+}
