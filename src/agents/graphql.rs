@@ -230,6 +230,34 @@ fn maybe<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     }
 }
 
+/// A page of `user_id`'s agents, newest first (shared by `agents` and `User.agents`; the caller
+/// has checked that the viewer may see them).
+pub async fn agents_page(
+    ctx: &Context<'_>,
+    user_id: uuid::Uuid,
+    first: Option<i32>,
+    after: Option<String>,
+    active: Option<bool>,
+) -> async_graphql::Result<Connection<String, Agent>> {
+    let page = Page::new(first, after)?;
+    let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
+    let rows = crate::agents::model::page_owned(
+        &mut conn,
+        user_id,
+        active,
+        page.after,
+        page.fetch_limit(),
+    )
+    .await
+    .map_err(AppError::from)?;
+    // Runs listed below these agents resolve `agent` from this, without a query.
+    ctx.data::<Loaders>()?
+        .agents
+        .feed_many(rows.iter().map(|a| (a.id, a.clone())))
+        .await;
+    Ok(page.connection(rows, |a| a.id, Agent))
+}
+
 /// Agent queries.
 #[derive(Default)]
 pub struct AgentsQuery;
@@ -249,25 +277,7 @@ impl AgentsQuery {
         active: Option<bool>,
     ) -> async_graphql::Result<Connection<String, Agent>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        let rows = crate::agents::model::page_owned(
-            &mut conn,
-            viewer.id(),
-            active,
-            page.after,
-            page.fetch_limit(),
-        )
-        .await
-        .map_err(AppError::from)?;
-        // Runs listed below these agents resolve `agent` from this, without a query.
-        if let Ok(loaders) = ctx.data::<crate::graphql::loaders::Loaders>() {
-            loaders
-                .agents
-                .feed_many(rows.iter().map(|a| (a.id, a.clone())))
-                .await;
-        }
-        Ok(page.connection(rows, |a| a.id, Agent))
+        agents_page(ctx, viewer.id(), first, after, active).await
     }
 
     /// One of your agents; null if it does not exist or is not yours.

@@ -127,25 +127,7 @@ impl User {
                 AppError::Forbidden("only the owner of agents may list them".into()).into(),
             );
         }
-        let page = Page::new(first, after)?;
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        let rows = crate::agents::model::page_owned(
-            &mut conn,
-            viewer.id(),
-            active,
-            page.after,
-            page.fetch_limit(),
-        )
-        .await
-        .map_err(AppError::from)?;
-        // Runs listed below these agents resolve `agent` from this, without a query.
-        if let Ok(loaders) = ctx.data::<crate::graphql::loaders::Loaders>() {
-            loaders
-                .agents
-                .feed_many(rows.iter().map(|a| (a.id, a.clone())))
-                .await;
-        }
-        Ok(page.connection(rows, |a| a.id, Agent))
+        crate::agents::graphql::agents_page(ctx, viewer.id(), first, after, active).await
     }
 }
 
