@@ -182,3 +182,21 @@ async fn messages_over_the_cap_end_the_connection() {
         WsEvent::Json(message) => panic!("an oversize message was processed: {message}"),
     }
 }
+
+#[tokio::test]
+async fn subscriptions_spend_the_rate_limit_and_too_many_close_with_4429() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 2;
+    })
+    .await;
+    let session = app.register("busy-ws@example.com").await;
+    let mut ws = app.ws("graphql-transport-ws", None).await.expect("connect");
+    assert_ack(ws.init(bearer(&session.access)).await);
+    for id in ["1", "2", "3"] {
+        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": "subscription { executionUpdates { id } }"}}))
+            .await;
+    }
+    let reason = assert_closed(ws.next(5).await, 4429);
+    assert!(reason.contains("Too many requests"), "{reason}");
+}

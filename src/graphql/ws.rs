@@ -25,6 +25,7 @@ use futures_util::{SinkExt, StreamExt, future};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::{
+    rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
     server::HttpState,
     state::Revocation,
@@ -41,6 +42,8 @@ mod close {
     pub const FORBIDDEN: u16 = 4403;
     /// No `connection_init` in time.
     pub const INIT_TIMEOUT: u16 = 4408;
+    /// Subscriptions over the client's rate limit.
+    pub const TOO_MANY_REQUESTS: u16 = 4429;
     /// The server is shutting down (RFC 6455 "going away"): reconnect to another instance.
     pub const GOING_AWAY: u16 = 1001;
 }
@@ -113,15 +116,38 @@ async fn serve(
     let mut revocations = http.app.revocations.subscribe();
     let mut shutdown = http.app.shutdown.subscribe();
 
-    let input = stream
-        .take_while(|message| future::ready(message.is_ok()))
-        .filter_map(|message| {
-            future::ready(match message {
-                Ok(Message::Text(text)) => Some(text.as_bytes().to_vec()),
-                Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
-                _ => None,
+    // Every subscription spends a unit of the client's rate limit, like an HTTP operation;
+    // over the limit the connection closes with 4429.
+    let (over_limit_tx, mut over_limit) = tokio::sync::watch::channel(false);
+    let input = {
+        let limiters = http.app.limiters.clone();
+        let init_state = init_state.clone();
+        let ip = meta.ip;
+        stream
+            .take_while(|message| future::ready(message.is_ok()))
+            .filter_map(move |message| {
+                let bytes = match message {
+                    Ok(Message::Text(text)) => Some(text.as_bytes().to_vec()),
+                    Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
+                    _ => None,
+                };
+                let bytes = bytes.filter(|bytes| {
+                    if !starts_operation(bytes) {
+                        return true;
+                    }
+                    let key = match get(&init_state) {
+                        InitState::Ready(Identity::User(viewer)) => ClientKey::User(viewer.id()),
+                        _ => ClientKey::Ip(ip),
+                    };
+                    let allowed = limiters.check_client(key, 1).is_ok();
+                    if !allowed {
+                        over_limit_tx.send_replace(true);
+                    }
+                    allowed
+                });
+                future::ready(bytes)
             })
-        });
+    };
 
     let on_init = {
         let app = http.app.clone();
@@ -185,6 +211,9 @@ async fn serve(
             () = sleep_until_opt(expiry) => {
                 break Some((close::UNAUTHORIZED, "Unauthorized: access token expired".into()));
             }
+            () = crate::state::until_set(&mut over_limit) => {
+                break Some((close::TOO_MANY_REQUESTS, "Too many requests: slow down".into()));
+            }
             () = crate::state::until_set(&mut shutdown) => {
                 break Some((close::GOING_AWAY, "server shutting down".into()));
             }
@@ -206,6 +235,16 @@ async fn serve(
             .await;
     }
     let _ = sink.close().await;
+}
+
+/// Whether a client message starts an operation (`subscribe`, or legacy `start`).
+fn starts_operation(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+    }
+    serde_json::from_slice::<Kind<'_>>(bytes).is_ok_and(|m| matches!(m.kind, "subscribe" | "start"))
 }
 
 fn set(state: &Mutex<InitState>, value: InitState) {
