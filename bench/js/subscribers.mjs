@@ -119,12 +119,13 @@ async function fanout() {
       done.push(
         new Promise((resolve) => {
           client.subscribe(
-            { query: 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta } }', variables: { id: run } },
+            { query: 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta data } }', variables: { id: run } },
             {
               next: ({ data, errors }) => {
                 const at = now();
                 if (errors || !data) {
                   stats.errors++;
+                  stats.firstError ??= errors ?? 'no data';
                   return;
                 }
                 const event = data.executionEvents;
@@ -136,6 +137,7 @@ async function fanout() {
                 lastSequence = Math.max(lastSequence, event.sequence);
                 if (['COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT'].includes(event.kind)) {
                   sawTerminal = event.kind === 'COMPLETED';
+                  if (!sawTerminal) stats.terminal = { kind: event.kind, data: event.data };
                 }
                 if (event.kind !== 'OUTPUT_DELTA' || !event.delta) return;
                 for (const part of event.delta.split(';')) {
