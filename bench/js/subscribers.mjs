@@ -1,0 +1,213 @@
+// Subscription load for the benchmark, built on graphql-ws over ws (one WebSocket per client,
+// as a browser or a Node service would open them).
+//
+//   node subscribers.mjs idle   <wsUrl> <tokensFile> <connections>
+//     W6: opens <connections> sockets, each with one idle `executionUpdates` subscription.
+//     Prints `READY <n>` once every socket is acknowledged and subscribed, then keeps them open
+//     until stdin closes or a line arrives; prints `CLOSED` and exits.
+//
+//   node subscribers.mjs fanout <wsUrl> <tokensFile> <connections> <executionId,...> <tokensPerRun>
+//     W7: opens <connections> sockets; each subscribes to `executionEvents` of every listed run.
+//     Prints `READY <n>` when all are subscribed, then waits for every subscription to complete
+//     and prints one JSON line with delivered messages, rates, latency percentiles (provider emit
+//     → client receive, from the `<index>@<emitMs>;` tokens of bench/js/fake-provider.mjs) and
+//     lost / reordered / duplicated events and tokens.
+//
+// <tokensFile> holds access tokens, one per line; sockets use them round-robin.
+
+import fs from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import readline from 'node:readline';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+
+const [mode, url, tokensFile, connectionsArg, runsArg, tokensPerRunArg] = process.argv.slice(2);
+const tokens = fs.readFileSync(tokensFile, 'utf8').split('\n').filter(Boolean);
+const connections = Number(connectionsArg);
+const now = () => performance.timeOrigin + performance.now();
+const OPEN_CONCURRENCY = 100; // sockets being opened at once
+const DEADLINE_MS = Number(process.env.BENCH_FANOUT_DEADLINE_MS ?? 120_000);
+
+const clients = [];
+
+/** Opens one graphql-ws client and resolves once the server acknowledged connection_init. */
+function open(i) {
+  return new Promise((resolve, reject) => {
+    const client = createClient({
+      url,
+      webSocketImpl: WebSocket,
+      lazy: false,
+      retryAttempts: 0,
+      keepAlive: 0,
+      connectionParams: { Authorization: `Bearer ${tokens[i % tokens.length]}` },
+      on: { connected: () => resolve(client), closed: (e) => reject(new Error(`closed ${e?.code} ${e?.reason}`)) },
+      onNonLazyError: reject,
+    });
+    clients.push(client);
+  });
+}
+
+/** Opens `n` clients, at most OPEN_CONCURRENCY at a time. */
+async function openAll(n) {
+  const opened = new Array(n);
+  let next = 0;
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      opened[i] = await open(i);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, n) }, worker));
+  return opened;
+}
+
+/** Nearest-rank percentile of a histogram of 0.1 ms buckets. */
+function percentile(hist, total, p) {
+  const rank = Math.ceil((p / 100) * total);
+  let seen = 0;
+  for (let b = 0; b < hist.length; b++) {
+    seen += hist[b];
+    if (seen >= rank) return b / 10;
+  }
+  return NaN;
+}
+
+async function idle() {
+  const opened = await openAll(connections);
+  // Subscribe, then round-trip a query on every socket: the server processes a socket's messages
+  // in order, so once the query answers, the subscription before it is registered.
+  await Promise.all(
+    opened.map(async (client) => {
+      client.subscribe({ query: 'subscription { executionUpdates { id status } }' }, {
+        next: () => {},
+        error: (e) => console.error('ERROR idle subscription', JSON.stringify(e)),
+        complete: () => {},
+      });
+      await new Promise((resolve, reject) =>
+        client.subscribe({ query: '{ __typename }' }, { next: () => {}, error: reject, complete: resolve }),
+      );
+    }),
+  );
+  console.log(`READY ${opened.length}`);
+  const rl = readline.createInterface({ input: process.stdin });
+  await new Promise((resolve) => {
+    rl.once('line', resolve);
+    rl.once('close', resolve);
+  });
+  await Promise.all(opened.map((c) => c.dispose()));
+  console.log('CLOSED');
+  process.exit(0);
+}
+
+async function fanout() {
+  const runs = runsArg.split(',');
+  const tokensPerRun = Number(tokensPerRunArg);
+  const opened = await openAll(connections);
+  const hist = new Uint32Array(100_000); // 0.1 ms buckets up to 10 s (last bucket: beyond)
+  let samples = 0;
+  let maxLatency = 0;
+  const stats = { messages: 0, tokens: 0, lostEvents: 0, reorderedEvents: 0, lostTokens: 0, reorderedTokens: 0, errors: 0 };
+  let firstTokenAt = Infinity;
+  let lastAt = 0;
+  const done = [];
+  const subscribedAll = [];
+  for (const client of opened) {
+    for (const run of runs) {
+      let lastSequence = 0;
+      let lastToken = 0;
+      let sawTerminal = false;
+      done.push(
+        new Promise((resolve) => {
+          client.subscribe(
+            { query: 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta data } }', variables: { id: run } },
+            {
+              next: ({ data, errors }) => {
+                const at = now();
+                if (errors || !data) {
+                  stats.errors++;
+                  stats.firstError ??= errors ?? 'no data';
+                  return;
+                }
+                const event = data.executionEvents;
+                stats.messages++;
+                lastAt = at;
+                // Sequences must be 1, 2, 3 … with no gap, duplicate or reversal.
+                if (event.sequence > lastSequence + 1) stats.lostEvents += event.sequence - lastSequence - 1;
+                if (event.sequence <= lastSequence) stats.reorderedEvents++;
+                lastSequence = Math.max(lastSequence, event.sequence);
+                if (['COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT'].includes(event.kind)) {
+                  sawTerminal = event.kind === 'COMPLETED';
+                  if (!sawTerminal) stats.terminal = { kind: event.kind, data: event.data };
+                }
+                if (event.kind !== 'OUTPUT_DELTA' || !event.delta) return;
+                for (const part of event.delta.split(';')) {
+                  if (!part) continue;
+                  const [index, emitted] = part.split('@').map(Number);
+                  if (index > lastToken + 1) stats.lostTokens += index - lastToken - 1;
+                  if (index <= lastToken) stats.reorderedTokens++;
+                  lastToken = Math.max(lastToken, index);
+                  stats.tokens++;
+                  firstTokenAt = Math.min(firstTokenAt, emitted);
+                  const latency = at - emitted;
+                  maxLatency = Math.max(maxLatency, latency);
+                  hist[Math.min(hist.length - 1, Math.max(0, Math.round(latency * 10)))]++;
+                  samples++;
+                }
+              },
+              error: (e) => {
+                stats.errors++;
+                console.error('ERROR fanout subscription', JSON.stringify(e));
+                resolve();
+              },
+              complete: () => {
+                // Tokens never delivered before the end are lost too.
+                if (lastToken < tokensPerRun) stats.lostTokens += tokensPerRun - lastToken;
+                if (!sawTerminal) stats.errors++;
+                resolve();
+              },
+            },
+          );
+        }),
+      );
+    }
+    // Registered once a query sent after the subscriptions answers (messages are in order).
+    subscribedAll.push(
+      new Promise((resolve, reject) =>
+        client.subscribe({ query: '{ __typename }' }, { next: () => {}, error: reject, complete: resolve }),
+      ),
+    );
+  }
+  await Promise.all(subscribedAll);
+  console.log(`READY ${opened.length}`);
+  const finished = await Promise.race([
+    Promise.all(done).then(() => true),
+    new Promise((resolve) => setTimeout(() => resolve(false), DEADLINE_MS)),
+  ]);
+  const seconds = (lastAt - firstTokenAt) / 1000;
+  const result = {
+    connections: opened.length,
+    runs: runs.length,
+    subscriptions: opened.length * runs.length,
+    finished,
+    ...stats,
+    seconds,
+    messagesPerSecond: stats.messages / seconds,
+    tokensPerSecond: stats.tokens / seconds,
+    latencyMs: {
+      p50: percentile(hist, samples, 50),
+      p90: percentile(hist, samples, 90),
+      p99: percentile(hist, samples, 99),
+      max: maxLatency,
+    },
+  };
+  console.log(JSON.stringify(result));
+  await Promise.all(opened.map((c) => c.dispose()));
+  process.exit(0);
+}
+
+if (mode === 'idle') await idle();
+else if (mode === 'fanout') await fanout();
+else {
+  console.error('usage: node subscribers.mjs idle|fanout …');
+  process.exit(1);
+}

@@ -1,0 +1,840 @@
+#!/usr/bin/env python3
+"""Agentry's benchmark suite: one command, one run, every figure a ratio to a baseline measured
+in the same run on the same machine. See bench/README.md.
+
+    bench/run            full run (release build, ~8 minutes on 2 cores), writes
+                         bench/results/<date>.{json,md,svg} and the table in bench/README.md
+    bench/run --smoke    seconds of tiny load on every workload (debug build), for CI; writes
+                         into bench/.work/ only and fails (exit 1) when any workload fails
+
+Standard library only. Needs: cargo, PostgreSQL (psql, pgbench, createdb) reachable at
+BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432), node + npm, python3 -m venv,
+and wrk (installed with apt-get when missing and possible).
+"""
+
+import base64
+import datetime as dt
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / ".work"
+SMOKE = "--smoke" in sys.argv
+# Smoke mode reuses the debug build `cargo test` already made; `--release` forces an optimised one.
+RELEASE = not SMOKE or "--release" in sys.argv
+CORES = os.cpu_count() or 1
+
+# Load sizes: (full, smoke).
+P = {
+    "wrk_seconds": (10, 2),
+    "wrk_connections": (64, 8),
+    "api_users": (8, 2),
+    "seed_users": (1000, 20),  # extra users, each with a key, agents, runs and events (SQL)
+    "seed_agents_per_user": (3, 2),
+    "seed_runs_per_agent": (4, 2),
+    "seed_events_per_run": (12, 6),
+    "bench_user_agents": (200, 60),  # W3's user: agents, each with runs (SQL)
+    "bench_user_runs_per_agent": (10, 5),
+    "login_connections": (CORES * 2, 2),
+    "idle_connections": ((1000, 5000), (20,)),
+    "fanout_connections": (1000, 20),
+    "fanout_runs": (4, 1),
+    "fanout_tokens_per_second": (200, 200),
+    "fanout_tokens_per_run": (2000, 100),
+    "statement_requests": (200, 10),
+}
+P = {k: v[1] if SMOKE else v[0] for k, v in P.items()}
+
+BCRYPT_COST = 12  # Agentry's configured (default) cost; W5 and the seed users use it
+PASSWORD = "violet-harbor-canoe-92-bench"
+PROCS: list[subprocess.Popen] = []  # every process we start, stopped in cleanup()
+DATABASES: list[str] = []  # every database we create, dropped in cleanup()
+
+
+def log(*args):
+    print(f"[bench {time.strftime('%H:%M:%S')}]", *args, flush=True)
+
+
+def sh(cmd, **kw):
+    """Runs a command, failing loudly; returns stdout."""
+    kw.setdefault("check", True)
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, **kw)
+    return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, cmd, env=None, cwd=None, stdin=None) -> subprocess.Popen:
+    """Starts a background process (its own process group) logging to .work/<name>.log."""
+    logf = open(WORK / f"{name}.log", "w")
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT,
+        stdin=stdin, start_new_session=True,
+    )
+    PROCS.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_http(port, path="/", timeout=60, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            if c.getresponse().status < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}{path} within {timeout}s")
+
+
+class Client:
+    """A keep-alive GraphQL client (http.client)."""
+
+    def __init__(self, port, path="/graphql"):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.path = path
+
+    def gql(self, query, variables=None, token=None, check=True):
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self.conn.request("POST", self.path, json.dumps({"query": query, "variables": variables or {}}), headers)
+        body = json.loads(self.conn.getresponse().read())
+        if check and body.get("errors"):
+            raise RuntimeError(f"GraphQL errors for {query[:60]}…: {body['errors']}")
+        return body
+
+
+def psql(url, sql, *extra):
+    return sh(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", url, "-c", sql, *extra])
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: tools, builds, dependencies
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    log("wrk is missing: installing it with apt-get")
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is required (apt-get install wrk) and could not be installed")
+
+
+def build():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    profile = ["--release"] if RELEASE else []
+    log(f"building agentry ({'release' if RELEASE else 'debug'})")
+    sh(["cargo", "build", "--quiet", "--bin", "agentry", *profile], cwd=ROOT)
+    agentry = target / ("release" if RELEASE else "debug") / "agentry"
+    # The bare-axum baseline is always an optimised build: it is the yardstick.
+    log("building the bare axum baseline (bench/hello, release)")
+    hello_target = target / "hello"
+    sh(["cargo", "build", "--quiet", "--release"], cwd=BENCH / "hello", env={**os.environ, "CARGO_TARGET_DIR": str(hello_target)})
+    return agentry, hello_target / "release" / "agentry-bench-hello"
+
+
+def ensure_node_deps():
+    if not (BENCH / "js" / "node_modules" / "graphql-ws").exists():
+        log("npm ci (bench/js)")
+        sh(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BENCH / "js")
+
+
+def ensure_venv() -> Path:
+    """The peer's virtual environment, rebuilt when requirements.txt changes."""
+    venv = BENCH / ".venv"
+    req = BENCH / "peer" / "requirements.txt"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    marker = venv / ".requirements.sha256"
+    if not marker.exists() or marker.read_text() != digest:
+        log("creating the peer's virtual environment (pip install -r bench/peer/requirements.txt)")
+        shutil.rmtree(venv, ignore_errors=True)
+        sh([sys.executable, "-m", "venv", str(venv)])
+        sh([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "-r", str(req)])
+        marker.write_text(digest)
+    return venv
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generation (wrk + Lua)
+# ---------------------------------------------------------------------------------------------
+
+WRK_LUA = r"""
+-- Generated by bench/run.py. POSTs GraphQL bodies; tokens rotate per connection; bodies may be
+-- templated with {n} (a unique number) for mutations; `rate` > 0 paces each connection.
+local tokens = {%(tokens)s}
+local body = %(body)s
+local unique = %(unique)s
+local pace_ms = %(pace_ms)s
+local counter = 0
+
+local threads = {}
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+function init(args)
+  counter = 0
+end
+function request()
+  counter = counter + 1
+  local headers = {["content-type"] = "application/json"}
+  if #tokens > 0 then
+    headers["authorization"] = "Bearer " .. tokens[(counter %% #tokens) + 1]
+  end
+  local b = body
+  if unique then
+    b = string.gsub(body, "{n}", tostring(thread_id) .. "-" .. tostring(counter) .. "-" .. tostring(math.random(1, 1000000000)))
+  end
+  return wrk.format("POST", nil, headers, b)
+end
+if pace_ms > 0 then
+  function delay()
+    return pace_ms
+  end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\":%%d,\"duration_us\":%%d,\"non2xx\":%%d,\"socket_errors\":%%d,\"p50_us\":%%d,\"p90_us\":%%d,\"p99_us\":%%d,\"max_us\":%%d,\"mean_us\":%%f}\n",
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def lua_string(s):
+    return "[==[" + s + "]==]"
+
+
+def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/graphql", unique=False, rate=0.0):
+    """Runs wrk against 127.0.0.1:<port><path>; returns {rps, p50_ms, p99_ms, …}.
+
+    With `rate` > 0 each connection waits connections/rate seconds between requests (wrk's
+    delay()), which approximates a fixed offered load of `rate` requests/s."""
+    seconds = seconds or P["wrk_seconds"]
+    connections = connections or P["wrk_connections"]
+    pace_ms = int(1000 * connections / rate) if rate > 0 else 0
+    script = WORK / f"wrk-{name}.lua"
+    script.write_text(WRK_LUA % {
+        "tokens": ", ".join(lua_string(t) for t in tokens),
+        "body": lua_string(json.dumps(body) if not isinstance(body, str) else body),
+        "unique": "true" if unique else "false",
+        "pace_ms": pace_ms,
+    })
+    threads = min(CORES, connections)
+    out = sh(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+              "-s", str(script), f"http://127.0.0.1:{port}{path}"])
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError(f"wrk {name}: no summary in output:\n{out}")
+    r = json.loads(m.group(1))
+    res = {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "requests": r["requests"],
+        "errors": r["non2xx"] + r["socket_errors"],
+        "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+        "max_ms": r["max_us"] / 1000, "connections": connections, "seconds": seconds,
+    }
+    if rate:
+        res["offered_rps"] = rate
+    log(f"  {name}: {res['rps']:.0f} req/s, p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, errors {res['errors']}")
+    if res["errors"]:
+        raise RuntimeError(f"wrk {name}: {res['errors']} failed requests (see the server log in bench/.work)")
+    if res["requests"] == 0:
+        raise RuntimeError(f"wrk {name}: no request completed")
+    return res
+
+
+def wrk_background(name, port, body, tokens, seconds, connections, rate=0.0):
+    """Starts wrk as a background process; returns (proc, script path, output path)."""
+    pace_ms = int(1000 * connections / rate) if rate > 0 else 0
+    script = WORK / f"wrk-{name}.lua"
+    script.write_text(WRK_LUA % {
+        "tokens": ", ".join(lua_string(t) for t in tokens),
+        "body": lua_string(json.dumps(body)), "unique": "false", "pace_ms": pace_ms,
+    })
+    out = WORK / f"wrk-{name}.out"
+    proc = subprocess.Popen(
+        ["wrk", "-t", str(min(CORES, connections)), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-s", str(script), f"http://127.0.0.1:{port}/graphql"],
+        stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    PROCS.append(proc)
+    return proc, out
+
+
+def wrk_parse(out: Path, connections, seconds):
+    m = re.search(r"WRKJSON (\{.*\})", out.read_text())
+    if not m:
+        raise RuntimeError(f"wrk: no summary in {out}")
+    r = json.loads(m.group(1))
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6), "requests": r["requests"],
+        "errors": r["non2xx"] + r["socket_errors"], "p50_ms": r["p50_us"] / 1000,
+        "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000,
+        "connections": connections, "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def rss_kib(pid) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def pgbench(admin_url, base_url):
+    """`pgbench -S -M prepared` over TCP against the same server, as many clients as Agentry's
+    pool has connections (16)."""
+    db = f"agentry_bench_pgbench_{os.getpid()}"
+    sh(["createdb", "--maintenance-db", admin_url, db])
+    DATABASES.append(db)
+    url = f"{base_url}/{db}"
+    sh(["pgbench", "-q", "-i", "-s", "10" if not SMOKE else "1", url], stderr=subprocess.DEVNULL)
+    out = sh(["pgbench", "-S", "-M", "prepared", "-c", "16", "-j", str(CORES), "-T", str(P["wrk_seconds"]), url],
+             stderr=subprocess.DEVNULL)
+    tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
+    log(f"  pgbench -S -M prepared -c 16: {tps:.0f} TPS")
+    return {"tps": tps, "clients": 16, "mode": "select-only, prepared, TCP 127.0.0.1", "seconds": P["wrk_seconds"]}
+
+
+def bcrypt_baseline(venv):
+    """Seconds for one bcrypt hash at the configured cost (pyca/bcrypt, best of 3)."""
+    code = (
+        "import bcrypt,time\n"
+        f"best=min((lambda t:(bcrypt.hashpw(b'x'*32,bcrypt.gensalt({BCRYPT_COST})),time.perf_counter()-t)[1])(time.perf_counter()) for _ in range(3))\n"
+        "print(best)"
+    )
+    seconds = float(sh([str(venv / "bin" / "python"), "-c", code]).strip())
+    log(f"  one bcrypt hash at cost {BCRYPT_COST}: {seconds * 1000:.0f} ms")
+    return {"cost": BCRYPT_COST, "seconds": seconds, "max_hashes_per_second": CORES / seconds}
+
+
+def xact_count(url, db):
+    return int(psql(url, f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+
+
+def statements_per_request(port, url, db, token, firsts):
+    """SQL statements per `agents(first: N)` request, for each N in `firsts`. Every statement
+    Agentry sends outside an explicit transaction is a transaction of its own, so for a read-only
+    request the growth of pg_stat_database's transaction count is its number of statements.
+    Sequential requests, minus the background rate measured over an idle period (the hub's and
+    recovery's own queries). Statistics reach pg_stat_database when backends flush them (at least
+    every 10 s when idle), hence the waits."""
+    c = Client(port)
+    settle = 11
+    time.sleep(settle)
+    idle0, t0 = xact_count(url, db), time.time()
+    time.sleep(2 * settle)
+    idle_rate = (xact_count(url, db) - idle0) / (time.time() - t0)
+    out = {"idle_transactions_per_second": idle_rate, "requests": P["statement_requests"]}
+    for first in firsts:
+        before, t0 = xact_count(url, db), time.time()
+        for _ in range(P["statement_requests"]):
+            c.gql(W3_QUERY, {"first": first}, token)
+        time.sleep(settle)
+        total = xact_count(url, db) - before - idle_rate * (time.time() - t0)
+        out[f"first_{first}"] = total / P["statement_requests"]
+        log(f"  agents(first: {first}): {out[f'first_{first}']:.2f} statements per request")
+    return out
+
+
+W3_QUERY = """query($first: Int!) { agents(first: $first) { nodes { id name model isActive
+  apiKey { id name provider maskedKey }
+  executions(first: 5) { nodes { id status inputTokens outputTokens costUsd createdAt } } } } }"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_sql(u):
+    """Realistic bulk data through SQL: users (with the bench users' real bcrypt hash), keys,
+    agents, runs and their event logs; plus many agents and runs for W3's user."""
+    return f"""
+BEGIN;
+CREATE TEMP TABLE seed_users AS
+  SELECT gen_random_uuid() AS id, g AS n FROM generate_series(1, {P['seed_users']}) g;
+INSERT INTO users (id, email, display_name, password_hash)
+  SELECT id, 'seed' || n || '@bench.example', 'Seed user ' || n,
+         (SELECT password_hash FROM users WHERE id = '{u['user0']}') FROM seed_users;
+INSERT INTO api_keys (id, user_id, name, provider, secret_ciphertext, masked_key)
+  SELECT gen_random_uuid(), id, 'Key', 'OPENAI', decode(md5(n::text) || md5(n::text), 'hex'), 'sk-…' || substr(md5(n::text), 1, 4) FROM seed_users;
+CREATE TEMP TABLE seed_agents AS
+  SELECT gen_random_uuid() AS id, k.user_id, k.id AS key_id, a AS n
+  FROM api_keys k, generate_series(1, {P['seed_agents_per_user']}) a WHERE k.user_id IN (SELECT id FROM seed_users)
+  UNION ALL
+  SELECT gen_random_uuid(), '{u['user0']}', '{u['key0']}', a FROM generate_series(1, {P['bench_user_agents']}) a;
+INSERT INTO agents (id, user_id, api_key_id, name, role, goal, backstory, model, temperature, tools)
+  SELECT id, user_id, key_id, 'Agent ' || n, 'a seasoned travel planner', 'plan short, practical trips',
+         'has lived in twelve countries', 'gpt-4o-mini', 0.4, '{{WEB_SEARCH}}' FROM seed_agents;
+CREATE TEMP TABLE seed_runs AS
+  SELECT gen_random_uuid() AS id, a.user_id, a.id AS agent_id, a.key_id, r AS n
+  FROM seed_agents a, generate_series(1, CASE WHEN a.user_id = '{u['user0']}' THEN {P['bench_user_runs_per_agent']} ELSE {P['seed_runs_per_agent']} END) r;
+INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input, output,
+                        input_tokens, output_tokens, cost_micros, last_sequence, created_at, started_at, finished_at)
+  SELECT id, user_id, agent_id, key_id, 'OPENAI', 'gpt-4o-mini', 'SUCCEEDED', 'A weekend in Lisbon?',
+         repeat('Day one: Alfama and the castle. ', 20), 120, 640, 420, {P['seed_events_per_run']},
+         now() - n * interval '1 hour', now() - n * interval '1 hour', now() - n * interval '1 hour' + interval '9 seconds'
+  FROM seed_runs;
+INSERT INTO execution_events (execution_id, sequence, kind, delta, data)
+  SELECT r.id, s,
+         CASE WHEN s = 1 THEN 'STARTED' WHEN s = {P['seed_events_per_run']} THEN 'COMPLETED'
+              WHEN s = {P['seed_events_per_run']} - 1 THEN 'USAGE' ELSE 'OUTPUT_DELTA' END,
+         CASE WHEN s BETWEEN 2 AND {P['seed_events_per_run']} - 2 THEN 'Day one: Alfama and the castle. ' END,
+         CASE WHEN s = 1 THEN '{{"model":"gpt-4o-mini","provider":"OPENAI"}}'::jsonb END
+  FROM seed_runs r, generate_series(1, {P['seed_events_per_run']}) s;
+COMMIT;
+ANALYZE;
+"""
+
+
+def main():
+    started = time.time()
+    WORK.mkdir(exist_ok=True)
+    ensure_wrk()
+    agentry_bin, hello_bin = build()
+    ensure_node_deps()
+    venv = ensure_venv()
+
+    base_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
+    admin_url = f"{base_url}/postgres"
+    db = f"agentry_bench_{os.getpid()}"
+    db_url = f"{base_url}/{db}"
+    ports = {k: free_port() for k in ("agentry", "hello", "peer", "provider")}
+    secret = secrets.token_urlsafe(48)  # generated per run, never written to the repository
+    enc_key = "bench:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    results = {"mode": "smoke" if SMOKE else "full", "build": "release" if RELEASE else "debug", "machine": machine(), "parameters": P}
+
+    log("starting the fake provider, Agentry, the bare axum baseline")
+    provider = start("fake-provider", ["node", str(BENCH / "js" / "fake-provider.mjs"), str(ports["provider"]),
+                                       str(P["fanout_tokens_per_second"]), str(P["fanout_tokens_per_run"])])
+    agentry_env = {
+        "AGENTRY_ENV": "development",
+        "AGENTRY_LISTEN": f"127.0.0.1:{ports['agentry']}",
+        "DATABASE_URL": db_url,
+        "AGENTRY_JWT_SECRET": secret,
+        "AGENTRY_ENCRYPTION_KEYS": enc_key,
+        "AGENTRY_DATA_DIR": str(WORK / "data"),
+        "AGENTRY_OPENAI_BASE_URL": f"http://127.0.0.1:{ports['provider']}/v1",
+        "AGENTRY_BCRYPT_COST": str(BCRYPT_COST),
+        # Quotas off (a load generator is one client); everything else is the default.
+        "AGENTRY_RATE_LIMIT_PER_SECOND": "100000000",
+        "AGENTRY_RATE_LIMIT_BURST": "100000000",
+        "AGENTRY_AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+        "AGENTRY_MAX_CONCURRENT_EXECUTIONS": "64",
+        "AGENTRY_ACCESS_TOKEN_TTL_SECS": "7200",
+        "AGENTRY_PROVIDER_TIMEOUT_SECS": "120",
+        "RUST_LOG": "warn",
+    }
+    DATABASES.append(db)  # created by Agentry's bootstrap; dropped at the end
+    agentry = start("agentry", [str(agentry_bin), "serve"], env=agentry_env)
+    hello = start("hello", [str(hello_bin), f"127.0.0.1:{ports['hello']}"])
+    wait_http(ports["agentry"], "/readyz", 120, agentry)
+    wait_http(ports["hello"], "/", 30, hello)
+    wait_http(ports["provider"], "/control/streams", 30, provider)
+
+    # --- seed: users, keys and agents through the API; bulk history through SQL -------------
+    log("seeding")
+    c = Client(ports["agentry"])
+    users = []
+    for i in range(P["api_users"]):
+        email = f"bench{i}@bench.example"
+        r = c.gql("mutation($i: RegisterInput!) { register(input: $i) { accessToken user { id } } }",
+                  {"i": {"email": email, "password": PASSWORD, "displayName": f"Bench {i}"}})["data"]["register"]
+        users.append({"email": email, "token": r["accessToken"], "id": r["user"]["id"]})
+    tokens = [u["token"] for u in users]
+    key_ids = []
+    for u in users[:2]:
+        key = c.gql("mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id } }",
+                    {"i": {"name": "Bench key", "provider": "OPENAI", "secret": "sk-proj-" + secrets.token_hex(24)}},
+                    u["token"])["data"]["createApiKey"]["id"]
+        key_ids.append(key)
+    agent0 = c.gql("mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+                   {"i": {"name": "Fan-out", "role": "a streamer", "goal": "stream tokens", "apiKeyId": key_ids[0],
+                          "model": "gpt-4o-mini"}}, users[0]["token"])["data"]["createAgent"]["id"]
+    psql(db_url, seed_sql({"user0": users[0]["id"], "key0": key_ids[0]}))
+    counts = {t: int(psql(db_url, f"SELECT count(*) FROM {t}")) for t in ("users", "api_keys", "agents", "executions", "execution_events")}
+    results["seed"] = counts
+    log(f"  seeded {counts}")
+
+    # --- baselines ---------------------------------------------------------------------------
+    log("baselines")
+    base = results["baselines"] = {}
+    base["bare_axum"] = wrk("bare-axum", ports["hello"], {"query": "{ __typename }"}, path="/")
+    base["pgbench"] = pgbench(admin_url, base_url)
+    base["bcrypt"] = bcrypt_baseline(venv)
+
+    w = results["workloads"] = {}
+    # --- W1, W2 ------------------------------------------------------------------------------
+    log("W1 { __typename }")
+    c.gql("{ __typename }")
+    w["W1"] = wrk("W1", ports["agentry"], {"query": "{ __typename }"})
+    log("W2 me { id email }")
+    me = {"query": "{ me { id email } }"}
+    assert c.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]
+    w["W2"] = wrk("W2-max", ports["agentry"], me, tokens)
+    half = w["W2"]["rps"] / 2
+    w["W2_half"] = wrk("W2-half", ports["agentry"], me, tokens, connections=max(4, P["wrk_connections"] // 4), rate=half)
+
+    # --- W3 ----------------------------------------------------------------------------------
+    log("W3 agents(first: 50) with apiKey and executions(first: 5)")
+    w3_body = lambda n: {"query": W3_QUERY, "variables": {"first": n}}
+    got = c.gql(W3_QUERY, {"first": 50}, tokens[0])["data"]["agents"]["nodes"]
+    assert len(got) == 50 and sum(len(a["executions"]["nodes"]) == 5 for a in got) >= 45, "W3 data missing"
+    w["W3"] = wrk("W3-50", ports["agentry"], w3_body(50), [tokens[0]])
+    w["W3_n1"] = wrk("W3-1", ports["agentry"], w3_body(1), [tokens[0]])
+    if SMOKE:
+        w["W3"]["statements_per_request"] = {"note": "not measured in smoke mode (needs ~1 minute of waits)"}
+    else:
+        w["W3"]["statements_per_request"] = statements_per_request(ports["agentry"], db_url, db, tokens[0], (1, 50))
+
+    # --- W4 ----------------------------------------------------------------------------------
+    log("W4 createAgent")
+    create = {"query": "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+              "variables": {"i": {"name": "W4 {n}", "role": "a planner", "goal": "plan trips", "apiKeyId": key_ids[1],
+                                  "model": "gpt-4o-mini", "tools": ["WEB_SEARCH"]}}}
+    w["W4"] = wrk("W4", ports["agentry"], create, [tokens[1]], unique=True)
+
+    # --- W5 ----------------------------------------------------------------------------------
+    log(f"W5 logins at bcrypt cost {BCRYPT_COST}")
+    login = {"query": "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
+             "variables": {"e": users[-1]["email"], "p": PASSWORD}}
+    c.gql(login["query"], login["variables"])
+    w["W5_logins"] = wrk("W5-logins", ports["agentry"], login, connections=P["login_connections"])
+    log("W5 me at half load while logins run")
+    secs = P["wrk_seconds"]
+    lp, lout = wrk_background("W5-bg-logins", ports["agentry"], login, [], secs + 2, P["login_connections"])
+    time.sleep(1)
+    conns = max(4, P["wrk_connections"] // 4)
+    w["W5_me_during_logins"] = wrk("W5-me", ports["agentry"], me, tokens, connections=conns, rate=half, seconds=secs)
+    lp.wait()
+    w["W5_logins_during_me"] = wrk_parse(lout, P["login_connections"], secs + 2)
+
+    # --- W6 ----------------------------------------------------------------------------------
+    tokfile = WORK / "tokens.txt"
+    tokfile.write_text("\n".join(tokens) + "\n")
+    ws_url = f"ws://127.0.0.1:{ports['agentry']}/graphql"
+    w["W6"] = []
+    for n in P["idle_connections"]:
+        log(f"W6 {n} idle graphql-ws connections with one subscription each")
+        time.sleep(1)
+        before = rss_kib(agentry.pid)
+        subs = subprocess.Popen(["node", str(BENCH / "js" / "subscribers.mjs"), "idle", ws_url, str(tokfile), str(n)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        PROCS.append(subs)
+        line = subs.stdout.readline().strip()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"W6: subscriber client failed: {line!r}")
+        time.sleep(2)  # let allocations settle
+        after = rss_kib(agentry.pid)
+        subs.stdin.write("close\n")
+        subs.stdin.flush()
+        subs.wait(timeout=120)
+        per = (after - before) / n
+        log(f"  RSS {before} KiB → {after} KiB: {per:.1f} KiB per connection")
+        w["W6"].append({"connections": n, "rss_before_kib": before, "rss_after_kib": after, "kib_per_connection": per})
+
+    # --- W7 ----------------------------------------------------------------------------------
+    n, runs = P["fanout_connections"], P["fanout_runs"]
+    log(f"W7 token fan-out: {runs} runs streaming {P['fanout_tokens_per_second']} tokens/s × {P['fanout_tokens_per_run']}"
+        f" to {n} connections (each subscribed to every run)")
+    run_ids = [c.gql("mutation($a: ID!, $i: String!) { executeAgent(agentId: $a, input: $i) { id } }",
+                     {"a": agent0, "i": f"stream {k}"}, tokens[0])["data"]["executeAgent"]["id"] for k in range(runs)]
+    deadline = time.time() + 30
+    while json.loads(urlopen_text(ports["provider"], "/control/streams"))["waiting"] < runs:
+        if time.time() > deadline:
+            raise RuntimeError("W7: the runs never reached the fake provider")
+        time.sleep(0.1)
+    owner = WORK / "tokens-owner.txt"  # the runs are user 0's: only its sessions may watch them
+    owner.write_text(tokens[0] + "\n")
+    subs = subprocess.Popen(["node", str(BENCH / "js" / "subscribers.mjs"), "fanout", ws_url, str(owner), str(n),
+                             ",".join(run_ids), str(P["fanout_tokens_per_run"])],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    PROCS.append(subs)
+    line = subs.stdout.readline().strip()
+    if not line.startswith("READY"):
+        raise RuntimeError(f"W7: subscriber client failed: {line!r}")
+    post(ports["provider"], "/control/release")
+    out = subs.stdout.readline().strip()
+    subs.wait(timeout=60)
+    fan = json.loads(out)
+    log(f"  {fan['messagesPerSecond']:.0f} messages/s ({fan['tokensPerSecond']:.0f} tokens/s), p99 {fan['latencyMs']['p99']:.1f} ms, "
+        f"lost {fan['lostEvents']} events / {fan['lostTokens']} tokens, reordered {fan['reorderedEvents']}, errors {fan['errors']}")
+    w["W7"] = fan
+
+    # --- peer ----------------------------------------------------------------------------------
+    log("peer: FastAPI + Strawberry + asyncpg + PyJWT (uvicorn, one worker per core)")
+    peer = start("peer", [str(venv / "bin" / "uvicorn"), "app:app", "--workers", str(CORES), "--host", "127.0.0.1",
+                          "--port", str(ports["peer"]), "--no-access-log", "--log-level", "warning"],
+                 env={"DATABASE_URL": db_url, "AGENTRY_JWT_SECRET": secret}, cwd=BENCH / "peer")
+    wait_http(ports["peer"], "/graphql?query=%7B__typename%7D", 60, peer)
+    pc = Client(ports["peer"])
+    assert pc.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]
+    results["peer"] = {
+        "W1": wrk("peer-W1", ports["peer"], {"query": "{ __typename }"}),
+        "W2": wrk("peer-W2", ports["peer"], me, tokens),
+    }
+    stop(peer)
+
+    # The server must have survived everything.
+    wait_http(ports["agentry"], "/readyz", 10, agentry)
+    results["ratios"] = ratios(results)
+    results["elapsed_seconds"] = time.time() - started
+    failures = checks(results)
+    results["failures"] = failures
+    write_results(results)
+    log(f"done in {results['elapsed_seconds']:.0f} s")
+    for f in failures:
+        log(f"FAILED: {f}")
+    return 1 if failures else 0
+
+
+def urlopen_text(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path)
+    return c.getresponse().read().decode()
+
+
+def post(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("POST", path, "")
+    return c.getresponse().read().decode()
+
+
+def machine():
+    mem = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    return {
+        "cores": CORES, "memory_gib": round(int(mem.split()[1]) / 1024 / 1024, 1), "cpu": cpu,
+        "kernel": platform.release(), "postgres": sh(["psql", "--version"]).strip(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": sh(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).strip(),
+    }
+
+
+def ratios(r):
+    b, w, p = r["baselines"], r["workloads"], r["peer"]
+    out = {
+        "W1_vs_bare_axum": w["W1"]["rps"] / b["bare_axum"]["rps"],
+        "W2_vs_pgbench": w["W2"]["rps"] / b["pgbench"]["tps"],
+        "W3_vs_pgbench": w["W3"]["rps"] / b["pgbench"]["tps"],
+        "W3_p99_first50_vs_first1": w["W3"]["p99_ms"] / w["W3_n1"]["p99_ms"],
+        "W4_vs_pgbench": w["W4"]["rps"] / b["pgbench"]["tps"],
+        "W5_logins_vs_bcrypt_max": w["W5_logins"]["rps"] / b["bcrypt"]["max_hashes_per_second"],
+        "W5_me_p99_during_logins_vs_alone": w["W5_me_during_logins"]["p99_ms"] / w["W2_half"]["p99_ms"],
+        "W1_vs_peer": w["W1"]["rps"] / p["W1"]["rps"],
+        "W2_vs_peer": w["W2"]["rps"] / p["W2"]["rps"],
+        "peer_W1_vs_bare_axum": p["W1"]["rps"] / b["bare_axum"]["rps"],
+        "peer_W2_vs_pgbench": p["W2"]["rps"] / b["pgbench"]["tps"],
+        "W7_messages_vs_target_50k": w["W7"]["messagesPerSecond"] / 50_000,
+        "W7_p99_vs_target_50ms": w["W7"]["latencyMs"]["p99"] / 50,
+    }
+    spr = w["W3"].get("statements_per_request", {})
+    if "first_1" in spr:
+        out["W3_statements_first50_vs_first1"] = spr["first_50"] / spr["first_1"]
+    return out
+
+
+def checks(r):
+    """Correctness checks that fail the run (smoke mode included). Performance targets are
+    reported, not enforced: a busy CI machine must not fail the build."""
+    f = []
+    fan = r["workloads"]["W7"]
+    if not fan["finished"]:
+        f.append("W7: not every subscription completed")
+    for k in ("lostEvents", "reorderedEvents", "lostTokens", "reorderedTokens", "errors"):
+        if fan[k]:
+            f.append(f"W7: {k} = {fan[k]}")
+    if fan["tokens"] != fan["subscriptions"] * P["fanout_tokens_per_run"]:
+        f.append(f"W7: delivered {fan['tokens']} tokens, expected {fan['subscriptions'] * P['fanout_tokens_per_run']}")
+    spr = r["workloads"]["W3"].get("statements_per_request", {})
+    if "first_1" in spr and spr["first_50"] > spr["first_1"] + 1.5:
+        f.append(f"W3: statements per request grow with N ({spr['first_1']:.1f} → {spr['first_50']:.1f})")
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: JSON, Markdown, SVG
+# ---------------------------------------------------------------------------------------------
+
+TARGETS = [
+    ("W1 `{ __typename }` ÷ bare axum", "W1_vs_bare_axum", 0.45, ">="),
+    ("W2 `me` ÷ `pgbench -S` TPS", "W2_vs_pgbench", 0.35, ">="),
+    ("W7 delivered messages/s ÷ 50k", "W7_messages_vs_target_50k", 1.0, ">="),
+    ("W7 p99 emit→receive ÷ 50 ms", "W7_p99_vs_target_50ms", 1.0, "<="),
+]
+
+
+def markdown(r):
+    b, w, p, q, m = r["baselines"], r["workloads"], r["peer"], r["ratios"], r["machine"]
+    f = lambda x, d=0: f"{x:,.{d}f}"
+    spr = w["W3"].get("statements_per_request", {})
+    lines = [
+        f"Run {m['date']} on commit `{m['commit']}` ({r['mode']} mode): {m['cores']} cores ({m['cpu']}), "
+        f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['postgres']}. Agentry, PostgreSQL, the load generators "
+        f"and the fake provider share the machine. Seeded: " + ", ".join(f"{v:,} {k}" for k, v in r["seed"].items()) + ".",
+        "",
+        "**Baselines (same run):** "
+        f"bare axum {f(b['bare_axum']['rps'])} req/s · `pgbench -S -M prepared` (16 clients, TCP) {f(b['pgbench']['tps'])} TPS · "
+        f"one bcrypt hash at cost {b['bcrypt']['cost']} {f(b['bcrypt']['seconds'] * 1000)} ms "
+        f"(so at most {f(b['bcrypt']['max_hashes_per_second'], 1)} hashes/s on {m['cores']} cores).",
+        "",
+        "| workload | measured | ratio to baseline | DESIGN §10 target |",
+        "|---|---|---|---|",
+        f"| W1 `{{ __typename }}` | {f(w['W1']['rps'])} req/s, p99 {f(w['W1']['p99_ms'], 2)} ms | **{q['W1_vs_bare_axum']:.2f}** × bare axum | ≥ 0.45 {mark(q['W1_vs_bare_axum'] >= 0.45)} |",
+        f"| W2 `me {{ id email }}` (max) | {f(w['W2']['rps'])} req/s | **{q['W2_vs_pgbench']:.2f}** × pgbench TPS | ≥ 0.35 {mark(q['W2_vs_pgbench'] >= 0.35)} |",
+        f"| W2 at half load ({f(w['W2_half']['rps'])} req/s) | p50 {f(w['W2_half']['p50_ms'], 2)} ms, p99 {f(w['W2_half']['p99_ms'], 2)} ms | p99 = {w['W2_half']['p99_ms'] / w['W2_half']['p50_ms']:.1f} × p50 | |",
+        f"| W3 `agents(first: 50)` + apiKey + executions(first: 5) | {f(w['W3']['rps'])} req/s, p99 {f(w['W3']['p99_ms'], 1)} ms | {q['W3_vs_pgbench']:.3f} × pgbench TPS; p99 {q['W3_p99_first50_vs_first1']:.2f} × `first: 1`'s | statements don't grow with N |",
+    ]
+    if "first_1" in spr:
+        lines.append(f"| W3 SQL statements per request | first: 1 → {spr['first_1']:.2f}, first: 50 → {spr['first_50']:.2f} | **{q['W3_statements_first50_vs_first1']:.2f}** × (N=50 vs N=1) | constant {mark(spr['first_50'] <= spr['first_1'] + 1.5)} |")
+    lines += [
+        f"| W4 `createAgent` | {f(w['W4']['rps'])} req/s, p99 {f(w['W4']['p99_ms'], 1)} ms | {q['W4_vs_pgbench']:.3f} × pgbench TPS | |",
+        f"| W5 logins (cost {b['bcrypt']['cost']}) | {f(w['W5_logins']['rps'], 1)} logins/s | **{q['W5_logins_vs_bcrypt_max']:.2f}** × the bcrypt maximum | |",
+        f"| W5 `me` p99 while logins run | {f(w['W5_me_during_logins']['p99_ms'], 2)} ms at {f(w['W5_me_during_logins']['rps'])} req/s (logins meanwhile: {f(w['W5_logins_during_me']['rps'], 1)}/s) | **{q['W5_me_p99_during_logins_vs_alone']:.2f}** × W2's half-load p99 | bcrypt must not starve requests |",
+    ]
+    for x in w["W6"]:
+        lines.append(f"| W6 {x['connections']:,} idle graphql-ws connections, one subscription each | RSS {f(x['rss_before_kib'] / 1024, 1)} → {f(x['rss_after_kib'] / 1024, 1)} MiB | **{x['kib_per_connection']:.1f} KiB** per connection ({x['kib_per_connection'] / 100:.2f} × 100 KiB) | kilobytes, not hundreds of KB {mark(x['kib_per_connection'] < 100)} |")
+    fan = w["W7"]
+    lines += [
+        f"| W7 fan-out: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {fan['lostEvents'] + fan['lostTokens']}, reordered {fan['reorderedEvents'] + fan['reorderedTokens']} | **{q['W7_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q['W7_p99_vs_target_50ms']:.2f}** × 50 ms | ≥ 50k/s {mark(q['W7_messages_vs_target_50k'] >= 1)}, p99 ≤ 50 ms {mark(q['W7_p99_vs_target_50ms'] <= 1)}, zero loss {mark(fan['lostEvents'] + fan['lostTokens'] + fan['reorderedEvents'] + fan['reorderedTokens'] == 0)} |",
+        "",
+        "**Peer** (FastAPI + Strawberry + asyncpg + PyJWT, uvicorn with one worker per core):",
+        "",
+        "| workload | peer | peer ÷ baseline | Agentry ÷ peer |",
+        "|---|---|---|---|",
+        f"| W1 `{{ __typename }}` | {f(p['W1']['rps'])} req/s, p99 {f(p['W1']['p99_ms'], 2)} ms | {q['peer_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_peer']:.1f}×** |",
+        f"| W2 `me {{ id email }}` | {f(p['W2']['rps'])} req/s, p99 {f(p['W2']['p99_ms'], 2)} ms | {q['peer_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_peer']:.1f}×** |",
+    ]
+    if r["failures"]:
+        lines += ["", "**Failed checks:** " + "; ".join(r["failures"])]
+    return "\n".join(lines) + "\n"
+
+
+def mark(ok):
+    return "✅" if ok else "❌"
+
+
+def svg_chart(r):
+    """Horizontal bars of p50 and p99 latency per workload (log-free, ms)."""
+    w, p = r["workloads"], r["peer"]
+    rows = [
+        ("W1 __typename (max load)", w["W1"]), ("W2 me (max load)", w["W2"]), ("W2 me (half load)", w["W2_half"]),
+        ("W5 me (half load, logins running)", w["W5_me_during_logins"]), ("W3 agents(first: 1)", w["W3_n1"]),
+        ("W3 agents(first: 50)", w["W3"]), ("W4 createAgent", w["W4"]), ("W5 login (bcrypt 12)", w["W5_logins"]),
+        ("W7 token emit → receive", {"p50_ms": w["W7"]["latencyMs"]["p50"], "p99_ms": w["W7"]["latencyMs"]["p99"]}),
+        ("peer W1 __typename", p["W1"]), ("peer W2 me", p["W2"]),
+    ]
+    top = max(x["p99_ms"] for _, x in rows) or 1
+    width, left, bar, gap = 900, 260, 12, 10
+    height = 40 + len(rows) * (2 * bar + gap) + 30
+    scale = (width - left - 90) / top
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">Agentry latency, p50 (dark) and p99 (light), ms — {r["machine"]["date"][:10]}, {r["machine"]["cores"]} cores</text>']
+    y = 40
+    for label, x in rows:
+        out.append(f'<text x="{left - 8}" y="{y + bar + 4}" text-anchor="end">{label}</text>')
+        for key, color, dy in (("p50_ms", "#1f5fa8", 0), ("p99_ms", "#8fb6e3", bar)):
+            wpx = max(1, x[key] * scale)
+            out.append(f'<rect x="{left}" y="{y + dy}" width="{wpx:.1f}" height="{bar - 1}" fill="{color}"/>')
+            out.append(f'<text x="{left + wpx + 4:.1f}" y="{y + dy + bar - 2}" font-size="10">{x[key]:.2f}</text>')
+        y += 2 * bar + gap
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_results(r):
+    md = markdown(r)
+    if SMOKE:
+        dest = WORK / "smoke"
+        dest.mkdir(exist_ok=True)
+        stem = dest / "latest"
+    else:
+        dest = BENCH / "results"
+        dest.mkdir(exist_ok=True)
+        stem = dest / dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    Path(f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
+    Path(f"{stem}.md").write_text("# Agentry benchmark results\n\n" + md)
+    Path(f"{stem}.svg").write_text(svg_chart(r))
+    log(f"wrote {stem}.json, .md, .svg")
+    print(md)
+    if not SMOKE:
+        # The latest table goes into bench/README.md between its markers.
+        readme = BENCH / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        if start in text and end in text:
+            body = md + f"\n![latency chart](results/{stem.name}.svg)\n\nRaw figures: [results/{stem.name}.json](results/{stem.name}.json).\n"
+            text = text.split(start)[0] + start + "\n" + body + end + text.split(end)[1]
+            readme.write_text(text)
+
+
+def cleanup():
+    for proc in reversed(PROCS):
+        stop(proc)
+    base_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
+    for db in DATABASES:
+        subprocess.run(["dropdb", "--if-exists", "--force", "--maintenance-db", f"{base_url}/postgres", db],
+                       check=False, stderr=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    code = 1
+    try:
+        code = main()
+    except Exception as err:  # report, clean up, fail
+        log(f"FAILED: {err!r}")
+        log(f"logs are in {WORK}")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        cleanup()
+    sys.exit(code)
