@@ -18,6 +18,10 @@ use crate::error::ErrorCode;
 
 /// How many distinct persisted queries are remembered (least recently used are dropped).
 pub const CAPACITY: usize = 1024;
+/// The longest query text that is remembered: with `CAPACITY` this bounds the store at
+/// 16 MiB however many anonymous clients register queries. A longer query still runs when
+/// sent in full; it is just not stored, so its hash alone keeps answering not-found.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 /// `extensions.code` (and message) Apollo Client waits for before it resends the full query.
 pub const NOT_FOUND_CODE: &str = "PERSISTED_QUERY_NOT_FOUND";
@@ -89,7 +93,9 @@ impl PersistedQueries {
                     "provided sha does not match query: `extensions.persistedQuery.sha256Hash` must be the SHA-256 of `query`",
                 ));
             }
-            cache.put(hash, request.query.clone());
+            if request.query.len() <= MAX_QUERY_BYTES {
+                cache.put(hash, request.query.clone());
+            }
         }
         Ok(request)
     }
@@ -129,6 +135,19 @@ mod tests {
             store.resolve(with_hash("", &hash)).expect("resolved").query,
             query
         );
+    }
+
+    #[test]
+    fn a_query_past_the_size_bound_runs_but_is_not_stored() {
+        let store = PersistedQueries::new(4);
+        let query = format!("{{ __typename }}{}", " ".repeat(MAX_QUERY_BYTES));
+        let hash = format!("{:x}", Sha256::digest(query.as_bytes()));
+        assert_eq!(
+            store.resolve(with_hash(&query, &hash)).expect("runs").query,
+            query
+        );
+        let err = store.resolve(with_hash("", &hash)).expect_err("not stored");
+        assert_eq!(err.code, NOT_FOUND_CODE);
     }
 
     #[test]
