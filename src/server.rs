@@ -33,6 +33,8 @@ pub struct HttpState {
     pub app: AppState,
     /// The executable schema.
     pub schema: AppSchema,
+    /// Automatic persisted queries (Apollo APQ): hash → query text.
+    pub persisted: graphql::persisted::PersistedQueries,
 }
 
 /// The request id of the current request (request extension), echoed as `x-request-id`.
@@ -52,6 +54,7 @@ pub fn router(app: AppState) -> Router {
     let http = HttpState {
         app: app.clone(),
         schema,
+        persisted: graphql::persisted::PersistedQueries::new(graphql::persisted::CAPACITY),
     };
 
     let mut router = Router::new()

@@ -2,20 +2,20 @@
 //! with `ws` as its WebSocket, subscribes to a run of an agent over `graphql-transport-ws` and
 //! must receive every streamed event (tests/js/subscribe.mjs; packages pinned in tests/js).
 //!
-//! Needs `node` (20+) and `npm` on PATH; the packages are installed with `npm ci` on first use.
+//! Needs `node` (20+) and `npm` on PATH; the packages are installed with `npm ci` on first use
+//! (tests/common/node.rs).
 
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
-    sync::OnceLock,
+    process::{ExitStatus, Stdio},
     time::Duration,
 };
 
 use common::{
     Session, TestApp,
     fake_provider::{FakeProvider, StreamScript},
+    node::{ensure_ready, js_dir},
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -28,97 +28,6 @@ const DELAY_PER_TOKEN: Duration = Duration::from_millis(200);
 /// The script exits 2 after 20 s; this only guards against a Node process that never ends.
 const NODE_GUARD: Duration = Duration::from_secs(40);
 const TERMINAL: [&str; 4] = ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"];
-/// The packages subscribe.mjs imports (their versions are pinned in package-lock.json).
-const PACKAGES: [&str; 3] = ["graphql", "graphql-ws", "ws"];
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("js")
-}
-
-/// Whether node_modules holds every package at the version package-lock.json pins.
-fn packages_installed(dir: &Path) -> bool {
-    let Ok(lock) = std::fs::read_to_string(dir.join("package-lock.json")) else {
-        panic!("tests/js/package-lock.json is missing");
-    };
-    let lock: Value = serde_json::from_str(&lock).expect("package-lock.json is JSON");
-    PACKAGES.iter().all(|name| {
-        let installed =
-            std::fs::read_to_string(dir.join("node_modules").join(name).join("package.json"))
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok());
-        let pinned = &lock["packages"][format!("node_modules/{name}")]["version"];
-        installed.is_some_and(|manifest| !pinned.is_null() && manifest["version"] == *pinned)
-    })
-}
-
-/// Checks that Node is there and installs the npm packages once per test process (parallel
-/// tests wait for the first one's install).
-fn ensure_node_and_packages() {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        let version = Command::new("node")
-            .arg("--version")
-            .output()
-            .map_err(|e| {
-                format!(
-                    "tests/js_client.rs needs Node.js 20+ as `node` on PATH (and npm) to run \
-                     the graphql-ws client; running `node --version` failed: {e}"
-                )
-            })?;
-        if !version.status.success() {
-            return Err(format!(
-                "`node --version` failed: {}",
-                String::from_utf8_lossy(&version.stderr)
-            ));
-        }
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
-        let major = version
-            .trim_start_matches('v')
-            .split('.')
-            .next()
-            .and_then(|m| m.parse::<u32>().ok());
-        if major.is_none_or(|m| m < 20) {
-            return Err(format!(
-                "tests/js_client.rs needs Node.js 20+ (graphql-ws 6 requires it); `node` is {version}"
-            ));
-        }
-        let dir = js_dir();
-        if packages_installed(&dir) {
-            return Ok(());
-        }
-        let npm = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .map_err(|e| {
-                format!("tests/js_client.rs needs npm on PATH to install tests/js: {e}")
-            })?;
-        if !npm.status.success() {
-            return Err(format!(
-                "`npm ci` in tests/js failed ({}):\n{}\n{}",
-                npm.status,
-                String::from_utf8_lossy(&npm.stdout),
-                String::from_utf8_lossy(&npm.stderr)
-            ));
-        }
-        if !packages_installed(&dir) {
-            return Err("`npm ci` in tests/js did not install the pinned packages".into());
-        }
-        Ok(())
-    });
-    if let Err(message) = ready {
-        panic!("{message}");
-    }
-}
-
-/// `ensure_node_and_packages` off the async runtime.
-async fn ensure_ready() {
-    tokio::task::spawn_blocking(ensure_node_and_packages)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-}
 
 /// What one run of subscribe.mjs did.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use axum::{
 
 use crate::{
     error::{AppError, ErrorCode},
-    graphql::limits::{PARSE_FAILED, with_code},
+    graphql::limits::{PARSE_FAILED, VALIDATION_FAILED, with_code},
     rate_limit::client_ip,
     request::{Identity, RequestContext, RequestMeta},
     server::{HttpState, RequestId},
@@ -30,13 +30,14 @@ pub async fn post(
     let (parts, body) = request.into_parts();
     let request_id = request_id(&parts.extensions);
     let headers = parts.headers;
+    let media = MediaType::negotiate(&headers);
     if let Err(message) = check_csrf(&headers) {
-        return error_response(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
+        return media.error(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
     }
     let bytes = match axum::body::to_bytes(body, http.app.config.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return error_response(
+            return media.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &request_id,
                 "PAYLOAD_TOO_LARGE",
@@ -50,10 +51,22 @@ pub async fn post(
     let batch = match parse_body(&bytes) {
         Ok(batch) => batch,
         Err(message) => {
-            return error_response(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
+            return media.error(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
         }
     };
-    execute(&http, peer, &headers, request_id, batch).await
+    let batch = match batch {
+        BatchRequest::Single(request) => http.persisted.resolve(request).map(BatchRequest::Single),
+        BatchRequest::Batch(requests) => requests
+            .into_iter()
+            .map(|request| http.persisted.resolve(request))
+            .collect::<Result<Vec<_>, _>>()
+            .map(BatchRequest::Batch),
+    };
+    let batch = match batch {
+        Ok(batch) => batch,
+        Err(err) => return persisted_error(media, &request_id, err),
+    };
+    execute(&http, peer, &headers, request_id, media, batch).await
 }
 
 /// `GET /graphql`: a WebSocket upgrade, GraphiQL for a browser, or a query in the URL.
@@ -70,7 +83,9 @@ pub async fn get(
         let origin = parts
             .headers
             .get(header::ORIGIN)
-            .map(|o| o.to_str().unwrap_or("<invalid>").to_owned());
+            .map(|o| o.to_str().unwrap_or("<invalid>").to_owned())
+            // A page this server served (GraphiQL) is same-origin, allowlisted or not.
+            .filter(|origin| !is_same_origin(origin, &parts.headers));
         return match WebSocketUpgrade::from_request(Request::from_parts(parts, body), &()).await {
             Ok(upgrade) => super::ws::upgrade(http, upgrade, origin, meta).await,
             Err(rejection) => rejection.into_response(),
@@ -80,14 +95,20 @@ pub async fn get(
     if query.is_empty() && wants_html(&parts.headers) && http.app.config.graphiql_enabled() {
         return Html(graphiql()).into_response();
     }
+    let media = MediaType::negotiate(&parts.headers);
     let request = match parse_query_string(&query) {
         Ok(request) => request,
         Err(message) => {
-            return error_response(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
+            return media.error(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
         }
     };
+    // A persisted query resolves to its text here, so the mutation check below sees it.
+    let request = match http.persisted.resolve(request) {
+        Ok(request) => request,
+        Err(err) => return persisted_error(media, &request_id, err),
+    };
     if operation_kind(&request).is_some_and(|kind| kind != OperationType::Query) {
-        let mut response = error_response(
+        let mut response = media.error(
             StatusCode::METHOD_NOT_ALLOWED,
             &request_id,
             "METHOD_NOT_ALLOWED",
@@ -104,6 +125,7 @@ pub async fn get(
         peer,
         &headers,
         request_id,
+        media,
         BatchRequest::Single(request),
     )
     .await
@@ -115,12 +137,13 @@ async fn execute(
     peer: SocketAddr,
     headers: &HeaderMap,
     request_id: String,
+    media: MediaType,
     batch: BatchRequest,
 ) -> Response {
     let app = &http.app;
     let operations = batch.iter().count();
     if operations > app.config.max_batch {
-        return error_response(
+        return media.error(
             StatusCode::BAD_REQUEST,
             &request_id,
             ErrorCode::BadUserInput.as_str(),
@@ -135,12 +158,12 @@ async fn execute(
         None => Identity::Anonymous,
         Some(token) => match sessions::authenticate(app, token).await {
             Ok(identity) => identity,
-            Err(err) => return app_error_response(&request_id, err),
+            Err(err) => return app_error_response(media, &request_id, err),
         },
     };
     let context = RequestContext { meta, identity };
     if let Err(err) = app.limiters.check_client(context.client_key(), operations) {
-        return app_error_response(&request_id, err);
+        return app_error_response(media, &request_id, err);
     }
     let names: Vec<Option<String>> = batch.iter().map(|r| r.operation_name.clone()).collect();
     let batch = batch.data(context).data(super::loaders::Loaders::new(app));
@@ -152,11 +175,16 @@ async fn execute(
     for (name, ok) in names.iter().zip(outcomes) {
         super::observe::record_operation(name.as_deref(), ok);
     }
-    finish(response, &request_id)
+    finish(response, &request_id, media)
 }
 
 /// Adds `requestId` to every error, and turns a rate-limited operation into HTTP 429.
-fn finish(mut response: BatchResponse, request_id: &str) -> Response {
+///
+/// A single request that failed before execution (it did not parse, broke a validation rule,
+/// or its variables did not coerce) is a *request error*: its response has no `data` entry,
+/// and under `application/graphql-response+json` its status is 400 (GraphQL over HTTP);
+/// under `application/json` it stays 200, as that media type's clients expect.
+fn finish(mut response: BatchResponse, request_id: &str, media: MediaType) -> Response {
     let mut retry_after: Option<u64> = None;
     let responses: Vec<&mut async_graphql::Response> = match &mut response {
         BatchResponse::Single(r) => vec![r],
@@ -176,7 +204,23 @@ fn finish(mut response: BatchResponse, request_id: &str) -> Response {
             }
         }
     }
-    let mut http_response = json_response(StatusCode::OK, &response);
+    let request_error = match &response {
+        BatchResponse::Single(single) => is_request_error(single),
+        BatchResponse::Batch(_) => false,
+    };
+    let mut http_response = if request_error {
+        let status = match media {
+            MediaType::GraphQLResponseJson => StatusCode::BAD_REQUEST,
+            MediaType::Json => StatusCode::OK,
+        };
+        let mut body = serde_json::to_value(&response).unwrap_or_default();
+        if let Some(object) = body.as_object_mut() {
+            object.remove("data");
+        }
+        media.respond(status, &body)
+    } else {
+        media.respond(StatusCode::OK, &response)
+    };
     if let Some(secs) = retry_after {
         *http_response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         http_response
@@ -186,7 +230,111 @@ fn finish(mut response: BatchResponse, request_id: &str) -> Response {
     http_response
 }
 
-/// A response carrying one error (for failures before execution), in GraphQL's shape.
+/// Whether a response is a GraphQL *request error*: no data, and every error one of the
+/// parser's or the validator's (which also covers variable coercion).
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    let request_codes = [
+        async_graphql::Value::from(PARSE_FAILED),
+        async_graphql::Value::from(VALIDATION_FAILED),
+    ];
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| {
+            error
+                .extensions
+                .as_ref()
+                .and_then(|extensions| extensions.get("code"))
+                .is_some_and(|code| request_codes.contains(code))
+        })
+}
+
+/// The media type of a GraphQL response, chosen from the request's `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MediaType {
+    /// `application/json`: the legacy type; GraphQL errors keep status 200.
+    Json,
+    /// `application/graphql-response+json` (GraphQL over HTTP): request errors are 400.
+    GraphQLResponseJson,
+}
+
+impl MediaType {
+    /// `application/graphql-response+json` when the client accepts it at least as much as
+    /// `application/json`; otherwise (no `Accept`, `*/*`, `application/json`) JSON.
+    fn negotiate(headers: &HeaderMap) -> Self {
+        let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+            return Self::Json;
+        };
+        let mut graphql = None::<f32>;
+        let mut json = None::<f32>;
+        for range in accept.split(',') {
+            let mut params = range.split(';');
+            let essence = params
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let quality = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let slot = match essence.as_str() {
+                "application/graphql-response+json" => &mut graphql,
+                "application/json" | "application/*" | "*/*" => &mut json,
+                _ => continue,
+            };
+            *slot = Some(slot.map_or(quality, |q| q.max(quality)));
+        }
+        match (graphql, json) {
+            (Some(g), j) if g > 0.0 && g >= j.unwrap_or(0.0) => Self::GraphQLResponseJson,
+            _ => Self::Json,
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::Json => HeaderValue::from_static("application/json; charset=utf-8"),
+            Self::GraphQLResponseJson => {
+                HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+            }
+        }
+    }
+
+    /// `body` as JSON with this media type.
+    fn respond(self, status: StatusCode, body: &impl serde::Serialize) -> Response {
+        let mut response = json_response(status, body);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, self.content_type());
+        response
+    }
+
+    /// A request error (no `data`) with one error, for failures before execution.
+    fn error(self, status: StatusCode, request_id: &str, code: &str, message: String) -> Response {
+        let mut response = error_response(status, request_id, code, message);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, self.content_type());
+        response
+    }
+}
+
+/// A persisted query that could not be resolved. `PERSISTED_QUERY_NOT_FOUND` is answered
+/// with 200, as Apollo's link expects before it resends the full query; a wrong hash is 400.
+fn persisted_error(
+    media: MediaType,
+    request_id: &str,
+    err: super::persisted::PersistedQueryError,
+) -> Response {
+    let status = if err.code == super::persisted::NOT_FOUND_CODE {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    media.error(status, request_id, err.code, err.message)
+}
+
+/// A response carrying one error (for failures before execution), in GraphQL's shape: a
+/// request error, so without a `data` entry.
 pub fn error_response(
     status: StatusCode,
     request_id: &str,
@@ -197,11 +345,11 @@ pub fn error_response(
     if let Some(extensions) = error.extensions.as_mut() {
         extensions.set("requestId", request_id);
     }
-    json_response(status, &async_graphql::Response::from_errors(vec![error]))
+    json_response(status, &serde_json::json!({ "errors": [error] }))
 }
 
 /// A response for a service error raised before execution (authentication, rate limit).
-fn app_error_response(request_id: &str, err: AppError) -> Response {
+fn app_error_response(media: MediaType, request_id: &str, err: AppError) -> Response {
     let code = err.code();
     let retry = match &err {
         AppError::RateLimited {
@@ -220,7 +368,7 @@ fn app_error_response(request_id: &str, err: AppError) -> Response {
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::OK,
     };
-    let mut response = json_response(status, &async_graphql::Response::from_errors(vec![error]));
+    let mut response = media.respond(status, &async_graphql::Response::from_errors(vec![error]));
     if let Some(secs) = retry {
         response
             .headers_mut()
@@ -235,7 +383,7 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
             status,
             [(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static("application/json; charset=utf-8"),
             )],
             Body::from(bytes),
         )
@@ -269,22 +417,76 @@ fn check_csrf(headers: &HeaderMap) -> Result<(), String> {
     }
 }
 
+/// A POST body: one request object or a non-empty array of them (a batch).
 fn parse_body(bytes: &Bytes) -> Result<BatchRequest, String> {
     if bytes.is_empty() {
         return Err("the request body is empty: send {\"query\": \"...\"}".into());
     }
-    serde_json::from_slice::<BatchRequest>(bytes)
-        .map_err(|e| format!("the request body is not a GraphQL request: {e}"))
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the request body is not JSON: {e}"))?;
+    match value {
+        serde_json::Value::Array(items) if items.is_empty() => {
+            Err("a batch must hold at least one operation".into())
+        }
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(request_from_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(BatchRequest::Batch),
+        other => request_from_json(other).map(BatchRequest::Single),
+    }
+}
+
+/// One GraphQL request from its JSON object, checking each parameter's type as GraphQL over
+/// HTTP requires: `query` a string (it may be left out only when
+/// `extensions.persistedQuery` names it), `operationName` a string, `variables` and
+/// `extensions` maps; any of the last three may be null.
+fn request_from_json(value: serde_json::Value) -> Result<async_graphql::Request, String> {
+    use serde_json::Value;
+    let Value::Object(mut object) = value else {
+        return Err("a GraphQL request must be a JSON object: {\"query\": \"...\"}".into());
+    };
+    let extensions = match object.remove("extensions") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err("`extensions` must be a map (a JSON object)".into()),
+    };
+    let query = match object.remove("query") {
+        Some(Value::String(query)) => query,
+        None | Some(Value::Null) if extensions.contains_key("persistedQuery") => String::new(),
+        None | Some(Value::Null) => {
+            return Err("the request has no `query`: send {\"query\": \"...\"}".into());
+        }
+        Some(_) => return Err("`query` must be a string".into()),
+    };
+    let mut request = async_graphql::Request::new(query);
+    request.operation_name = match object.remove("operationName") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name).filter(|n| !n.is_empty()),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    };
+    match object.remove("variables") {
+        None | Some(Value::Null) => {}
+        Some(variables @ Value::Object(_)) => {
+            request.variables = async_graphql::Variables::from_json(variables);
+        }
+        Some(_) => return Err("`variables` must be a map (a JSON object)".into()),
+    }
+    for (name, value) in extensions {
+        let value = async_graphql::Value::from_json(value)
+            .map_err(|e| format!("`extensions.{name}` is invalid: {e}"))?;
+        request.extensions.insert(name, value);
+    }
+    Ok(request)
 }
 
 /// A GraphQL request from URL parameters, as GraphQL over HTTP names them (`query`,
-/// `operationName`, JSON-encoded `variables` and `extensions`). async-graphql's own parser
-/// expects `operation_name`, which no client sends.
+/// `operationName`, JSON-encoded `variables` and `extensions`), checked like a POST body.
+/// async-graphql's own parser expects `operation_name`, which no client sends.
 fn parse_query_string(query: &str) -> Result<async_graphql::Request, String> {
     #[derive(serde::Deserialize)]
     struct Params {
-        #[serde(default)]
-        query: String,
+        query: Option<String>,
         #[serde(rename = "operationName", alias = "operation_name")]
         operation_name: Option<String>,
         variables: Option<String>,
@@ -292,21 +494,22 @@ fn parse_query_string(query: &str) -> Result<async_graphql::Request, String> {
     }
     let params: Params =
         serde_urlencoded::from_str(query).map_err(|e| format!("invalid query string: {e}"))?;
-    let json = |name: &str, raw: Option<String>| -> Result<Option<serde_json::Value>, String> {
+    let json = |name: &str, raw: Option<String>| -> Result<serde_json::Value, String> {
         raw.filter(|r| !r.is_empty())
             .map(|r| serde_json::from_str(&r).map_err(|e| format!("`{name}` is not JSON: {e}")))
             .transpose()
+            .map(Option::unwrap_or_default)
     };
-    let mut request = async_graphql::Request::new(params.query);
-    request.operation_name = params.operation_name.filter(|n| !n.is_empty());
-    if let Some(variables) = json("variables", params.variables)? {
-        request.variables = async_graphql::Variables::from_json(variables);
+    let mut object = serde_json::Map::new();
+    if let Some(query) = params.query {
+        object.insert("query".into(), query.into());
     }
-    if let Some(extensions) = json("extensions", params.extensions)? {
-        request.extensions = serde_json::from_value(extensions)
-            .map_err(|e| format!("`extensions` is invalid: {e}"))?;
+    if let Some(name) = params.operation_name {
+        object.insert("operationName".into(), name.into());
     }
-    Ok(request)
+    object.insert("variables".into(), json("variables", params.variables)?);
+    object.insert("extensions".into(), json("extensions", params.extensions)?);
+    request_from_json(serde_json::Value::Object(object))
 }
 
 /// The kind of the operation a GET request would run: the one named by `operationName`, or
@@ -326,6 +529,19 @@ fn operation_kind(request: &async_graphql::Request) -> Option<OperationType> {
     }
 }
 
+/// Whether a browser's `Origin` is this server itself (scheme and the `Host` it asked for),
+/// as when the GraphiQL page it served opens a subscription. Tokens travel in
+/// `connection_init`, never in cookies, so this grants a page nothing it did not already hold.
+fn is_same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -333,8 +549,16 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
+/// The GraphiQL release the playground page loads (from unpkg, with React 18). Pinned, so the
+/// page is the same everywhere and the browser test can serve these exact files offline from
+/// tests/js/node_modules (keep it equal to `graphiql` in tests/js/package.json).
+pub const GRAPHIQL_VERSION: &str = "4.1.2";
+
+/// The playground. Its fetcher merges the headers pane into the WebSocket `connection_init`
+/// payload, so `{"Authorization": "Bearer …"}` there authenticates queries and subscriptions.
 fn graphiql() -> String {
     async_graphql::http::GraphiQLSource::build()
+        .version(GRAPHIQL_VERSION)
         .endpoint("/graphql")
         .subscription_endpoint("/graphql")
         .title("Agentry GraphiQL")

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod loaders;
 pub mod observe;
 pub mod pagination;
+pub mod persisted;
 pub mod ws;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};

@@ -2,6 +2,7 @@
 //! migrated template and dropped afterwards, plus HTTP and WebSocket client helpers.
 #![allow(dead_code)]
 pub mod fake_provider;
+pub mod node;
 
 use std::{net::SocketAddr, time::Duration};
 
