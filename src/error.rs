@@ -133,6 +133,20 @@ impl AppError {
     }
 }
 
+/// Maps a unique-index violation (a concurrent request won the race) to the `conflict` error, and
+/// any other database error to an internal one. Use with `map_err`.
+pub fn unique_or(
+    conflict: impl FnOnce() -> AppError,
+) -> impl FnOnce(diesel::result::Error) -> AppError {
+    move |err| match err {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => conflict(),
+        other => other.into(),
+    }
+}
+
 impl From<diesel::result::Error> for AppError {
     fn from(err: diesel::result::Error) -> Self {
         Self::Internal(anyhow::Error::new(err).context("database query failed"))

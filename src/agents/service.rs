@@ -9,7 +9,7 @@ use crate::{
     agents::model::{self, AgentRow, AgentValues},
     api_keys,
     db::schema::{agents, executions},
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, unique_or},
     request::Viewer,
     state::AppState,
 };
@@ -215,16 +215,6 @@ fn not_found() -> AppError {
     AppError::NotFound { what: "agent" }
 }
 
-fn map_unique(e: diesel::result::Error) -> AppError {
-    match e {
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        ) => duplicate_name(),
-        other => other.into(),
-    }
-}
-
 /// Creates an agent.
 pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> AppResult<AgentRow> {
     let mut conn = state.pool.get().await?;
@@ -238,7 +228,7 @@ pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> App
         .returning(AgentRow::as_returning())
         .get_result(&mut conn)
         .await
-        .map_err(map_unique)?;
+        .map_err(unique_or(duplicate_name))?;
     Ok(row)
 }
 
@@ -287,7 +277,7 @@ pub async fn update(
         .returning(AgentRow::as_returning())
         .get_result(&mut conn)
         .await
-        .map_err(map_unique)?;
+        .map_err(unique_or(duplicate_name))?;
     Ok(row)
 }
 

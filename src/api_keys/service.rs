@@ -15,7 +15,7 @@ use crate::{
     },
     crypto::vault::{SecretSlot, Vault},
     db::schema::api_keys,
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, unique_or},
     llm::{ProviderKind, probe},
     request::Viewer,
     state::AppState,
@@ -69,16 +69,6 @@ fn duplicate_name() -> AppError {
     AppError::Conflict("you already have a key with this name".into())
 }
 
-fn map_unique(e: diesel::result::Error) -> AppError {
-    match e {
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        ) => duplicate_name(),
-        other => other.into(),
-    }
-}
-
 /// Stores a new key, encrypted.
 pub async fn create(state: &AppState, viewer: &Viewer, input: NewKey) -> AppResult<ApiKeyRow> {
     let name = validate::name("input.name", &input.name)?;
@@ -118,7 +108,7 @@ pub async fn create(state: &AppState, viewer: &Viewer, input: NewKey) -> AppResu
         .returning(ApiKeyRow::as_returning())
         .get_result(&mut conn)
         .await
-        .map_err(map_unique)?;
+        .map_err(unique_or(duplicate_name))?;
     tracing::info!(user.id = %viewer.id(), api_key.id = %row.id, provider = %row.provider, "API key created");
     Ok(row)
 }
@@ -200,7 +190,7 @@ pub async fn update(
         .returning(ApiKeyRow::as_returning())
         .get_result(&mut conn)
         .await
-        .map_err(map_unique)?;
+        .map_err(unique_or(duplicate_name))?;
     if secret.is_some() {
         tracing::info!(user.id = %viewer.id(), api_key.id = %id, "API key secret replaced");
     }

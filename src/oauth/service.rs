@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     crypto::vault::{SecretSlot, Vault},
     db::schema::{oauth_accounts, oauth_states},
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, unique_or},
     oauth::{
         model::{self, NewOAuthAccount, NewOAuthState, OAuthAccountRow},
         providers::{Profile, Provider, ProviderKind},
@@ -560,16 +560,12 @@ async fn insert_account(
         .returning(OAuthAccountRow::as_returning())
         .get_result(conn)
         .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => AppError::Conflict(format!(
+        .map_err(unique_or(|| {
+            AppError::Conflict(format!(
                 "this {} account was linked by another request at the same time",
                 kind.display_name()
-            )),
-            other => other.into(),
-        })
+            ))
+        }))
 }
 
 /// Stores a new grant on an existing account; a grant without a refresh token keeps the old one.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::{
     crypto::password,
     db::schema::users,
-    error::{AppError, AppResult},
+    error::{AppError, AppResult, unique_or},
     request::{RequestMeta, Viewer},
     state::{AppState, Revocation},
     users::{
@@ -66,14 +66,8 @@ pub async fn register(
             .returning(UserRow::as_returning())
             .get_result(conn)
             .await
-            .map_err(|e| match e {
-                // Lost a race with a concurrent sign-up for the same email.
-                diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
-                    _,
-                ) => duplicate_email(),
-                other => other.into(),
-            })?;
+            // A concurrent sign-up for the same email may win the race: CONFLICT, like the check above.
+            .map_err(unique_or(duplicate_email))?;
         audit::record(
             conn,
             Some(meta),
@@ -121,13 +115,8 @@ pub async fn create_external(
         .returning(UserRow::as_returning())
         .get_result(conn)
         .await
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => duplicate_email(),
-            other => other.into(),
-        })?;
+        // A concurrent sign-up for the same email may win the race: CONFLICT, like the check above.
+        .map_err(unique_or(duplicate_email))?;
     audit::record(
         conn,
         Some(meta),
