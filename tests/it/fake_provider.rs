@@ -1,7 +1,7 @@
 //! Self-tests of the fake LLM provider: it must speak the real wire formats and do what its
 //! modes and stream scripts promise, or tests built on it prove nothing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Operating Agentry: Prometheus metrics, graceful shutdown of a real `agentry serve` process,
 //! and backup / restore with verification.
 
-mod common;
+use crate::common;
 
 use std::{
     process::{Command, Stdio},

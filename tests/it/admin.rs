@@ -1,6 +1,6 @@
 //! Roles and admin operations: guards, users/user/auditLog, suspension, roles, last owner.
 
-mod common;
+use crate::common;
 
 use common::{PASSWORD, TestApp, code, field};
 use serde_json::json;

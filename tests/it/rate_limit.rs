@@ -1,7 +1,7 @@
 //! Rate limits: per client, stricter per IP and per email for sign-in, counted per operation
 //! (batches and aliases cannot multiply attempts), 429 + Retry-After + RATE_LIMITED, pruning.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Agents through GraphQL: create, read, list, update, (de)activate, delete; every rule a clear
 //! BAD_USER_INPUT naming the field; keys must be the owner's and active; isolation.
 
-mod common;
+use crate::common;
 
 use common::{Session, TestApp, code, field};
 use serde_json::{Value, json};

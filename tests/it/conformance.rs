@@ -10,7 +10,7 @@
 //! Each suite writes its counts to `<target>/conformance/<suite>.txt`, which `.ci/run` prints;
 //! the GraphiQL screenshot is kept as `<target>/graphiql.png`.
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,7 +1,7 @@
 //! Accounts and sessions through the real HTTP API: register, login, refresh, logout,
 //! changePassword, updateProfile, me, and the token attacks of DESIGN.md §6.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! GraphQL over WebSocket on /graphql: protocols, Origin check, `connection_init` auth and
 //! deadline, message cap, and closing when the token expires or the session is revoked.
 
-mod common;
+use crate::common;
 
 use common::{ALLOWED_ORIGIN, TestApp, WsEvent};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The key vault through GraphQL: create/list/update/rotate/deactivate/delete, masked output,
 //! encryption at rest, live key tests against a fake provider, isolation, and bad input.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! query depth / complexity / alias / directive limits, error codes, production hardening,
 //! health and readiness.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{

@@ -1,7 +1,7 @@
 //! The streaming provider layer against the fake provider: both wire formats, the request
 //! bodies, status mapping, retries, timeouts, mid-stream failures and disconnects.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::Arc,

@@ -3,8 +3,7 @@
 //! and revocation, every misuse of `state`, wrong verifiers and redirect URIs, conflicts, and
 //! what is stored.
 
-mod common;
-#[path = "oauth/fake.rs"]
+use crate::common;
 mod fake;
 
 use common::{PASSWORD, Session, TestApp, code, field};

@@ -3,7 +3,7 @@
 //! on one database, cancellation, provider failures, idempotency, the concurrency cap, timeouts,
 //! recovery, usage and cost, and isolation.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

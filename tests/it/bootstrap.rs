@@ -1,7 +1,7 @@
 //! The `agentry` binary as an operator meets it: configuration checks, database creation and
 //! migration, clear errors, the exported schema, and a served session whose logs hold no secret.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

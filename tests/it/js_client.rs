@@ -3,9 +3,9 @@
 //! must receive every streamed event (tests/js/subscribe.mjs; packages pinned in tests/js).
 //!
 //! Needs `node` (20+) and `npm` on PATH; the packages are installed with `npm ci` on first use
-//! (tests/common/node.rs).
+//! (tests/it/common/node.rs).
 
-mod common;
+use crate::common;
 
 use std::{
     process::{ExitStatus, Stdio},
