@@ -183,6 +183,58 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
 
+    /// Live streams: the batching window of a run's output, in milliseconds. A token after a
+    /// quiet spell is written (and reaches watchers) at once; tokens that keep coming are
+    /// coalesced into one event per window.
+    #[arg(long, env = "AGENTRY_STREAM_FLUSH_MS", default_value_t = 40)]
+    pub stream_flush_ms: u64,
+
+    /// Largest output of one run, in bytes; past it the run ends FAILED (output so far kept).
+    #[arg(long, env = "AGENTRY_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_output_bytes: usize,
+
+    /// Largest server-sent event (one line or one event) accepted from a provider, in bytes.
+    #[arg(long, env = "AGENTRY_SSE_MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
+    pub sse_max_event_bytes: usize,
+
+    /// Most bytes of a provider's error body read (the rest is ignored).
+    #[arg(long, env = "AGENTRY_PROVIDER_MAX_ERROR_BYTES", default_value_t = 64 * 1024)]
+    pub provider_max_error_bytes: usize,
+
+    /// Subscriptions one WebSocket connection may have open at once (closed with 4429 past it).
+    #[arg(long, env = "AGENTRY_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+
+    /// Subscriptions one user may have open across all their connections to this process.
+    #[arg(
+        long,
+        env = "AGENTRY_WS_MAX_SUBSCRIPTIONS_PER_USER",
+        default_value_t = 1000
+    )]
+    pub ws_max_subscriptions_per_user: usize,
+
+    /// WebSocket connections this process accepts in total (503 past it).
+    #[arg(long, env = "AGENTRY_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub ws_max_connections: usize,
+
+    /// WebSocket connections one client IP may hold open (429 past it).
+    #[arg(long, env = "AGENTRY_WS_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
+    pub ws_max_connections_per_ip: usize,
+
+    /// Seconds an anonymous WebSocket (no token in `connection_init`) may stay open without an
+    /// active subscription before it is closed (4408).
+    #[arg(long, env = "AGENTRY_WS_ANONYMOUS_IDLE_SECS", default_value_t = 60)]
+    pub ws_anonymous_idle_secs: u64,
+
+    /// Seconds between WebSocket pings; a peer that answers none within two of them is closed.
+    #[arg(long, env = "AGENTRY_WS_KEEPALIVE_SECS", default_value_t = 30)]
+    pub ws_keepalive_secs: u64,
+
+    /// Seconds a WebSocket write may wait for a client that does not read before the
+    /// connection is closed (4413); slow readers never hold others back or grow memory.
+    #[arg(long, env = "AGENTRY_WS_SEND_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_send_timeout_secs: u64,
+
     /// Seconds an HTTP request may take before it is answered 408.
     #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,

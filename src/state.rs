@@ -149,7 +149,7 @@ impl AppState {
             http,
             oauth: Arc::new(oauth),
             oauth_http,
-            hub: crate::executions::hub::Hub::new(),
+            hub: crate::executions::hub::Hub::new(pool.clone()),
             shutdown: Arc::new(watch::channel(false).0),
             sockets: Arc::new(SocketTracker::default()),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),

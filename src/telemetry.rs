@@ -101,6 +101,10 @@ pub mod names {
     pub const PROVIDER_LATENCY: &str = "agentry_provider_first_byte_seconds";
     /// Counter: tokens by provider and direction (input, output).
     pub const TOKENS: &str = "agentry_llm_tokens_total";
+    /// Counter: waits for a busy or unavailable database by long-lived work (streams, runners).
+    pub const DB_WAITS: &str = "agentry_db_waits_total";
+    /// Counter: WebSocket connections closed by a bound (slow reader, idle, limits), by reason.
+    pub const WS_CLOSED_BY_LIMIT: &str = "agentry_websocket_limit_closes_total";
 }
 
 fn describe() {
@@ -129,4 +133,12 @@ fn describe() {
         "Time until a provider stream opened"
     );
     describe_counter!(names::TOKENS, "LLM tokens by provider and direction");
+    describe_counter!(
+        names::DB_WAITS,
+        "Waits of streams and runners for a busy or unavailable database"
+    );
+    describe_counter!(
+        names::WS_CLOSED_BY_LIMIT,
+        "WebSocket connections closed by a bound, by reason"
+    );
 }

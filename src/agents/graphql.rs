@@ -13,7 +13,10 @@ use crate::{
     },
     api_keys::graphql::{ApiKey, LlmProvider},
     error::AppError,
-    executions::graphql::{Execution, ExecutionStatus, executions_page},
+    executions::{
+        graphql::{Execution, executions_page},
+        model::ExecutionStatus,
+    },
     graphql::{
         guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
     },

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{
     agents::model::{self, AgentRow, AgentValues},
     api_keys,
-    db::schema::{agents, executions},
+    db::schema::agents,
     error::{AppError, AppResult, unique_or},
     request::Viewer,
     state::AppState,
@@ -308,12 +308,7 @@ pub async fn delete(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<bo
     model::find_owned(&mut conn, viewer.id(), id)
         .await?
         .ok_or_else(not_found)?;
-    let running: i64 = executions::table
-        .filter(executions::agent_id.eq(id))
-        .filter(executions::status.eq_any(["QUEUED", "RUNNING"]))
-        .count()
-        .get_result(&mut conn)
-        .await?;
+    let running = crate::executions::model::count_unfinished_of_agent(&mut conn, id).await?;
     if running > 0 {
         return Err(AppError::Conflict(format!(
             "the agent has {running} run(s) in progress: cancel them first"

@@ -149,3 +149,12 @@ pub async fn swap_ciphertext(
         .await?;
     Ok(n == 1)
 }
+
+/// Records that key `id` was just used by a run (inside the run's final transaction).
+pub async fn mark_used(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::update(api_keys::table.find(id))
+        .set(api_keys::last_used_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

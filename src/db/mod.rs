@@ -24,6 +24,46 @@ diesel::define_sql_function! {
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 
+/// Stores a Rust enum as its SCREAMING_SNAKE_CASE name in a `text` column (the names the
+/// migrations' CHECK constraints and the GraphQL enums use). The enum derives
+/// `diesel::AsExpression` and `diesel::FromSqlRow` with `#[diesel(sql_type = Text)]`; this adds
+/// the conversions from a list of `Variant => "NAME"` pairs, plus `as_str` and `from_name`.
+#[macro_export]
+macro_rules! text_enum {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored (and GraphQL) name.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+            /// The variant stored as `name`, if any.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($name => Some(Self::$variant),)+ _ => None }
+            }
+        }
+        impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for $ty {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+            ) -> diesel::serialize::Result {
+                use std::io::Write as _;
+                out.write_all(self.as_str().as_bytes())?;
+                Ok(diesel::serialize::IsNull::No)
+            }
+        }
+        impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for $ty {
+            fn from_sql(
+                bytes: <diesel::pg::Pg as diesel::backend::Backend>::RawValue<'_>,
+            ) -> diesel::deserialize::Result<Self> {
+                let name = std::str::from_utf8(bytes.as_bytes())?;
+                Self::from_name(name).ok_or_else(|| {
+                    format!(concat!("unknown ", stringify!($ty), " `{}`"), name).into()
+                })
+            }
+        }
+    };
+}
+
 /// The pool every request borrows connections from.
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
 /// A connection borrowed from the pool.
@@ -83,6 +123,127 @@ pub fn pool(database_url: &str, max_size: usize, counter: QueryCounter) -> anyho
         .runtime(::deadpool::Runtime::Tokio1)
         .build()
         .context("could not build the database pool")
+}
+
+/// Why a patient database operation gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum PatientError {
+    /// The statement failed for a reason waiting does not fix (a constraint, bad SQL).
+    #[error("database query failed: {0}")]
+    Query(diesel::result::Error),
+    /// No connection could be had, or the database kept failing, for the whole patience.
+    #[error("the database was unavailable for {0:?}")]
+    Unavailable(Duration),
+}
+
+impl From<PatientError> for crate::error::AppError {
+    fn from(err: PatientError) -> Self {
+        Self::Internal(anyhow::Error::new(err))
+    }
+}
+
+/// Lets one "waiting for the database" line through per second, process-wide.
+static WAIT_LOG: LogThrottle = LogThrottle::new();
+
+/// A once-a-second gate for log lines that many tasks would otherwise repeat.
+pub struct LogThrottle(AtomicU64);
+
+impl LogThrottle {
+    /// A gate that lets the first line through.
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Whether a line may be logged now (at most one per second).
+    pub fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = AtomicU64::load(&self.0, Ordering::Relaxed);
+        now > last
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl Default for LogThrottle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether a query error is the connection's fault (worth a retry on another connection).
+fn is_transient(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match err {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            // tokio-postgres reports a dropped socket or a server restart as plain text.
+            let message = info.message().to_ascii_lowercase();
+            [
+                "connection",
+                "closed",
+                "terminating",
+                "shutting down",
+                "recovery mode",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        }
+        Error::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+/// Runs `op` on a pooled connection, and when the pool is exhausted or the database is away
+/// (restart, network), waits and tries again on a fresh connection for up to `patience`
+/// instead of failing. For long-lived work — a subscription, a runner's write — that must be
+/// delayed by a busy pool, never ended by it. `op` must be safe to repeat: a single statement
+/// or a transaction. Each wait is logged once, as one line.
+pub async fn patient<T, F>(
+    pool: &Pool,
+    patience: Duration,
+    what: &'static str,
+    mut op: F,
+) -> Result<T, PatientError>
+where
+    F: for<'c> FnMut(
+        &'c mut AsyncPgConnection,
+    ) -> futures_util::future::BoxFuture<'c, diesel::QueryResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = Duration::from_millis(20);
+    let mut warned = false;
+    loop {
+        let failure = match pool.get().await {
+            Ok(mut conn) => match op(&mut conn).await {
+                Ok(value) => return Ok(value),
+                Err(e) if is_transient(&e) => {
+                    // A broken connection must not go back to the pool.
+                    let _ = ::deadpool::managed::Object::take(conn);
+                    e.to_string()
+                }
+                Err(e) => return Err(PatientError::Query(e)),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() + backoff > deadline {
+            tracing::warn!(what, error = %failure, "database unavailable: giving up");
+            return Err(PatientError::Unavailable(patience));
+        }
+        if !warned {
+            warned = true;
+            // Many streams wait at once when the pool is busy: one line a second for all.
+            if WAIT_LOG.allow() {
+                tracing::warn!(what, error = %failure, "database busy or unavailable: waiting");
+            }
+        }
+        metrics::counter!(crate::telemetry::names::DB_WAITS, "what" => what).increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Whether the database answers a trivial query (used by `/readyz`).

@@ -1,18 +1,18 @@
 //! GraphQL types, queries, mutations and subscriptions for runs. Thin: parse, authorize, call
 //! the service or the hub.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use async_graphql::{Context, Enum, ID, Json, Object, Subscription, connection::Connection};
+use async_graphql::{Context, ID, Json, Object, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
 use crate::{
     agents::graphql::Agent,
     error::AppError,
     executions::{
-        hub::RunWatch,
-        model::{self, EventRow, ExecutionRow, kind, status},
+        live,
+        model::{EventKind, EventRow, ExecutionRow, ExecutionStatus},
         service,
     },
     graphql::{
@@ -22,91 +22,8 @@ use crate::{
     state::AppState,
 };
 
-/// Where a run is.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum ExecutionStatus {
-    /// Accepted, not started yet.
-    Queued,
-    /// Streaming from the provider.
-    Running,
-    /// Finished normally.
-    Succeeded,
-    /// Ended by an error (see `error`).
-    Failed,
-    /// Ended by `cancelExecution`.
-    Cancelled,
-    /// Ended by the per-run time limit.
-    TimedOut,
-}
-
-impl ExecutionStatus {
-    fn as_stored(self) -> &'static str {
-        match self {
-            Self::Queued => status::QUEUED,
-            Self::Running => status::RUNNING,
-            Self::Succeeded => status::SUCCEEDED,
-            Self::Failed => status::FAILED,
-            Self::Cancelled => status::CANCELLED,
-            Self::TimedOut => status::TIMED_OUT,
-        }
-    }
-
-    fn from_stored(name: &str) -> Self {
-        [
-            Self::Queued,
-            Self::Running,
-            Self::Succeeded,
-            Self::Failed,
-            Self::Cancelled,
-            Self::TimedOut,
-        ]
-        .into_iter()
-        .find(|s| s.as_stored() == name)
-        .unwrap_or(Self::Failed)
-    }
-}
-
-/// What an event says.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum ExecutionEventKind {
-    /// The run started (`data`: model, provider).
-    Started,
-    /// Output text (`delta`).
-    OutputDelta,
-    /// A tool was called.
-    ToolCall,
-    /// A tool answered.
-    ToolResult,
-    /// Tokens and cost (`data`).
-    Usage,
-    /// Terminal: success.
-    Completed,
-    /// Terminal: failure (`data.error`).
-    Failed,
-    /// Terminal: cancelled.
-    Cancelled,
-    /// Terminal: timed out.
-    TimedOut,
-}
-
-impl ExecutionEventKind {
-    fn from_stored(name: &str) -> Self {
-        match name {
-            kind::STARTED => Self::Started,
-            kind::OUTPUT_DELTA => Self::OutputDelta,
-            "TOOL_CALL" => Self::ToolCall,
-            "TOOL_RESULT" => Self::ToolResult,
-            kind::USAGE => Self::Usage,
-            kind::COMPLETED => Self::Completed,
-            kind::CANCELLED => Self::Cancelled,
-            kind::TIMED_OUT => Self::TimedOut,
-            _ => Self::Failed,
-        }
-    }
-}
-
 /// One entry of a run's append-only event log.
-pub struct ExecutionEvent(pub EventRow);
+pub struct ExecutionEvent(pub Arc<EventRow>);
 
 #[Object]
 impl ExecutionEvent {
@@ -119,8 +36,8 @@ impl ExecutionEvent {
         self.0.sequence
     }
     /// What happened.
-    async fn kind(&self) -> ExecutionEventKind {
-        ExecutionEventKind::from_stored(&self.0.kind)
+    async fn kind(&self) -> EventKind {
+        self.0.kind
     }
     /// Output text, for OUTPUT_DELTA.
     async fn delta(&self) -> Option<&str> {
@@ -156,7 +73,7 @@ impl Execution {
     }
     /// Where the run is.
     async fn status(&self) -> ExecutionStatus {
-        ExecutionStatus::from_stored(&self.0.status)
+        self.0.status
     }
     /// The user's input.
     async fn input(&self) -> &str {
@@ -220,11 +137,11 @@ impl Execution {
         if !(1..=1000).contains(&first) {
             return Err(AppError::bad_input("first", "must be between 1 and 1000").into());
         }
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        let rows = model::events_after(&mut conn, self.0.id, after.unwrap_or(0), i64::from(first))
-            .await
-            .map_err(AppError::from)?;
-        Ok(rows.into_iter().map(ExecutionEvent).collect())
+        let rows = service::events_of(state(ctx)?, &self.0, after.unwrap_or(0), first).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ExecutionEvent(Arc::new(row)))
+            .collect())
     }
 }
 
@@ -240,7 +157,7 @@ pub async fn executions_page(
         state,
         viewer,
         agent_id,
-        status.map(ExecutionStatus::as_stored),
+        status,
         page.after,
         page.fetch_limit(),
     )
@@ -328,12 +245,6 @@ impl ExecutionsMutation {
     }
 }
 
-/// Events read from the table per wake-up.
-const EVENT_PAGE: i64 = 500;
-/// A subscriber re-reads at least this often, even without a wake-up (belt and braces for a
-/// lost NOTIFY).
-const SAFETY_POLL: Duration = Duration::from_secs(5);
-
 /// Run subscriptions.
 #[derive(Default)]
 pub struct ExecutionsSubscription;
@@ -349,56 +260,10 @@ impl ExecutionsSubscription {
         after: Option<i32>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ExecutionEvent>> + use<>>
     {
-        let viewer = request_context(ctx)?.viewer()?.clone();
-        let state = state(ctx)?.clone();
+        let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("executionId", &execution_id)?;
-        if after.is_some_and(|a| a < 0) {
-            return Err(AppError::bad_input("after", "must be 0 or more").into());
-        }
-        service::get(&state, &viewer, id).await?;
-        // Watch before the first read: an event committed in between still wakes us.
-        let RunWatch {
-            mut advanced,
-            mut resync,
-        } = state.hub.watch_run(id);
-        let mut last = after.unwrap_or(0);
-        Ok(async_stream::stream! {
-            loop {
-                let batch = async {
-                    let mut conn = state.pool.get().await?;
-                    Ok::<_, AppError>(model::events_after(&mut conn, id, last, EVENT_PAGE).await?)
-                }
-                .await;
-                let batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        yield Err(e.into());
-                        break;
-                    }
-                };
-                let full = batch.len() as i64 == EVENT_PAGE;
-                for event in batch {
-                    last = event.sequence;
-                    let terminal = kind::is_terminal(&event.kind);
-                    yield Ok(ExecutionEvent(event));
-                    if terminal {
-                        return;
-                    }
-                }
-                if full {
-                    continue;
-                }
-                tokio::select! {
-                    changed = advanced.changed() => {
-                        if changed.is_err() {
-                            tokio::time::sleep(SAFETY_POLL).await;
-                        }
-                    }
-                    _ = resync.changed() => {}
-                    () = tokio::time::sleep(SAFETY_POLL) => {}
-                }
-            }
-        })
+        let events = live::events(state(ctx)?, viewer, id, after.unwrap_or(0)).await?;
+        Ok(events.map(|event| event.map(ExecutionEvent).map_err(Into::into)))
     }
 
     /// Status changes of your runs (queued, started, finished), as they happen.
@@ -406,21 +271,7 @@ impl ExecutionsSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Execution>> + use<>> {
-        let viewer = request_context(ctx)?.viewer()?.clone();
-        let state = state(ctx)?.clone();
-        let mut updates = state.hub.watch_user(viewer.id());
-        Ok(async_stream::stream! {
-            loop {
-                match updates.recv().await {
-                    Ok(id) => match service::get(&state, &viewer, id).await {
-                        Ok(row) => yield Ok(Execution(row)),
-                        Err(AppError::NotFound { .. }) => {}
-                        Err(e) => yield Err(e.into()),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        })
+        let viewer = request_context(ctx)?.viewer()?;
+        Ok(live::updates(state(ctx)?, viewer).map(|row| row.map(Execution).map_err(Into::into)))
     }
 }

@@ -1,15 +1,26 @@
-//! The live hub: wakes subscribers when a run has new events, tells users' `executionUpdates`
-//! streams about status changes, and delivers cancellations to the runner that owns a run.
+//! The live hub: fans run events and status changes out to this process's subscribers, and
+//! delivers cancellations to the runner that owns a run.
 //!
-//! Waking crosses processes through PostgreSQL `LISTEN/NOTIFY`: writers `NOTIFY` after each
-//! commit (payload: ids only, the tables stay the source of truth) and every server process
-//! keeps one dedicated `LISTEN` connection that feeds its local hub. After the listener
-//! reconnects, a resync wakes every subscriber to re-read from the table, so nothing sent while
-//! it was away is missed.
+//! PostgreSQL is the log, not the fan-out medium. Each watched run has one in-process
+//! [`broadcast`] feed of its events:
+//! - a run executing in this process feeds it directly: the runner publishes each event right
+//!   after the commit that stored it ([`Hub::publish`]);
+//! - a run executing elsewhere reaches us through `LISTEN/NOTIFY` (payload: run id and
+//!   sequence); one fetch task per run per process reads the new rows once and publishes them,
+//!   so the database work per token does not grow with the number of watchers.
+//!
+//! A feed only ever publishes sequence `last + 1` (a duplicate is dropped), and a subscriber
+//! checks the same on its side: on a gap, a lag or a resync it re-reads from the table. So the
+//! contract — no gap, no duplicate, complete after the terminal event — never depends on the
+//! feed being perfect. Status changes (`executionUpdates`) work the same way: one read of the
+//! changed row per process per change, broadcast to the user's watchers.
+//!
+//! After the listener reconnects, a resync has every subscriber re-read from the table, so
+//! nothing sent while it was away is missed.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -18,6 +29,11 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use crate::{
+    db::{Pool, patient},
+    executions::model::{self, EventRow, ExecutionRow},
+};
+
 /// Channel: a run has events up to a sequence (`<execution id>:<sequence>`).
 pub const RUN_CHANNEL: &str = "agentry_run";
 /// Channel: a run changed status (`<execution id>:<user id>`).
@@ -25,129 +41,302 @@ pub const EXECUTION_CHANNEL: &str = "agentry_execution";
 /// Channel: cancel a run (`<execution id>`).
 pub const CANCEL_CHANNEL: &str = "agentry_cancel";
 
-/// In-process fan-out, fed by the LISTEN connection.
-#[derive(Default)]
+/// Events a feed keeps for subscribers that are momentarily behind; a subscriber further
+/// behind than this re-reads from the table (a slow reader costs its own reads, nobody else's).
+const FEED_CAPACITY: usize = 1024;
+/// Status changes kept per user for watchers that are momentarily behind.
+const USER_CAPACITY: usize = 256;
+/// Rows a fetch task reads per statement.
+const FETCH_PAGE: i64 = 500;
+/// How long a fetch task waits for the database before giving up (subscribers then re-read).
+const FETCH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What a feed has published.
+#[derive(Debug, Default)]
+struct FeedState {
+    /// The highest sequence published (`None` until the first event or the first subscriber
+    /// that caught up from the table says where the table ends).
+    published: Option<i32>,
+    /// The highest sequence a NOTIFY announced.
+    announced: i32,
+    /// Whether a fetch task is reading this run's new rows.
+    fetching: bool,
+}
+
+/// One run's in-process event feed.
+struct RunFeed {
+    tx: broadcast::Sender<Arc<EventRow>>,
+    state: Mutex<FeedState>,
+}
+
+impl RunFeed {
+    fn state(&self) -> MutexGuard<'_, FeedState> {
+        // A panic while holding this lock cannot leave the state inconsistent (plain numbers).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The status-change feed of one user's runs.
+struct UserFeed {
+    tx: broadcast::Sender<Arc<ExecutionRow>>,
+    /// Runs whose row must be read and broadcast.
+    pending: Mutex<(HashSet<Uuid>, bool)>,
+}
+
+/// In-process fan-out, fed by local runners and by the LISTEN connection.
 pub struct Hub {
-    /// Latest known sequence of each run somebody watches.
-    runs: Mutex<HashMap<Uuid, watch::Sender<i32>>>,
-    /// Status changes of each user's runs (execution ids).
-    users: Mutex<HashMap<Uuid, broadcast::Sender<Uuid>>>,
+    /// Reads rows for runs of other processes and for status changes.
+    pool: Pool,
+    /// The feed of each run somebody here watches.
+    runs: Mutex<HashMap<Uuid, Arc<RunFeed>>>,
+    /// The status-change feed of each user somebody here watches.
+    users: Mutex<HashMap<Uuid, Arc<UserFeed>>>,
     /// Cancellation switches of the runs executing in this process.
     cancels: Mutex<HashMap<Uuid, watch::Sender<bool>>>,
     /// Bumped whenever subscribers must re-read (listener reconnected).
     resync: watch::Sender<u64>,
 }
 
-/// A subscription to one run's progress; dropping it unregisters.
-pub struct RunWatch {
-    /// Changes when the run has new events.
-    pub advanced: watch::Receiver<i32>,
+/// A subscription to one run's events; dropping it unregisters.
+pub struct RunFollow {
+    /// The run.
+    pub execution_id: Uuid,
+    /// Events as they are published (check the sequence: the feed may start mid-run).
+    pub events: broadcast::Receiver<Arc<EventRow>>,
     /// Changes when every subscriber should re-read.
     pub resync: watch::Receiver<u64>,
+    feed: Arc<RunFeed>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Hub {
-    /// A new, empty hub.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// A new, empty hub that reads through `pool`.
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            runs: Mutex::default(),
+            users: Mutex::default(),
+            cancels: Mutex::default(),
+            resync: watch::channel(0).0,
+        })
     }
 
-    /// Watches a run. Register before reading the table, so no event falls in between.
-    pub fn watch_run(&self, execution_id: Uuid) -> RunWatch {
-        let advanced = match self.runs.lock() {
-            Ok(mut runs) => {
-                runs.retain(|_, sender| sender.receiver_count() > 0);
-                runs.entry(execution_id)
-                    .or_insert_with(|| watch::channel(0).0)
-                    .subscribe()
-            }
-            Err(_) => watch::channel(0).1,
+    /// Follows a run. Call before reading the table, so no event falls in between.
+    pub fn follow_run(&self, execution_id: Uuid) -> RunFollow {
+        let feed = {
+            let mut runs = lock(&self.runs);
+            runs.retain(|_, feed| feed.tx.receiver_count() > 0);
+            runs.entry(execution_id)
+                .or_insert_with(|| {
+                    Arc::new(RunFeed {
+                        tx: broadcast::channel(FEED_CAPACITY).0,
+                        state: Mutex::default(),
+                    })
+                })
+                .clone()
         };
-        RunWatch {
-            advanced,
+        RunFollow {
+            execution_id,
+            events: feed.tx.subscribe(),
             resync: self.resync.subscribe(),
+            feed,
         }
     }
 
-    /// A run has events up to `sequence`.
-    pub fn run_advanced(&self, execution_id: Uuid, sequence: i32) {
-        if let Ok(runs) = self.runs.lock()
-            && let Some(sender) = runs.get(&execution_id)
-        {
-            sender.send_if_modified(|seen| {
-                let newer = sequence > *seen;
-                if newer {
-                    *seen = sequence;
-                }
-                newer
-            });
-        }
+    /// Runs with a live feed here (tests and metrics).
+    pub fn followed_runs(&self) -> usize {
+        lock(&self.runs)
+            .values()
+            .filter(|feed| feed.tx.receiver_count() > 0)
+            .count()
     }
 
-    /// Watches the status changes of a user's runs.
-    pub fn watch_user(&self, user_id: Uuid) -> broadcast::Receiver<Uuid> {
-        match self.users.lock() {
-            Ok(mut users) => {
-                users.retain(|_, sender| sender.receiver_count() > 0);
-                users
-                    .entry(user_id)
-                    .or_insert_with(|| broadcast::channel(64).0)
-                    .subscribe()
+    /// A subscriber read the table up to `sequence`: a feed that has not published yet may
+    /// start there, and catch up on what other processes announced meanwhile.
+    pub fn caught_up(self: &Arc<Self>, follow: &RunFollow, sequence: i32) {
+        let fetch = {
+            let mut state = follow.feed.state();
+            if state.published.is_none() {
+                state.published = Some(sequence);
             }
-            Err(_) => broadcast::channel(1).1,
+            self.should_fetch(&mut state)
+        };
+        if fetch {
+            self.spawn_fetch(follow.execution_id, follow.feed.clone());
         }
     }
 
-    /// A run of `user_id` changed status.
-    pub fn execution_changed(&self, execution_id: Uuid, user_id: Uuid) {
-        if let Ok(users) = self.users.lock()
-            && let Some(sender) = users.get(&user_id)
-        {
-            let _ = sender.send(execution_id);
+    /// Publishes an event this process just stored (the runner, after its commit).
+    pub fn publish(&self, event: EventRow) {
+        let feed = lock(&self.runs).get(&event.execution_id).cloned();
+        if let Some(feed) = feed {
+            publish_to(&feed, Arc::new(event));
         }
+    }
+
+    /// A NOTIFY said a run has events up to `sequence`.
+    fn run_advanced(self: &Arc<Self>, execution_id: Uuid, sequence: i32) {
+        // A run executing here publishes its own events; nothing to read.
+        if lock(&self.cancels).contains_key(&execution_id) {
+            return;
+        }
+        let Some(feed) = lock(&self.runs).get(&execution_id).cloned() else {
+            return; // nobody here watches it
+        };
+        let fetch = {
+            let mut state = feed.state();
+            state.announced = state.announced.max(sequence);
+            self.should_fetch(&mut state)
+        };
+        if fetch {
+            self.spawn_fetch(execution_id, feed);
+        }
+    }
+
+    /// Whether a fetch task must start (and marks it started).
+    fn should_fetch(&self, state: &mut FeedState) -> bool {
+        let behind = state.published.is_some_and(|p| p < state.announced);
+        if behind && !state.fetching {
+            state.fetching = true;
+            return true;
+        }
+        false
+    }
+
+    /// Reads a run's new rows once and publishes them, until the feed has what was announced.
+    fn spawn_fetch(self: &Arc<Self>, execution_id: Uuid, feed: Arc<RunFeed>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let from = {
+                    let mut state = feed.state();
+                    match state.published {
+                        Some(p) if p < state.announced && feed.tx.receiver_count() > 0 => p,
+                        _ => {
+                            state.fetching = false;
+                            return;
+                        }
+                    }
+                };
+                let rows = patient(
+                    &pool,
+                    FETCH_PATIENCE,
+                    "reading a run's new events",
+                    move |conn| Box::pin(model::events_after(conn, execution_id, from, FETCH_PAGE)),
+                )
+                .await;
+                let rows = match rows {
+                    Ok(rows) if !rows.is_empty() => rows,
+                    // Nothing (yet) or no database: stop; subscribers' own re-reads cover it.
+                    _ => {
+                        feed.state().fetching = false;
+                        return;
+                    }
+                };
+                for row in rows {
+                    publish_to(&feed, Arc::new(row));
+                }
+            }
+        });
+    }
+
+    /// Watches the status changes of a user's runs (each item is the run as it is now).
+    pub fn watch_user(&self, user_id: Uuid) -> broadcast::Receiver<Arc<ExecutionRow>> {
+        let mut users = lock(&self.users);
+        users.retain(|_, feed| feed.tx.receiver_count() > 0);
+        users
+            .entry(user_id)
+            .or_insert_with(|| {
+                Arc::new(UserFeed {
+                    tx: broadcast::channel(USER_CAPACITY).0,
+                    pending: Mutex::default(),
+                })
+            })
+            .tx
+            .subscribe()
+    }
+
+    /// A run of `user_id` changed status: read it once and tell the user's watchers here.
+    fn execution_changed(&self, execution_id: Uuid, user_id: Uuid) {
+        let Some(feed) = lock(&self.users).get(&user_id).cloned() else {
+            return;
+        };
+        let start = {
+            let mut pending = lock(&feed.pending);
+            pending.0.insert(execution_id);
+            !std::mem::replace(&mut pending.1, true)
+        };
+        if !start {
+            return; // the running reader picks it up
+        }
+        // One reader per user at a time, so watchers see each run's states in order.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let ids: Vec<Uuid> = {
+                    let mut pending = lock(&feed.pending);
+                    if pending.0.is_empty() || feed.tx.receiver_count() == 0 {
+                        pending.0.clear();
+                        pending.1 = false;
+                        return;
+                    }
+                    pending.0.drain().collect()
+                };
+                let rows = patient(&pool, FETCH_PATIENCE, "reading changed runs", |conn| {
+                    let ids = ids.clone();
+                    Box::pin(async move { model::find_many(conn, &ids).await })
+                })
+                .await;
+                match rows {
+                    Ok(rows) => {
+                        for row in rows {
+                            let _ = feed.tx.send(Arc::new(row));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "status changes not delivered"),
+                }
+            }
+        });
     }
 
     /// Registers a run executing here; the receiver turns true when it must stop.
     pub fn register_runner(&self, execution_id: Uuid) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
-        if let Ok(mut cancels) = self.cancels.lock() {
-            cancels.insert(execution_id, tx);
-        }
+        lock(&self.cancels).insert(execution_id, tx);
         rx
     }
 
     /// Forgets a run that ended here.
     pub fn unregister_runner(&self, execution_id: Uuid) {
-        if let Ok(mut cancels) = self.cancels.lock() {
-            cancels.remove(&execution_id);
-        }
+        lock(&self.cancels).remove(&execution_id);
     }
 
     /// Stops a run if it executes in this process; returns whether it did.
     pub fn cancel(&self, execution_id: Uuid) -> bool {
-        self.cancels
-            .lock()
-            .ok()
-            .and_then(|cancels| cancels.get(&execution_id).map(|tx| tx.send(true).is_ok()))
-            .unwrap_or(false)
+        lock(&self.cancels)
+            .get(&execution_id)
+            .is_some_and(|tx| tx.send(true).is_ok())
     }
 
     /// Stops every run executing in this process (shutdown); returns how many.
     pub fn stop_all_runners(&self) -> usize {
-        self.cancels
-            .lock()
-            .map(|cancels| {
-                for tx in cancels.values() {
-                    let _ = tx.send(true);
-                }
-                cancels.len()
-            })
-            .unwrap_or(0)
+        let cancels = lock(&self.cancels);
+        for tx in cancels.values() {
+            let _ = tx.send(true);
+        }
+        cancels.len()
     }
 
     /// How many runs execute in this process.
     pub fn running_here(&self) -> usize {
-        self.cancels.lock().map(|c| c.len()).unwrap_or(0)
+        lock(&self.cancels).len()
     }
 
     /// Wakes every subscriber to re-read from the table.
@@ -156,7 +345,7 @@ impl Hub {
     }
 
     /// Handles one NOTIFY.
-    fn dispatch(&self, channel: &str, payload: &str) {
+    fn dispatch(self: &Arc<Self>, channel: &str, payload: &str) {
         let mut parts = payload.split(':');
         let Some(Ok(id)) = parts.next().map(Uuid::parse_str) else {
             return;
@@ -178,6 +367,20 @@ impl Hub {
             _ => {}
         }
     }
+}
+
+/// Sends `event` if it is the feed's next sequence (or its first); drops duplicates. A feed
+/// that finds itself behind (it started mid-run) still sends: subscribers see the gap and
+/// re-read.
+fn publish_to(feed: &RunFeed, event: Arc<EventRow>) {
+    let mut state = feed.state();
+    if state.published.is_some_and(|p| event.sequence <= p) {
+        return;
+    }
+    state.published = Some(event.sequence);
+    state.announced = state.announced.max(event.sequence);
+    // Sent under the lock, so two publishers cannot interleave out of order.
+    let _ = feed.tx.send(event);
 }
 
 /// Sends a NOTIFY on `channel` (delivered when the surrounding transaction commits).
@@ -211,7 +414,7 @@ pub fn spawn_listener(hub: Arc<Hub>, database_url: String) -> tokio::task::JoinH
     })
 }
 
-async fn listen(hub: &Hub, database_url: &str) -> Result<(), tokio_postgres::Error> {
+async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) =
         tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

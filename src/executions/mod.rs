@@ -3,6 +3,7 @@
 
 pub mod graphql;
 pub mod hub;
+pub mod live;
 pub mod model;
 pub mod recovery;
 pub mod runner;

@@ -7,43 +7,107 @@ use uuid::Uuid;
 
 use crate::db::schema::{execution_events, executions};
 
-/// Run states, as stored.
-pub mod status {
-    /// Accepted, not started.
-    pub const QUEUED: &str = "QUEUED";
+/// Where a run is.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    async_graphql::Enum,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum ExecutionStatus {
+    /// Accepted, not started yet.
+    Queued,
     /// Streaming from the provider.
-    pub const RUNNING: &str = "RUNNING";
+    Running,
     /// Finished normally.
-    pub const SUCCEEDED: &str = "SUCCEEDED";
-    /// Ended by an error.
-    pub const FAILED: &str = "FAILED";
+    Succeeded,
+    /// Ended by an error (see `error`).
+    Failed,
     /// Ended by `cancelExecution`.
-    pub const CANCELLED: &str = "CANCELLED";
-    /// Ended by the per-run timeout.
-    pub const TIMED_OUT: &str = "TIMED_OUT";
-    /// States of a run that has not ended.
-    pub const UNFINISHED: [&str; 2] = [QUEUED, RUNNING];
+    Cancelled,
+    /// Ended by the per-run time limit.
+    TimedOut,
 }
 
-/// Event kinds, as stored.
-pub mod kind {
-    /// The run started.
-    pub const STARTED: &str = "STARTED";
-    /// Output text (one or more tokens).
-    pub const OUTPUT_DELTA: &str = "OUTPUT_DELTA";
-    /// Tokens and cost.
-    pub const USAGE: &str = "USAGE";
+crate::text_enum!(ExecutionStatus {
+    Queued => "QUEUED",
+    Running => "RUNNING",
+    Succeeded => "SUCCEEDED",
+    Failed => "FAILED",
+    Cancelled => "CANCELLED",
+    TimedOut => "TIMED_OUT",
+});
+
+impl ExecutionStatus {
+    /// States of a run that has not ended.
+    pub const UNFINISHED: [Self; 2] = [Self::Queued, Self::Running];
+
+    /// Whether the run has ended.
+    pub fn is_finished(self) -> bool {
+        !Self::UNFINISHED.contains(&self)
+    }
+}
+
+/// What an event says.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    async_graphql::Enum,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+#[graphql(name = "ExecutionEventKind")]
+pub enum EventKind {
+    /// The run started (`data`: model, provider).
+    Started,
+    /// Output text (`delta`).
+    OutputDelta,
+    /// A tool was called.
+    ToolCall,
+    /// A tool answered.
+    ToolResult,
+    /// Tokens and cost (`data`).
+    Usage,
     /// Terminal: success.
-    pub const COMPLETED: &str = "COMPLETED";
-    /// Terminal: failure.
-    pub const FAILED: &str = "FAILED";
+    Completed,
+    /// Terminal: failure (`data.error`).
+    Failed,
     /// Terminal: cancelled.
-    pub const CANCELLED: &str = "CANCELLED";
+    Cancelled,
     /// Terminal: timed out.
-    pub const TIMED_OUT: &str = "TIMED_OUT";
-    /// Whether an event kind ends a run's stream.
-    pub fn is_terminal(kind: &str) -> bool {
-        matches!(kind, COMPLETED | FAILED | CANCELLED | TIMED_OUT)
+    TimedOut,
+}
+
+crate::text_enum!(EventKind {
+    Started => "STARTED",
+    OutputDelta => "OUTPUT_DELTA",
+    ToolCall => "TOOL_CALL",
+    ToolResult => "TOOL_RESULT",
+    Usage => "USAGE",
+    Completed => "COMPLETED",
+    Failed => "FAILED",
+    Cancelled => "CANCELLED",
+    TimedOut => "TIMED_OUT",
+});
+
+impl EventKind {
+    /// Whether this kind ends a run's stream.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 }
 
@@ -63,8 +127,8 @@ pub struct ExecutionRow {
     pub provider: String,
     /// Model at the time of the run.
     pub model: String,
-    /// One of [`status`].
-    pub status: String,
+    /// Where the run is.
+    pub status: ExecutionStatus,
     /// The user's input.
     pub input: String,
     /// The output assembled so far.
@@ -96,7 +160,7 @@ pub struct ExecutionRow {
 impl ExecutionRow {
     /// Whether the run has ended.
     pub fn is_finished(&self) -> bool {
-        !status::UNFINISHED.contains(&self.status.as_str())
+        self.status.is_finished()
     }
 }
 
@@ -108,8 +172,8 @@ pub struct EventRow {
     pub execution_id: Uuid,
     /// 1, 2, 3 … per run, without gaps.
     pub sequence: i32,
-    /// One of [`kind`].
-    pub kind: String,
+    /// What the event says.
+    pub kind: EventKind,
     /// Output text of an OUTPUT_DELTA.
     pub delta: Option<String>,
     /// Structured details (usage, error).
@@ -148,7 +212,7 @@ pub async fn page_owned(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     agent_id: Option<Uuid>,
-    status: Option<&str>,
+    status: Option<ExecutionStatus>,
     before: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<ExecutionRow>> {
@@ -162,7 +226,7 @@ pub async fn page_owned(
         query = query.filter(executions::agent_id.eq(agent_id));
     }
     if let Some(status) = status {
-        query = query.filter(executions::status.eq(status.to_owned()));
+        query = query.filter(executions::status.eq(status));
     }
     if let Some(before) = before {
         query = query.filter(executions::id.lt(before));
@@ -216,7 +280,7 @@ struct ExecutionRowByName {
     api_key_id: Option<Uuid>,
     provider: String,
     model: String,
-    status: String,
+    status: ExecutionStatus,
     input: String,
     output: String,
     error: Option<String>,
@@ -304,4 +368,29 @@ pub async fn usage_by_keys(
     .bind::<Nullable<Timestamptz>, _>(until)
     .load(conn)
     .await
+}
+
+/// Runs by id, whoever owns them (the hub reads changed runs for their owners' watchers).
+pub async fn find_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<ExecutionRow>> {
+    executions::table
+        .filter(executions::id.eq_any(ids))
+        .select(ExecutionRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Runs of agent `agent_id` that have not ended.
+pub async fn count_unfinished_of_agent(
+    conn: &mut AsyncPgConnection,
+    agent_id: Uuid,
+) -> QueryResult<i64> {
+    executions::table
+        .filter(executions::agent_id.eq(agent_id))
+        .filter(executions::status.eq_any(ExecutionStatus::UNFINISHED))
+        .count()
+        .get_result(conn)
+        .await
 }

@@ -1,15 +1,26 @@
-//! The runner: one task per run. It opens the provider stream, appends events (deltas batched
-//! every few tens of milliseconds; no gaps), keeps the assembled output, and ends the run with
-//! usage, cost and exactly one terminal event. Cancellation and the per-run timeout drop the
-//! provider stream, which aborts the upstream request: no more tokens are paid for.
+//! The runner: one task per run. It opens the provider stream, appends events (no gaps),
+//! keeps the assembled output, and ends the run with usage, cost and exactly one terminal
+//! event. Cancellation and the per-run timeout drop the provider stream, which aborts the
+//! upstream request: no more tokens are paid for.
 //!
-//! Every write is conditional on the run still being RUNNING here, so a run that recovery
-//! declared dead (or that ended otherwise) is never written to again.
+//! Three rules shape it:
+//! - **No connection is held while waiting.** Every write borrows a pooled connection for one
+//!   statement or one short transaction and gives it back, so slow providers cannot drain the
+//!   pool; a busy or restarting database delays a write ([`patient`]), it does not end the run.
+//! - **Adaptive batching.** A delta after a quiet spell is written at once (one token reaches
+//!   watchers within milliseconds); while tokens keep coming, they are coalesced into one write
+//!   per `AGENTRY_STREAM_FLUSH_MS`, so the database work per run stays flat under load.
+//! - **The table first, then the feed.** Each event is published to the in-process hub right
+//!   after the commit that stored it; other processes learn of it by NOTIFY.
+//!
+//! Every write is conditional on the run still being RUNNING, so a run that recovery declared
+//! dead (or that ended otherwise) is never written to again.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
@@ -17,11 +28,11 @@ use uuid::Uuid;
 
 use crate::{
     agents::{model::AgentRow, service::system_prompt},
-    api_keys::{model::ApiKeyRow, service::reveal},
-    db::schema::{api_keys, executions},
+    api_keys::{self, model::ApiKeyRow, service::reveal},
+    db::{PatientError, patient, schema::executions},
     executions::{
         hub::{EXECUTION_CHANNEL, RUN_CHANNEL, notify},
-        model::{ExecutionRow, kind, status},
+        model::{self, EventKind, EventRow, ExecutionRow, ExecutionStatus},
     },
     llm::{
         ProviderKind,
@@ -30,10 +41,11 @@ use crate::{
     state::AppState,
 };
 
-/// How long deltas are gathered before they are written as one event.
-const FLUSH_EVERY: Duration = Duration::from_millis(40);
-/// A delta buffer this large is written at once.
+/// A delta buffer this large is written at once, whatever the batching window.
 const FLUSH_BYTES: usize = 4096;
+/// How long a runner's write waits for a busy or unavailable database before the run is
+/// abandoned to recovery.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How a run ended.
 #[derive(Debug)]
@@ -58,70 +70,166 @@ pub fn spawn(state: AppState, execution: ExecutionRow, agent: AgentRow, key: Api
     });
 }
 
+/// Whether a failed write was in fact committed by an earlier attempt whose answer was lost
+/// (the retry then collides with the event it already inserted).
+fn already_written(e: &PatientError) -> bool {
+    matches!(
+        e,
+        PatientError::Query(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _
+        ))
+    )
+}
+
 /// Writes one run's events, tracking the next sequence number.
 struct Writer<'a> {
     state: &'a AppState,
     execution: ExecutionRow,
     sequence: i32,
     pending: String,
+    /// Bytes of output stored so far.
     output_len: usize,
+    /// Last write of any kind (heartbeats are skipped while writes keep it fresh).
     last_write: Instant,
+    /// Last delta write (the batching window counts from it).
+    last_flush: Option<Instant>,
 }
 
 impl Writer<'_> {
     /// Appends buffered deltas as one OUTPUT_DELTA event; false when the run is no longer ours.
-    async fn flush(&mut self, conn: &mut AsyncPgConnection) -> anyhow::Result<bool> {
+    async fn flush(&mut self) -> anyhow::Result<bool> {
         if self.pending.is_empty() {
             return Ok(true);
         }
         let delta = std::mem::take(&mut self.pending);
         let sequence = self.sequence + 1;
-        // One statement: append the event and the output, refresh the heartbeat, but only while
-        // the run is still RUNNING.
-        let written = diesel::sql_query(
-            "WITH run AS ( \
-                 UPDATE executions SET output = output || $2, last_sequence = $3, heartbeat_at = now() \
-                 WHERE id = $1 AND status = 'RUNNING' RETURNING id) \
-             INSERT INTO execution_events (execution_id, sequence, kind, delta) \
-             SELECT id, $3, 'OUTPUT_DELTA', $2 FROM run",
-        )
-        .bind::<diesel::sql_types::Uuid, _>(self.execution.id)
-        .bind::<diesel::sql_types::Text, _>(&delta)
-        .bind::<diesel::sql_types::Integer, _>(sequence)
-        .execute(conn)
-        .await?;
-        if written == 0 {
-            return Ok(false);
+        let id = self.execution.id;
+        let at = Utc::now();
+        let text = delta.clone();
+        // One statement: append the event and the output, refresh the heartbeat and NOTIFY
+        // other processes, but only while the run is still RUNNING. One statement is one
+        // transaction, so a retry after a lost answer either redoes it or collides with it.
+        let written = patient(&self.state.pool, WRITE_PATIENCE, "writing run output", move |conn| {
+            let text = text.clone();
+            Box::pin(async move {
+                diesel::sql_query(
+                    "WITH run AS ( \
+                         UPDATE executions SET output = output || $2, last_sequence = $3, heartbeat_at = now() \
+                         WHERE id = $1 AND status = 'RUNNING' RETURNING id), \
+                     event AS ( \
+                         INSERT INTO execution_events (execution_id, sequence, kind, delta, at) \
+                         SELECT id, $3, 'OUTPUT_DELTA', $2, $4 FROM run RETURNING execution_id) \
+                     SELECT pg_notify($5, execution_id::text || ':' || $3::text) FROM event",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(id)
+                .bind::<diesel::sql_types::Text, _>(&text)
+                .bind::<diesel::sql_types::Integer, _>(sequence)
+                .bind::<diesel::sql_types::Timestamptz, _>(at)
+                .bind::<diesel::sql_types::Text, _>(RUN_CHANNEL)
+                .execute(conn)
+                .await
+            })
+        })
+        .await;
+        match written {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if already_written(&e) => {}
+            Err(e) => return Err(e.into()),
         }
         self.sequence = sequence;
         self.output_len += delta.len();
         self.last_write = Instant::now();
-        notify(
-            conn,
-            RUN_CHANNEL,
-            &format!("{}:{sequence}", self.execution.id),
-        )
-        .await?;
+        self.last_flush = Some(self.last_write);
+        self.state.hub.publish(EventRow {
+            execution_id: id,
+            sequence,
+            kind: EventKind::OutputDelta,
+            delta: Some(delta),
+            data: None,
+            at,
+        });
         Ok(true)
     }
 
-    /// Refreshes the heartbeat when nothing was written for a while.
-    async fn heartbeat(
-        &mut self,
-        conn: &mut AsyncPgConnection,
-        every: Duration,
-    ) -> anyhow::Result<bool> {
+    /// When the buffered deltas should be written: now after a quiet spell, else when the
+    /// batching window since the last write closes.
+    fn flush_due(&self, window: Duration) -> Instant {
+        match self.last_flush {
+            Some(last) if self.pending.len() < FLUSH_BYTES => last + window,
+            _ => Instant::now(),
+        }
+    }
+
+    /// Refreshes the heartbeat when nothing was written for `every`; false when the run is no
+    /// longer ours.
+    async fn heartbeat(&mut self, every: Duration) -> anyhow::Result<bool> {
         if self.last_write.elapsed() < every {
             return Ok(true);
         }
-        let n = diesel::update(executions::table.find(self.execution.id))
-            .filter(executions::status.eq(status::RUNNING))
-            .set(executions::heartbeat_at.eq(diesel::dsl::now))
-            .execute(conn)
-            .await?;
+        let id = self.execution.id;
+        let n = patient(
+            &self.state.pool,
+            WRITE_PATIENCE,
+            "refreshing a run's heartbeat",
+            move |conn| {
+                Box::pin(
+                    diesel::update(executions::table.find(id))
+                        .filter(executions::status.eq(ExecutionStatus::Running))
+                        .set(executions::heartbeat_at.eq(diesel::dsl::now))
+                        .execute(conn),
+                )
+            },
+        )
+        .await?;
         self.last_write = Instant::now();
         Ok(n == 1)
     }
+}
+
+/// QUEUED → RUNNING with the STARTED event; `None` when the run was ended by someone else
+/// before it started, else whether a cancel was requested while it was queued.
+async fn start(state: &AppState, execution: &ExecutionRow) -> anyhow::Result<Option<bool>> {
+    let (id, user_id) = (execution.id, execution.user_id);
+    let at = Utc::now();
+    let data = json!({"model": execution.model, "provider": execution.provider});
+    let event_data = data.clone();
+    let started = patient(&state.pool, WRITE_PATIENCE, "starting a run", move |conn| {
+        let data = data.clone();
+        Box::pin(conn.transaction(async move |conn| {
+            let started: Option<bool> = diesel::update(executions::table.find(id))
+                .filter(executions::status.eq(ExecutionStatus::Queued))
+                .set((
+                    executions::status.eq(ExecutionStatus::Running),
+                    executions::started_at.eq(diesel::dsl::now),
+                    executions::heartbeat_at.eq(diesel::dsl::now),
+                    executions::last_sequence.eq(1),
+                ))
+                .returning(executions::cancel_requested)
+                .get_result(conn)
+                .await
+                .optional()?;
+            if started.is_some() {
+                insert_event(conn, id, 1, EventKind::Started, data, at).await?;
+                notify(conn, RUN_CHANNEL, &format!("{id}:1")).await?;
+                notify(conn, EXECUTION_CHANNEL, &format!("{id}:{user_id}")).await?;
+            }
+            Ok(started)
+        }))
+    })
+    .await?;
+    if started.is_some() {
+        state.hub.publish(EventRow {
+            execution_id: id,
+            sequence: 1,
+            kind: EventKind::Started,
+            delta: None,
+            data: Some(event_data),
+            at,
+        });
+    }
+    Ok(started)
 }
 
 async fn run(
@@ -131,38 +239,9 @@ async fn run(
     key: ApiKeyRow,
 ) -> anyhow::Result<()> {
     let mut cancelled = state.hub.register_runner(execution.id);
-    let mut conn = state.pool.get().await?;
-    // QUEUED → RUNNING with the STARTED event, unless it was cancelled while queued.
-    let started: Option<bool> = diesel::update(executions::table.find(execution.id))
-        .filter(executions::status.eq(status::QUEUED))
-        .set((
-            executions::status.eq(status::RUNNING),
-            executions::started_at.eq(diesel::dsl::now),
-            executions::heartbeat_at.eq(diesel::dsl::now),
-            executions::last_sequence.eq(1),
-        ))
-        .returning(executions::cancel_requested)
-        .get_result(&mut conn)
-        .await
-        .optional()?;
-    let Some(cancel_requested) = started else {
+    let Some(cancel_requested) = start(state, &execution).await? else {
         return Ok(()); // ended by someone else before it started
     };
-    insert_event(
-        &mut conn,
-        execution.id,
-        1,
-        kind::STARTED,
-        json!({"model": execution.model, "provider": execution.provider}),
-    )
-    .await?;
-    notify(&mut conn, RUN_CHANNEL, &format!("{}:1", execution.id)).await?;
-    notify(
-        &mut conn,
-        EXECUTION_CHANNEL,
-        &format!("{}:{}", execution.id, execution.user_id),
-    )
-    .await?;
 
     let request = ChatRequest {
         model: agent.model.clone(),
@@ -178,6 +257,7 @@ async fn run(
         pending: String::new(),
         output_len: 0,
         last_write: Instant::now(),
+        last_flush: None,
     };
     let config = &state.config;
     let deadline = tokio::time::sleep(Duration::from_secs(config.execution_timeout_secs));
@@ -216,7 +296,7 @@ async fn run(
                 () = crate::state::until_set(&mut cancelled) => break Err(Outcome::Cancelled),
                 () = &mut deadline => break Err(Outcome::TimedOut),
                 _ = beat.tick() => {
-                    if !writer.heartbeat(&mut conn, Duration::ZERO).await? {
+                    if !writer.heartbeat(Duration::ZERO).await? {
                         break Err(Outcome::Lost);
                     }
                 }
@@ -227,38 +307,17 @@ async fn run(
         match opened {
             Err(outcome) => outcome,
             Ok(Err(e)) => Outcome::Failed(failure_message(&e)),
-            Ok(Ok(mut stream)) => {
-                let mut tick = tokio::time::interval(FLUSH_EVERY);
-                let outcome = loop {
-                    tokio::select! {
-                        biased;
-                        () = crate::state::until_set(&mut cancelled) => break Outcome::Cancelled,
-                        () = &mut deadline => break Outcome::TimedOut,
-                        // Before the stream, so a fast stream cannot starve the batched writes.
-                        _ = tick.tick() => {
-                            if !writer.flush(&mut conn).await? || !writer.heartbeat(&mut conn, heartbeat_every).await? {
-                                break Outcome::Lost;
-                            }
-                        }
-                        item = stream.next() => match item {
-                            Some(Ok(StreamEvent::Delta(text))) => {
-                                writer.pending.push_str(&text);
-                                if writer.pending.len() >= FLUSH_BYTES && !writer.flush(&mut conn).await? {
-                                    break Outcome::Lost;
-                                }
-                            }
-                            Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
-                                usage = Some((input_tokens, output_tokens));
-                            }
-                            Some(Ok(StreamEvent::Finished { .. })) => break Outcome::Succeeded,
-                            Some(Err(e)) => break Outcome::Failed(failure_message(&e)),
-                            None => break Outcome::Failed("the provider stream ended without finishing".into()),
-                        },
-                    }
-                };
-                // Dropping the stream closes the provider connection (cancel, timeout, error).
-                drop(stream);
-                outcome
+            Ok(Ok(stream)) => {
+                let window = Duration::from_millis(config.stream_flush_ms);
+                stream_output(
+                    &mut writer,
+                    stream,
+                    &mut cancelled,
+                    &mut deadline,
+                    window,
+                    &mut usage,
+                )
+                .await?
             }
         }
     };
@@ -273,14 +332,83 @@ async fn run(
         Outcome::Lost => Outcome::Lost,
         other => {
             // Keep what was produced, whatever the ending.
-            if writer.flush(&mut conn).await? {
+            if writer.flush().await? {
                 other
             } else {
                 Outcome::Lost
             }
         }
     };
-    finish(&mut conn, &mut writer, outcome, usage).await
+    finish(&mut writer, outcome, usage).await
+}
+
+/// Reads the provider stream into the writer until it finishes, fails, is cancelled or times
+/// out. Dropping the stream on return closes the provider connection.
+async fn stream_output(
+    writer: &mut Writer<'_>,
+    mut stream: crate::llm::provider::EventStream,
+    cancelled: &mut tokio::sync::watch::Receiver<bool>,
+    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    window: Duration,
+    usage: &mut Option<(i64, i64)>,
+) -> anyhow::Result<Outcome> {
+    let config = &writer.state.config;
+    let heartbeat_every = Duration::from_secs(config.execution_heartbeat_secs);
+    let max_output = config.max_output_bytes;
+    let mut beat = tokio::time::interval(heartbeat_every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let flush_at = (!writer.pending.is_empty()).then(|| writer.flush_due(window));
+        tokio::select! {
+            biased;
+            () = crate::state::until_set(cancelled) => return Ok(Outcome::Cancelled),
+            () = deadline.as_mut() => return Ok(Outcome::TimedOut),
+            // Before the stream, so a fast stream cannot starve the batched writes.
+            () = sleep_until_opt(flush_at) => {
+                if !writer.flush().await? {
+                    return Ok(Outcome::Lost);
+                }
+            }
+            _ = beat.tick() => {
+                if !writer.heartbeat(heartbeat_every).await? {
+                    return Ok(Outcome::Lost);
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    let total = writer.output_len + writer.pending.len() + text.len();
+                    if total > max_output {
+                        return Ok(Outcome::Failed(format!(
+                            "the output reached the limit of {max_output} bytes (AGENTRY_MAX_OUTPUT_BYTES): \
+                             the run was stopped and the output so far kept"
+                        )));
+                    }
+                    writer.pending.push_str(&text);
+                    // After a quiet spell (or with a full buffer) write at once.
+                    if writer.flush_due(window) <= Instant::now() && !writer.flush().await? {
+                        return Ok(Outcome::Lost);
+                    }
+                }
+                Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
+                    *usage = Some((input_tokens, output_tokens));
+                }
+                Some(Ok(StreamEvent::Finished { .. })) => return Ok(Outcome::Succeeded),
+                Some(Err(e)) => return Ok(Outcome::Failed(failure_message(&e))),
+                None => {
+                    return Ok(Outcome::Failed(
+                        "the provider stream ended without finishing".into(),
+                    ));
+                }
+            },
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn failure_message(e: &ProviderError) -> String {
@@ -291,9 +419,10 @@ async fn insert_event(
     conn: &mut AsyncPgConnection,
     execution_id: Uuid,
     sequence: i32,
-    kind: &str,
+    kind: EventKind,
     data: serde_json::Value,
-) -> anyhow::Result<()> {
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
     use crate::db::schema::execution_events;
     diesel::insert_into(execution_events::table)
         .values((
@@ -301,10 +430,11 @@ async fn insert_event(
             execution_events::sequence.eq(sequence),
             execution_events::kind.eq(kind),
             execution_events::data.eq(Some(data)),
+            execution_events::at.eq(at),
         ))
         .execute(conn)
-        .await?;
-    Ok(())
+        .await
+        .map(|_| ())
 }
 
 /// Rough token count when a provider reports none: about four characters a token.
@@ -313,24 +443,28 @@ fn estimate_tokens(chars: usize) -> i64 {
 }
 
 /// Ends the run: USAGE and the terminal event, status, tokens and cost, and the key's usage,
-/// in one transaction; then wakes subscribers.
+/// in one transaction; then publishes the two events.
 async fn finish(
-    conn: &mut AsyncPgConnection,
     writer: &mut Writer<'_>,
     outcome: Outcome,
     usage: Option<(i64, i64)>,
 ) -> anyhow::Result<()> {
+    let state = writer.state;
     let (final_status, terminal, error) = match outcome {
-        Outcome::Lost => return Ok(()),
-        Outcome::Succeeded => (status::SUCCEEDED, kind::COMPLETED, None),
-        Outcome::Failed(message) => (status::FAILED, kind::FAILED, Some(message)),
-        Outcome::Cancelled => (status::CANCELLED, kind::CANCELLED, None),
+        Outcome::Lost => {
+            // Whoever ended the run wrote its last events: let our watchers have them.
+            publish_from_table(state, writer.execution.id, writer.sequence).await;
+            return Ok(());
+        }
+        Outcome::Succeeded => (ExecutionStatus::Succeeded, EventKind::Completed, None),
+        Outcome::Failed(message) => (ExecutionStatus::Failed, EventKind::Failed, Some(message)),
+        Outcome::Cancelled => (ExecutionStatus::Cancelled, EventKind::Cancelled, None),
         Outcome::TimedOut => (
-            status::TIMED_OUT,
-            kind::TIMED_OUT,
+            ExecutionStatus::TimedOut,
+            EventKind::TimedOut,
             Some(format!(
                 "the run exceeded {} s",
-                writer.state.config.execution_timeout_secs
+                state.config.execution_timeout_secs
             )),
         ),
     };
@@ -339,7 +473,7 @@ async fn finish(
         Some((input, output)) => (input, output, false),
         None => {
             let output_chars = writer.output_len;
-            if output_chars == 0 && final_status != status::SUCCEEDED {
+            if output_chars == 0 && final_status != ExecutionStatus::Succeeded {
                 (0, 0, false) // nothing was produced: nothing to estimate
             } else {
                 (
@@ -350,8 +484,7 @@ async fn finish(
             }
         }
     };
-    let priced = writer
-        .state
+    let priced = state
         .pricing
         .cost_micros(&execution.model, input_tokens, output_tokens);
     let cost_micros = priced.unwrap_or(0);
@@ -365,16 +498,18 @@ async fn finish(
         "costEstimated": cost_estimated,
     });
     let terminal_data = match &error {
-        Some(message) => json!({ "status": final_status, "error": message }),
-        None => json!({ "status": final_status }),
+        Some(message) => json!({ "status": final_status.as_str(), "error": message }),
+        None => json!({ "status": final_status.as_str() }),
     };
-    let (id, key_id) = (execution.id, execution.api_key_id);
-    let ended = {
-        use diesel_async::AsyncConnection;
+    let (id, key_id, user_id) = (execution.id, execution.api_key_id, execution.user_id);
+    let at = Utc::now();
+    let events = (usage_data.clone(), terminal_data.clone());
+    let ended = patient(&state.pool, WRITE_PATIENCE, "ending a run", move |conn| {
         let error = error.clone();
-        conn.transaction::<bool, anyhow::Error, _>(async move |conn| {
+        let (usage_data, terminal_data) = events.clone();
+        Box::pin(conn.transaction(async move |conn| {
             let n = diesel::update(executions::table.find(id))
-                .filter(executions::status.eq(status::RUNNING))
+                .filter(executions::status.eq(ExecutionStatus::Running))
                 .set((
                     executions::status.eq(final_status),
                     executions::error.eq(error),
@@ -390,41 +525,65 @@ async fn finish(
             if n == 0 {
                 return Ok(false);
             }
-            insert_event(conn, id, usage_sequence, kind::USAGE, usage_data).await?;
-            insert_event(conn, id, terminal_sequence, terminal, terminal_data).await?;
+            insert_event(conn, id, usage_sequence, EventKind::Usage, usage_data, at).await?;
+            insert_event(conn, id, terminal_sequence, terminal, terminal_data, at).await?;
             if let Some(key_id) = key_id {
-                diesel::update(api_keys::table.find(key_id))
-                    .set(api_keys::last_used_at.eq(diesel::dsl::now))
-                    .execute(conn)
-                    .await?;
+                api_keys::model::mark_used(conn, key_id).await?;
             }
             notify(conn, RUN_CHANNEL, &format!("{id}:{terminal_sequence}")).await?;
-            notify(
-                conn,
-                EXECUTION_CHANNEL,
-                &format!("{id}:{}", execution.user_id),
-            )
-            .await?;
+            notify(conn, EXECUTION_CHANNEL, &format!("{id}:{user_id}")).await?;
             Ok(true)
-        })
-        .await?
-    };
-    if ended {
-        let provider = execution.provider.clone();
-        metrics::counter!(crate::telemetry::names::RUNS, "status" => final_status, "provider" => provider.clone()).increment(1);
-        metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider.clone(), "direction" => "input")
-            .increment(u64::try_from(input_tokens).unwrap_or(0));
-        metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider, "direction" => "output")
-            .increment(u64::try_from(output_tokens).unwrap_or(0));
-        writer.sequence = terminal_sequence;
-        tracing::info!(
-            execution.id = %id,
-            status = final_status,
-            input_tokens,
-            output_tokens,
-            cost_micros,
-            "run ended"
-        );
+        }))
+    })
+    .await?;
+    if !ended {
+        publish_from_table(state, id, writer.sequence).await;
+        return Ok(());
     }
+    for (sequence, kind, data) in [
+        (usage_sequence, EventKind::Usage, usage_data),
+        (terminal_sequence, terminal, terminal_data),
+    ] {
+        state.hub.publish(EventRow {
+            execution_id: id,
+            sequence,
+            kind,
+            delta: None,
+            data: Some(data),
+            at,
+        });
+    }
+    let provider = execution.provider.clone();
+    metrics::counter!(crate::telemetry::names::RUNS, "status" => final_status.as_str(), "provider" => provider.clone()).increment(1);
+    metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider.clone(), "direction" => "input")
+        .increment(u64::try_from(input_tokens).unwrap_or(0));
+    metrics::counter!(crate::telemetry::names::TOKENS, "provider" => provider, "direction" => "output")
+        .increment(u64::try_from(output_tokens).unwrap_or(0));
+    writer.sequence = terminal_sequence;
+    tracing::info!(
+        execution.id = %id,
+        status = final_status.as_str(),
+        input_tokens,
+        output_tokens,
+        cost_micros,
+        "run ended"
+    );
     Ok(())
+}
+
+/// Publishes the run's stored events after `after` (written by someone else: recovery, or an
+/// earlier attempt of ours whose answer was lost). Best effort: watchers re-read on their own.
+async fn publish_from_table(state: &AppState, id: Uuid, after: i32) {
+    let rows = patient(
+        &state.pool,
+        WRITE_PATIENCE,
+        "reading a run's last events",
+        move |conn| Box::pin(model::events_after(conn, id, after, 100)),
+    )
+    .await;
+    if let Ok(rows) = rows {
+        for row in rows {
+            state.hub.publish(row);
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::{
     error::{AppError, AppResult},
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
-        model::{self, ExecutionRow, status},
+        model::{self, EventRow, ExecutionRow, ExecutionStatus},
         runner,
     },
     request::Viewer,
@@ -113,7 +113,7 @@ pub async fn execute(
             }
             let running: i64 = executions::table
                 .filter(executions::user_id.eq(user_id))
-                .filter(executions::status.eq_any(status::UNFINISHED))
+                .filter(executions::status.eq_any(ExecutionStatus::UNFINISHED))
                 .count()
                 .get_result(conn)
                 .await?;
@@ -204,10 +204,22 @@ pub async fn page(
     state: &AppState,
     viewer: &Viewer,
     agent_id: Option<Uuid>,
-    status: Option<&str>,
+    status: Option<ExecutionStatus>,
     before: Option<Uuid>,
     limit: i64,
 ) -> AppResult<Vec<ExecutionRow>> {
     let mut conn = state.pool.get().await?;
     Ok(model::page_owned(&mut conn, viewer.id(), agent_id, status, before, limit).await?)
+}
+
+/// Up to `first` stored events of a run the viewer was already shown (`run` came from an owned
+/// query), with `sequence > after`, in order.
+pub async fn events_of(
+    state: &AppState,
+    run: &ExecutionRow,
+    after: i32,
+    first: i32,
+) -> AppResult<Vec<EventRow>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::events_after(&mut conn, run.id, after, i64::from(first)).await?)
 }
