@@ -59,24 +59,83 @@ pub struct AppState {
     pub oauth_http: reqwest::Client,
 }
 
-/// Counts open WebSocket connections and wakes a waiter when none is left.
+/// Counts open WebSocket connections (in total and per client IP) and subscriptions per user,
+/// so each can be bounded, and wakes a waiter when no connection is left.
 #[derive(Debug, Default)]
 pub struct SocketTracker {
     open: std::sync::atomic::AtomicUsize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    subscriptions: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
     idle: tokio::sync::Notify,
 }
 
+/// Why a WebSocket connection was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketRefusal {
+    /// The server holds its maximum of connections.
+    ServerFull,
+    /// This client IP holds its maximum of connections.
+    TooManyFromIp,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain counters: a panic elsewhere cannot leave them inconsistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl SocketTracker {
-    /// Registers a connection; dropping the guard unregisters it.
-    pub fn open(self: &Arc<Self>) -> SocketGuard {
+    /// Registers a connection from `ip` unless a bound is reached; dropping the guard
+    /// unregisters it.
+    pub fn try_open(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<SocketGuard, SocketRefusal> {
+        let mut per_ip = lock(&self.per_ip);
+        if self.count() >= max_total {
+            return Err(SocketRefusal::ServerFull);
+        }
+        let from_ip = per_ip.entry(ip).or_insert(0);
+        if *from_ip >= max_per_ip {
+            return Err(SocketRefusal::TooManyFromIp);
+        }
+        *from_ip += 1;
         self.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         metrics::gauge!(crate::telemetry::names::WS_CONNECTIONS).increment(1.0);
-        SocketGuard(self.clone())
+        Ok(SocketGuard {
+            tracker: self.clone(),
+            ip,
+        })
     }
 
     /// Open connections.
     pub fn count(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes one of `user`'s subscription slots unless they hold `max` already.
+    pub fn try_subscribe(&self, user: Uuid, max: usize) -> bool {
+        let mut subscriptions = lock(&self.subscriptions);
+        let held = subscriptions.entry(user).or_insert(0);
+        if *held >= max {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// Gives back `n` of `user`'s subscription slots.
+    pub fn unsubscribe(&self, user: Uuid, n: usize) {
+        let mut subscriptions = lock(&self.subscriptions);
+        if let Some(held) = subscriptions.get_mut(&user) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                subscriptions.remove(&user);
+            }
+        }
     }
 
     /// Resolves once no connection is open.
@@ -92,18 +151,30 @@ impl SocketTracker {
 }
 
 /// One open WebSocket connection.
-pub struct SocketGuard(Arc<SocketTracker>);
+pub struct SocketGuard {
+    tracker: Arc<SocketTracker>,
+    ip: std::net::IpAddr,
+}
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         metrics::gauge!(crate::telemetry::names::WS_CONNECTIONS).decrement(1.0);
+        {
+            let mut per_ip = lock(&self.tracker.per_ip);
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
         if self
-            .0
+            .tracker
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
             == 1
         {
-            self.0.idle.notify_waiters();
+            self.tracker.idle.notify_waiters();
         }
     }
 }

@@ -5,10 +5,21 @@
 //! what that service does not: the Origin allowlist, small buffers and a message cap, the
 //! `connection_init` deadline (4408), authentication from the init payload (4403 when refused),
 //! and closing the socket when its access token expires (4401) or its session is revoked (4403).
+//!
+//! Everything a client controls is bounded: connections in total (503) and per IP (429),
+//! subscriptions per connection and per user (refused with a `RATE_LIMITED` error for that
+//! operation), anonymous connections with nothing to follow (closed after an idle period,
+//! 4408), dead peers (pings; closed after two silent intervals) and slow readers (a write that
+//! cannot complete within `AGENTRY_WS_SEND_TIMEOUT_SECS` closes the socket with 4413, so a
+//! client that does not read never holds memory or other clients back).
 
 use std::{
+    collections::HashSet,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -28,7 +39,7 @@ use crate::{
     rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
     server::HttpState,
-    state::Revocation,
+    state::{Revocation, SocketGuard, SocketRefusal},
     users::sessions,
 };
 
@@ -44,6 +55,9 @@ mod close {
     pub const INIT_TIMEOUT: u16 = 4408;
     /// Subscriptions over the client's rate limit.
     pub const TOO_MANY_REQUESTS: u16 = 4429;
+    /// The client does not read what it is sent (slow reader): reconnect and resume each
+    /// `executionEvents` with `after` = the last sequence seen.
+    pub const SLOW_READER: u16 = 4413;
     /// The server is shutting down (RFC 6455 "going away"): reconnect to another instance.
     pub const GOING_AWAY: u16 = 1001;
 }
@@ -92,6 +106,30 @@ pub async fn upgrade(
         )
             .into_response();
     };
+    let slot = match http.app.sockets.try_open(
+        meta.ip,
+        config.ws_max_connections,
+        config.ws_max_connections_per_ip,
+    ) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (status, message, reason) = match refusal {
+                SocketRefusal::ServerFull => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this server holds its maximum of WebSocket connections: retry shortly",
+                    "server_full",
+                ),
+                SocketRefusal::TooManyFromIp => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many WebSocket connections from your address: close some first",
+                    "per_ip",
+                ),
+            };
+            metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => reason)
+                .increment(1);
+            return (status, [(http::header::RETRY_AFTER, "5")], message).into_response();
+        }
+    };
     let max_message = config.ws_max_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
@@ -100,7 +138,116 @@ pub async fn upgrade(
         .max_write_buffer_size(max_message.max(WRITE_BUFFER_BYTES) * 4)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| serve(socket, http, protocol, meta))
+        .on_upgrade(move |socket| serve(socket, http, protocol, meta, slot))
+}
+
+/// The operations a connection has open, holding their owner's per-user slots.
+struct Operations {
+    app: crate::state::AppState,
+    active: HashSet<String>,
+    /// Whose per-user slots `active` holds (none for anonymous connections).
+    user: Option<uuid::Uuid>,
+}
+
+/// What became of a `subscribe`.
+enum Admission {
+    /// Counted; pass it on.
+    Admitted,
+    /// Already open under this id: pass it on (the protocol answers 4409).
+    Duplicate,
+    /// Over a bound: answer this error for the operation instead.
+    Refused(String),
+}
+
+impl Operations {
+    fn admit(&mut self, id: &str, user: Option<uuid::Uuid>) -> Admission {
+        if self.active.contains(id) {
+            return Admission::Duplicate;
+        }
+        let config = &self.app.config;
+        if self.active.len() >= config.ws_max_subscriptions {
+            return Admission::Refused(format!(
+                "this connection has {} subscriptions open, the most allowed \
+                 (AGENTRY_WS_MAX_SUBSCRIPTIONS): complete one first",
+                self.active.len()
+            ));
+        }
+        if let Some(user) = user {
+            if self.user.is_some_and(|held| held != user) {
+                return Admission::Refused("the connection's user changed".into());
+            }
+            if !self
+                .app
+                .sockets
+                .try_subscribe(user, config.ws_max_subscriptions_per_user)
+            {
+                return Admission::Refused(format!(
+                    "you have {} subscriptions open across your connections, the most allowed \
+                     (AGENTRY_WS_MAX_SUBSCRIPTIONS_PER_USER): complete some first",
+                    config.ws_max_subscriptions_per_user
+                ));
+            }
+            self.user = Some(user);
+        }
+        self.active.insert(id.to_owned());
+        Admission::Admitted
+    }
+
+    fn release(&mut self, id: &str) {
+        if self.active.remove(id)
+            && let Some(user) = self.user
+        {
+            self.app.sockets.unsubscribe(user, 1);
+        }
+    }
+}
+
+impl Drop for Operations {
+    fn drop(&mut self) {
+        if let Some(user) = self.user {
+            self.app.sockets.unsubscribe(user, self.active.len());
+        }
+    }
+}
+
+fn lock_ops(operations: &Mutex<Operations>) -> std::sync::MutexGuard<'_, Operations> {
+    operations
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The error message that refuses operation `id`, in the connection's protocol.
+fn refusal(protocol: WebSocketProtocols, id: &str, message: &str, request_id: &str) -> String {
+    let error = serde_json::json!({
+        "message": message,
+        "extensions": { "code": "RATE_LIMITED", "retryAfter": 1, "requestId": request_id },
+    });
+    let payload = match protocol {
+        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+        _ => error,
+    };
+    serde_json::json!({ "id": id, "type": "error", "payload": payload }).to_string()
+}
+
+/// Why a write to the client did not happen.
+enum SendFailure {
+    /// The connection is gone.
+    Closed,
+    /// The client did not take the message in time.
+    SlowReader,
+}
+
+/// Writes one message, giving up when the client does not read it within `limit`.
+async fn send_within(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: Message,
+    limit: Duration,
+) -> Result<(), SendFailure> {
+    match tokio::time::timeout(limit, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailure::Closed),
+        Err(_) => Err(SendFailure::SlowReader),
+    }
 }
 
 /// Runs one connection until either side ends it.
@@ -109,12 +256,24 @@ async fn serve(
     http: HttpState,
     protocol: WebSocketProtocols,
     meta: RequestMeta,
+    _slot: SocketGuard,
 ) {
-    let _open = http.app.sockets.open();
+    let config = http.app.config.clone();
     let (mut sink, stream) = socket.split();
     let init_state = Arc::new(Mutex::new(InitState::Pending));
     let mut revocations = http.app.revocations.subscribe();
     let mut shutdown = http.app.shutdown.subscribe();
+    let operations = Arc::new(Mutex::new(Operations {
+        app: http.app.clone(),
+        active: HashSet::new(),
+        user: None,
+    }));
+    // Milliseconds since `opened` at which the client last sent anything (pongs included).
+    let opened = Instant::now();
+    let last_heard = Arc::new(AtomicU64::new(0));
+    // Errors for refused operations, written by the main loop (bounded: a client that
+    // provokes more than this many at once is over any sane rate and is closed).
+    let (refusals_tx, mut refusals) = tokio::sync::mpsc::channel::<String>(32);
 
     // Every subscription spends a unit of the client's rate limit, like an HTTP operation;
     // over the limit the connection closes with 4429.
@@ -122,28 +281,53 @@ async fn serve(
     let input = {
         let limiters = http.app.limiters.clone();
         let init_state = init_state.clone();
+        let operations = operations.clone();
+        let last_heard = last_heard.clone();
+        let request_id = meta.request_id.clone();
         let ip = meta.ip;
         stream
             .take_while(|message| future::ready(message.is_ok()))
             .filter_map(move |message| {
+                last_heard.store(
+                    u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
                 let bytes = match message {
                     Ok(Message::Text(text)) => Some(text.as_bytes().to_vec()),
                     Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
                     _ => None,
                 };
                 let bytes = bytes.filter(|bytes| {
-                    if !starts_operation(bytes) {
+                    let Some((kind, id)) = operation_message(bytes) else {
                         return true;
-                    }
-                    let key = match get(&init_state) {
-                        InitState::Ready(Identity::User(viewer)) => ClientKey::User(viewer.id()),
-                        _ => ClientKey::Ip(ip),
                     };
-                    let allowed = limiters.check_client(key, 1).is_ok();
-                    if !allowed {
-                        over_limit_tx.send_replace(true);
+                    let user = match get(&init_state) {
+                        InitState::Ready(Identity::User(viewer)) => Some(viewer.id()),
+                        _ => None,
+                    };
+                    match kind {
+                        OperationMessage::Stop => {
+                            lock_ops(&operations).release(&id);
+                            true
+                        }
+                        OperationMessage::Start => {
+                            let key = user.map_or(ClientKey::Ip(ip), ClientKey::User);
+                            if limiters.check_client(key, 1).is_err() {
+                                over_limit_tx.send_replace(true);
+                                return false;
+                            }
+                            match lock_ops(&operations).admit(&id, user) {
+                                Admission::Admitted | Admission::Duplicate => true,
+                                Admission::Refused(message) => {
+                                    let answer = refusal(protocol, &id, &message, &request_id);
+                                    if refusals_tx.try_send(answer).is_err() {
+                                        over_limit_tx.send_replace(true);
+                                    }
+                                    false
+                                }
+                            }
+                        }
                     }
-                    allowed
                 });
                 future::ready(bytes)
             })
@@ -181,32 +365,73 @@ async fn serve(
         .on_connection_init(on_init);
     futures_util::pin_mut!(connection);
 
-    let init_deadline = Instant::now() + Duration::from_secs(http.app.config.ws_init_timeout_secs);
+    let send_limit = Duration::from_secs(config.ws_send_timeout_secs.max(1));
+    let keepalive = Duration::from_secs(config.ws_keepalive_secs.max(1));
+    let anonymous_idle = Duration::from_secs(config.ws_anonymous_idle_secs.max(1));
+    let init_deadline = Instant::now() + Duration::from_secs(config.ws_init_timeout_secs);
+    let mut pings = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut expiry: Option<Instant> = None;
     let mut identity: Option<Identity> = None;
+    let mut idle_since = Instant::now();
 
     let closing: Option<(u16, String)> = loop {
         let waiting_for_init = identity.is_none();
-        tokio::select! {
+        // An anonymous connection following nothing is closed after a while.
+        let idle_deadline = match identity {
+            Some(Identity::Anonymous) => {
+                if !lock_ops(&operations).active.is_empty() {
+                    idle_since = Instant::now();
+                }
+                Some(idle_since + anonymous_idle)
+            }
+            _ => None,
+        };
+        let sent = tokio::select! {
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break None;
+                    if text.starts_with(r#"{"type":"complete""#)
+                        && let Some((_, id)) = operation_message(text.as_bytes())
+                    {
+                        lock_ops(&operations).release(&id);
                     }
+                    let sent = send_within(&mut sink, Message::Text(text.into()), send_limit).await;
                     if identity.is_none()
                         && let InitState::Ready(ready) = get(&init_state)
                     {
                         expiry = token_deadline(&ready);
                         identity = Some(ready);
+                        idle_since = Instant::now();
                     }
+                    sent
                 }
                 Some(WsMessage::Close(code, reason)) => {
                     break Some(map_close(code, reason, &get(&init_state)));
                 }
                 None => break None,
             },
+            Some(answer) = refusals.recv() => {
+                send_within(&mut sink, Message::Text(answer.into()), send_limit).await
+            }
+            _ = pings.tick() => {
+                let silent = opened.elapsed().saturating_sub(Duration::from_millis(
+                    last_heard.load(Ordering::Relaxed),
+                ));
+                if silent > keepalive * 2 {
+                    metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "dead_peer").increment(1);
+                    break None; // nobody is there to read a close frame
+                }
+                send_within(&mut sink, Message::Ping(Vec::new().into()), send_limit).await
+            }
             () = tokio::time::sleep_until(init_deadline), if waiting_for_init => {
                 break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+            }
+            () = sleep_until_opt(idle_deadline) => {
+                if lock_ops(&operations).active.is_empty() {
+                    metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "anonymous_idle").increment(1);
+                    break Some((close::INIT_TIMEOUT, "Idle anonymous connection closed: sign in or subscribe".into()));
+                }
+                Ok(())
             }
             () = sleep_until_opt(expiry) => {
                 break Some((close::UNAUTHORIZED, "Unauthorized: access token expired".into()));
@@ -221,30 +446,64 @@ async fn serve(
                 Ok(revocation) if concerns(identity.as_ref(), revocation) => {
                     break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
                 Err(broadcast::error::RecvError::Closed) => break None,
             },
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendFailure::Closed) => break None,
+            Err(SendFailure::SlowReader) => {
+                metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "slow_reader").increment(1);
+                tracing::info!(request_id = %meta.request_id, "WebSocket closed: the client stopped reading");
+                break Some((
+                    close::SLOW_READER,
+                    "Slow reader: the client did not read in time".into(),
+                ));
+            }
         }
     };
-    if let Some((code, reason)) = closing {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-    }
-    let _ = sink.close().await;
+    // The close frame is best effort: a client that stopped reading never takes it.
+    let goodbye = async {
+        if let Some((code, reason)) = closing {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }
 
-/// Whether a client message starts an operation (`subscribe`, or legacy `start`).
-fn starts_operation(bytes: &[u8]) -> bool {
+/// What a client message does to the set of open operations.
+enum OperationMessage {
+    /// `subscribe` (graphql-transport-ws) or `start` (legacy).
+    Start,
+    /// `complete` (graphql-transport-ws) or `stop` (legacy), or the server's `complete`.
+    Stop,
+}
+
+/// The kind and id of a message that starts or ends an operation. Parsed into owned values,
+/// exactly as leniently as the protocol library parses it (escapes such as `subscrib\u0065`
+/// included), so no operation slips past the count.
+fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, String)> {
     #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: &'a str,
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        id: Option<String>,
     }
-    serde_json::from_slice::<Kind<'_>>(bytes).is_ok_and(|m| matches!(m.kind, "subscribe" | "start"))
+    let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
+    let kind = match envelope.kind.as_str() {
+        "subscribe" | "start" => OperationMessage::Start,
+        "complete" | "stop" => OperationMessage::Stop,
+        _ => return None,
+    };
+    Some((kind, envelope.id.unwrap_or_default()))
 }
 
 fn set(state: &Mutex<InitState>, value: InitState) {
