@@ -36,7 +36,7 @@ use crate::{
     },
     llm::{
         ProviderKind,
-        provider::{ChatRequest, ProviderError, StreamEvent, for_kind, open_with_retries},
+        provider::{ChatRequest, Limits, ProviderError, StreamEvent, for_kind, open_with_retries},
     },
     state::AppState,
 };
@@ -278,7 +278,7 @@ async fn run(
                 .base_url(config, key.endpoint.as_deref())
                 .to_owned(),
             secret,
-            Duration::from_secs(config.provider_timeout_secs),
+            Limits::from_config(config),
         );
         let opening = open_with_retries(
             provider.as_ref(),

@@ -2,7 +2,7 @@
 //! `content_block_delta` (`text_delta`), `message_delta` (output tokens, `stop_reason`),
 //! `message_stop`, with `ping` at any time and `error` mid-stream.
 
-use std::{collections::VecDeque, time::Duration};
+use std::collections::VecDeque;
 
 use eventsource_stream::Event;
 use secrecy::{ExposeSecret, SecretString};
@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::llm::{
     ANTHROPIC_VERSION,
     provider::{
-        ChatRequest, EventStream, Provider, ProviderError, SseParser, StreamEvent, ended_early,
-        send, sse_stream,
+        ChatRequest, EventStream, Limits, Provider, ProviderError, SseParser, StreamEvent,
+        ended_early, send, sse_stream,
     },
     scrub,
 };
@@ -25,23 +25,23 @@ pub struct Anthropic {
     http: reqwest::Client,
     base_url: String,
     secret: SecretString,
-    timeout: Duration,
+    limits: Limits,
 }
 
 impl Anthropic {
     /// A provider at `base_url` (without `/v1` and without a trailing slash), sending `secret` as
-    /// `x-api-key`; `timeout` bounds the wait for headers and between chunks.
+    /// `x-api-key`; `limits` bound the wait for headers and between chunks, and the size of events and error bodies.
     pub fn new(
         http: reqwest::Client,
         base_url: String,
         secret: SecretString,
-        timeout: Duration,
+        limits: Limits,
     ) -> Self {
         Self {
             http,
             base_url,
             secret,
-            timeout,
+            limits,
         }
     }
 }
@@ -74,14 +74,14 @@ impl Provider for Anthropic {
             .header("anthropic-version", ANTHROPIC_VERSION)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(&request_body(request));
-        let response = send(call, self.timeout, &self.secret).await?;
+        let response = send(call, self.limits, &self.secret).await?;
         let parser = EventParser {
             secret: self.secret.clone(),
             input_tokens: None,
             output_tokens: None,
             stop_reason: None,
         };
-        Ok(sse_stream(response, self.timeout, parser))
+        Ok(sse_stream(response, self.limits, parser))
     }
 }
 

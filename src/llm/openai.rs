@@ -3,7 +3,7 @@
 //! usage chunk with empty `choices` (asked for with `stream_options.include_usage`), and
 //! `data: [DONE]`.
 
-use std::{collections::VecDeque, time::Duration};
+use std::collections::VecDeque;
 
 use eventsource_stream::Event;
 use secrecy::{ExposeSecret, SecretString};
@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::llm::{
     provider::{
-        ChatRequest, EventStream, Provider, ProviderError, SseParser, StreamEvent, ended_early,
-        error_message, send, sse_stream,
+        ChatRequest, EventStream, Limits, Provider, ProviderError, SseParser, StreamEvent,
+        ended_early, error_message, send, sse_stream,
     },
     scrub,
 };
@@ -22,23 +22,23 @@ pub struct OpenAiCompatible {
     http: reqwest::Client,
     base_url: String,
     secret: SecretString,
-    timeout: Duration,
+    limits: Limits,
 }
 
 impl OpenAiCompatible {
     /// A provider at `base_url` (which already ends in `/v1`, without a trailing slash), using
-    /// `secret` as the bearer token; `timeout` bounds the wait for headers and between chunks.
+    /// `secret` as the bearer token; `limits` bound the wait for headers and between chunks, and the size of events and error bodies.
     pub fn new(
         http: reqwest::Client,
         base_url: String,
         secret: SecretString,
-        timeout: Duration,
+        limits: Limits,
     ) -> Self {
         Self {
             http,
             base_url,
             secret,
-            timeout,
+            limits,
         }
     }
 }
@@ -75,13 +75,13 @@ impl Provider for OpenAiCompatible {
             .bearer_auth(self.secret.expose_secret())
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(&request_body(request));
-        let response = send(call, self.timeout, &self.secret).await?;
+        let response = send(call, self.limits, &self.secret).await?;
         let parser = ChunkParser {
             secret: self.secret.clone(),
             stop_reason: None,
             usage: None,
         };
-        Ok(sse_stream(response, self.timeout, parser))
+        Ok(sse_stream(response, self.limits, parser))
     }
 }
 

@@ -19,6 +19,9 @@ pub struct ProbeResult {
     pub models: Vec<String>,
 }
 
+/// Most bytes of a models listing (or error) read.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Most model ids kept from a listing.
 const MAX_MODELS: usize = 200;
 
@@ -43,7 +46,7 @@ pub async fn list_models(
     let outcome = tokio::time::timeout(timeout, async {
         let response = request.send().await?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = super::provider::read_capped(response, MAX_BODY_BYTES).await;
         Ok::<_, reqwest::Error>((status, body))
     })
     .await;

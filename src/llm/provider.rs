@@ -91,6 +91,39 @@ impl ProviderError {
 /// A provider's stream: `Ok` items, then either exactly one `Finished` or one `Err`, then the end.
 pub type EventStream = BoxStream<'static, Result<StreamEvent, ProviderError>>;
 
+/// What a provider may cost us: time and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The wait for response headers, and for each gap between stream chunks.
+    pub timeout: Duration,
+    /// The largest server-sent event (lines of one event together) accepted.
+    pub max_event_bytes: usize,
+    /// The most bytes of an error body read.
+    pub max_error_bytes: usize,
+}
+
+impl Limits {
+    /// The limits an operator configured.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            timeout: Duration::from_secs(config.provider_timeout_secs),
+            max_event_bytes: config.sse_max_event_bytes,
+            max_error_bytes: config.provider_max_error_bytes,
+        }
+    }
+}
+
+impl From<Duration> for Limits {
+    /// `timeout` with the default size limits (256 KiB events, 64 KiB error bodies).
+    fn from(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            max_event_bytes: 256 * 1024,
+            max_error_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// A streaming chat provider.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
@@ -100,19 +133,21 @@ pub trait Provider: Send + Sync {
     async fn stream(&self, request: &ChatRequest) -> Result<EventStream, ProviderError>;
 }
 
-/// Builds the provider for a key. `timeout` bounds the wait for response headers and for each
-/// gap between stream chunks (an idle stream longer than `timeout` yields Err(Timeout) and ends).
+/// Builds the provider for a key. `limits.timeout` bounds the wait for response headers and for
+/// each gap between stream chunks (an idle stream longer than that yields Err(Timeout) and
+/// ends); an event over `limits.max_event_bytes` yields Err(Malformed) and ends.
 pub fn for_kind(
     kind: ProviderKind,
     http: reqwest::Client,
     base_url: String,
     secret: SecretString,
-    timeout: Duration,
+    limits: impl Into<Limits>,
 ) -> Box<dyn Provider> {
+    let limits = limits.into();
     match kind {
-        ProviderKind::Anthropic => Box::new(Anthropic::new(http, base_url, secret, timeout)),
+        ProviderKind::Anthropic => Box::new(Anthropic::new(http, base_url, secret, limits)),
         ProviderKind::OpenAi | ProviderKind::HuggingFace | ProviderKind::Custom => {
-            Box::new(OpenAiCompatible::new(http, base_url, secret, timeout))
+            Box::new(OpenAiCompatible::new(http, base_url, secret, limits))
         }
     }
 }
@@ -194,9 +229,10 @@ pub(crate) fn timeout_secs(timeout: Duration) -> u64 {
 /// becomes the matching error, with the provider's message scrubbed of `secret`.
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
-    timeout: Duration,
+    limits: Limits,
     secret: &SecretString,
 ) -> Result<reqwest::Response, ProviderError> {
+    let timeout = limits.timeout;
     let response = match tokio::time::timeout(timeout, request.send()).await {
         Err(_) => return Err(ProviderError::Timeout(timeout_secs(timeout))),
         Ok(Err(error)) => return Err(ProviderError::Unavailable(transport_failure(&error))),
@@ -207,10 +243,8 @@ pub(crate) async fn send(
         return Ok(response);
     }
     let retry_after = retry_after(response.headers());
-    let body = tokio::time::timeout(timeout, response.text())
+    let body = tokio::time::timeout(timeout, read_capped(response, limits.max_error_bytes))
         .await
-        .ok()
-        .and_then(Result::ok)
         .unwrap_or_default();
     Err(status_error(
         status.as_u16(),
@@ -218,6 +252,70 @@ pub(crate) async fn send(
         retry_after,
         secret.expose_secret(),
     ))
+}
+
+/// The first `max` bytes of a response body (the rest is never read), as text.
+pub(crate) async fn read_capped(response: reqwest::Response, max: usize) -> String {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        let room = max.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= max {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A failure while reading a streamed body.
+#[derive(Debug)]
+enum BodyError {
+    /// The connection failed.
+    Transport(reqwest::Error),
+    /// One event grew past the limit (bytes).
+    EventTooLarge(usize),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Transport(e) => write!(f, "{e}"),
+            Self::EventTooLarge(max) => write!(f, "an event exceeded {max} bytes"),
+        }
+    }
+}
+
+/// The body's chunks, failing once one server-sent event (its lines up to the blank line that
+/// ends it) grows past `max` bytes: the SSE parser buffers a whole event, so this bounds it.
+fn capped_events<B: AsRef<[u8]>>(
+    body: impl futures_util::Stream<Item = reqwest::Result<B>> + Send + 'static,
+    max: usize,
+) -> impl futures_util::Stream<Item = Result<B, BodyError>> + Send + 'static {
+    let mut event_len = 0usize;
+    let mut line_empty = true;
+    body.map(move |chunk| {
+        let chunk = chunk.map_err(BodyError::Transport)?;
+        for &byte in chunk.as_ref() {
+            match byte {
+                b'\n' => {
+                    if line_empty {
+                        event_len = 0; // a blank line ends the event
+                    }
+                    line_empty = true;
+                }
+                b'\r' => {}
+                _ => {
+                    line_empty = false;
+                    event_len += 1;
+                    if event_len > max {
+                        return Err(BodyError::EventTooLarge(max));
+                    }
+                }
+            }
+        }
+        Ok(chunk)
+    })
 }
 
 /// What went wrong with a request that got no response, in words that carry no URL or key.
@@ -297,7 +395,7 @@ pub(crate) trait SseParser: Send + 'static {
 
 /// The state of a stream being read.
 struct Reader<P> {
-    events: BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>,
+    events: BoxStream<'static, Result<Event, EventStreamError<BodyError>>>,
     parser: P,
     pending: VecDeque<Result<StreamEvent, ProviderError>>,
     done: bool,
@@ -309,11 +407,14 @@ struct Reader<P> {
 /// stream drops the response, which closes the connection.
 pub(crate) fn sse_stream<P: SseParser>(
     response: reqwest::Response,
-    timeout: Duration,
+    limits: Limits,
     parser: P,
 ) -> EventStream {
+    let timeout = limits.timeout;
     let reader = Reader {
-        events: response.bytes_stream().eventsource().boxed(),
+        events: capped_events(response.bytes_stream(), limits.max_event_bytes)
+            .eventsource()
+            .boxed(),
         parser,
         pending: VecDeque::new(),
         done: false,
@@ -361,13 +462,16 @@ pub(crate) fn ended_early() -> ProviderError {
 }
 
 /// The error for a broken event stream.
-fn stream_failure(error: &EventStreamError<reqwest::Error>) -> ProviderError {
+fn stream_failure(error: &EventStreamError<BodyError>) -> ProviderError {
     match error {
         EventStreamError::Utf8(_) => ProviderError::Malformed("the stream is not UTF-8".to_owned()),
         EventStreamError::Parser(_) => {
             ProviderError::Malformed("the stream is not server-sent events".to_owned())
         }
-        EventStreamError::Transport(_) => {
+        EventStreamError::Transport(BodyError::EventTooLarge(max)) => ProviderError::Malformed(
+            format!("the provider sent an event over {max} bytes (AGENTRY_SSE_MAX_EVENT_BYTES)"),
+        ),
+        EventStreamError::Transport(BodyError::Transport(_)) => {
             ProviderError::Unavailable("the connection broke mid-stream".to_owned())
         }
     }

@@ -596,3 +596,94 @@ async fn open_with_retries_retries_a_hang_before_the_first_token_but_never_after
     assert_eq!(collect(stream).await, expected);
     assert_eq!(fake.requests().len(), 3);
 }
+
+/// A local server answering every request with `respond` (a misbehaving provider's bytes).
+async fn raw_provider(respond: fn() -> axum::response::Response) -> String {
+    let app = axum::Router::new().fallback(move || async move { respond() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/v1")
+}
+
+/// An OpenAI-format provider at `base_url` with event and error-body caps of 1 KiB.
+fn capped_provider(base_url: String) -> Box<dyn Provider> {
+    for_kind(
+        ProviderKind::Custom,
+        reqwest::Client::new(),
+        base_url,
+        SecretString::from(OPENAI_KEY),
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_event_bytes: 1024,
+            max_error_bytes: 1024,
+        },
+    )
+}
+
+/// An endless body: `first`, then the same chunk forever.
+fn endless(first: &'static str, chunk: &'static str) -> axum::body::Body {
+    let rest = futures_util::stream::repeat_with(move || {
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(chunk.as_bytes()))
+    });
+    axum::body::Body::from_stream(
+        futures_util::stream::once(async move {
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(first.as_bytes()))
+        })
+        .chain(rest),
+    )
+}
+
+#[tokio::test]
+async fn an_event_over_the_size_cap_ends_the_stream_as_malformed_after_the_tokens_before_it() {
+    // One good chunk, then a `data:` line that never ends: without the cap the SSE parser
+    // would buffer it forever.
+    let base = raw_provider(|| {
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(endless(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            ))
+            .unwrap()
+    })
+    .await;
+    let provider = capped_provider(base);
+    let stream = provider
+        .stream(&request(ProviderKind::OpenAi))
+        .await
+        .unwrap();
+    let events = collect(stream).await;
+    assert_eq!(events[..1], deltas(&["Hi"]));
+    match &events[1..] {
+        [Err(ProviderError::Malformed(message))] => {
+            assert!(message.contains("1024 bytes"), "{message}");
+            assert!(message.contains("AGENTRY_SSE_MAX_EVENT_BYTES"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_endless_error_body_is_read_only_up_to_its_cap() {
+    let base = raw_provider(|| {
+        axum::response::Response::builder()
+            .status(500)
+            .header("content-type", "application/json")
+            .body(endless("{\"error\":{\"message\":\"", "overloaded "))
+            .unwrap()
+    })
+    .await;
+    let provider = capped_provider(base);
+    // The timeout is 30 s: an uncapped read would wait for it; the collect guard is 3 s.
+    let error = tokio::time::timeout(
+        Duration::from_secs(3),
+        provider.stream(&request(ProviderKind::OpenAi)),
+    )
+    .await
+    .expect("the error arrives without reading the whole body");
+    match error {
+        Err(ProviderError::Unavailable(message)) => assert!(message.len() <= 1100, "{message}"),
+        other => panic!("{:?}", other.err()),
+    }
+}
