@@ -11,7 +11,14 @@
 //     Prints `READY <n>` when all are subscribed, then waits for every subscription to complete
 //     and prints one JSON line with delivered messages, rates, latency percentiles (provider emit
 //     → client receive, from the `<index>@<emitMs>;` tokens of bench/js/fake-provider.mjs) and
-//     lost / reordered / duplicated events and tokens.
+//     lost / reordered / duplicated events and tokens, failed subscriptions and socket closes.
+//     (W7 and W7b.)
+//
+//   node subscribers.mjs single <wsUrl> <tokensFile> <tokensPerRun>
+//     W7 idle latency: opens one socket and prints `READY 1`; then for every execution id read
+//     from stdin subscribes to its `executionEvents`, prints `SUBSCRIBED` once the subscription
+//     is registered, and when it completes prints one JSON line with the emit → receive latency
+//     of every token and lost / reordered counts. Exits when stdin closes.
 //
 // <tokensFile> holds access tokens, one per line; sockets use them round-robin.
 
@@ -22,6 +29,8 @@ import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
 
 const [mode, url, tokensFile, connectionsArg, runsArg, tokensPerRunArg] = process.argv.slice(2);
+const TERMINAL = ['COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT'];
+const EVENTS = 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta data } }';
 const tokens = fs.readFileSync(tokensFile, 'utf8').split('\n').filter(Boolean);
 const connections = Number(connectionsArg);
 const now = () => performance.timeOrigin + performance.now();
@@ -29,6 +38,9 @@ const OPEN_CONCURRENCY = 100; // sockets being opened at once
 const DEADLINE_MS = Number(process.env.BENCH_FANOUT_DEADLINE_MS ?? 120_000);
 
 const clients = [];
+/** Socket closes seen while measuring, by close code (our own dispose at the end is not counted). */
+const closes = {};
+let counting = true;
 
 /** Opens one graphql-ws client and resolves once the server acknowledged connection_init. */
 function open(i) {
@@ -40,7 +52,13 @@ function open(i) {
       retryAttempts: 0,
       keepAlive: 0,
       connectionParams: { Authorization: `Bearer ${tokens[i % tokens.length]}` },
-      on: { connected: () => resolve(client), closed: (e) => reject(new Error(`closed ${e?.code} ${e?.reason}`)) },
+      on: {
+        connected: () => resolve(client),
+        closed: (e) => {
+          if (counting) closes[e?.code ?? 'unknown'] = (closes[e?.code ?? 'unknown'] ?? 0) + 1;
+          reject(new Error(`closed ${e?.code} ${e?.reason}`));
+        },
+      },
       onNonLazyError: reject,
     });
     clients.push(client);
@@ -61,13 +79,25 @@ async function openAll(n) {
   return opened;
 }
 
-/** Nearest-rank percentile of a histogram of 0.1 ms buckets. */
+// Latency histogram: 0.1 ms buckets up to 10 s, then 10 ms buckets up to 10 minutes (the last
+// bucket holds anything beyond).
+const FINE_BUCKETS = 100_000;
+const COARSE_BUCKETS = 59_000;
+const newHistogram = () => new Uint32Array(FINE_BUCKETS + COARSE_BUCKETS);
+function bucket(latencyMs) {
+  const fine = Math.round(latencyMs * 10);
+  if (fine < FINE_BUCKETS) return Math.max(0, fine);
+  return Math.min(FINE_BUCKETS + COARSE_BUCKETS - 1, FINE_BUCKETS + Math.floor((latencyMs - 10_000) / 10));
+}
+const bucketMs = (b) => (b < FINE_BUCKETS ? b / 10 : 10_000 + (b - FINE_BUCKETS) * 10);
+
+/** Nearest-rank percentile of a latency histogram (ms). */
 function percentile(hist, total, p) {
   const rank = Math.ceil((p / 100) * total);
   let seen = 0;
   for (let b = 0; b < hist.length; b++) {
     seen += hist[b];
-    if (seen >= rank) return b / 10;
+    if (seen >= rank) return bucketMs(b);
   }
   return NaN;
 }
@@ -103,10 +133,14 @@ async function fanout() {
   const runs = runsArg.split(',');
   const tokensPerRun = Number(tokensPerRunArg);
   const opened = await openAll(connections);
-  const hist = new Uint32Array(100_000); // 0.1 ms buckets up to 10 s (last bucket: beyond)
+  const hist = newHistogram();
   let samples = 0;
   let maxLatency = 0;
-  const stats = { messages: 0, tokens: 0, lostEvents: 0, reorderedEvents: 0, lostTokens: 0, reorderedTokens: 0, errors: 0 };
+  const stats = {
+    messages: 0, tokens: 0, lostEvents: 0, reorderedEvents: 0, lostTokens: 0, reorderedTokens: 0, errors: 0,
+    // Subscriptions refused or ended by an error, or completed without a COMPLETED event.
+    failedSubscriptions: 0,
+  };
   let firstTokenAt = Infinity;
   let lastAt = 0;
   const done = [];
@@ -119,7 +153,7 @@ async function fanout() {
       done.push(
         new Promise((resolve) => {
           client.subscribe(
-            { query: 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta data } }', variables: { id: run } },
+            { query: EVENTS, variables: { id: run } },
             {
               next: ({ data, errors }) => {
                 const at = now();
@@ -135,7 +169,7 @@ async function fanout() {
                 if (event.sequence > lastSequence + 1) stats.lostEvents += event.sequence - lastSequence - 1;
                 if (event.sequence <= lastSequence) stats.reorderedEvents++;
                 lastSequence = Math.max(lastSequence, event.sequence);
-                if (['COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT'].includes(event.kind)) {
+                if (TERMINAL.includes(event.kind)) {
                   sawTerminal = event.kind === 'COMPLETED';
                   if (!sawTerminal) stats.terminal = { kind: event.kind, data: event.data };
                 }
@@ -150,19 +184,27 @@ async function fanout() {
                   firstTokenAt = Math.min(firstTokenAt, emitted);
                   const latency = at - emitted;
                   maxLatency = Math.max(maxLatency, latency);
-                  hist[Math.min(hist.length - 1, Math.max(0, Math.round(latency * 10)))]++;
+                  hist[bucket(latency)]++;
                   samples++;
                 }
               },
               error: (e) => {
                 stats.errors++;
-                console.error('ERROR fanout subscription', JSON.stringify(e));
+                stats.failedSubscriptions++;
+                const detail = e?.code !== undefined ? { code: e.code, reason: e.reason } : e;
+                stats.firstError ??= detail;
+                console.error('ERROR fanout subscription', JSON.stringify(detail));
+                // Tokens never delivered are lost too.
+                if (lastToken < tokensPerRun) stats.lostTokens += tokensPerRun - lastToken;
                 resolve();
               },
               complete: () => {
                 // Tokens never delivered before the end are lost too.
                 if (lastToken < tokensPerRun) stats.lostTokens += tokensPerRun - lastToken;
-                if (!sawTerminal) stats.errors++;
+                if (!sawTerminal) {
+                  stats.errors++;
+                  stats.failedSubscriptions++;
+                }
                 resolve();
               },
             },
@@ -183,8 +225,10 @@ async function fanout() {
     Promise.all(done).then(() => true),
     new Promise((resolve) => setTimeout(() => resolve(false), DEADLINE_MS)),
   ]);
+  counting = false;
   const seconds = (lastAt - firstTokenAt) / 1000;
   const result = {
+    closes,
     connections: opened.length,
     runs: runs.length,
     subscriptions: opened.length * runs.length,
@@ -205,9 +249,79 @@ async function fanout() {
   process.exit(0);
 }
 
+
+async function single() {
+  const tokensPerRun = Number(connectionsArg);
+  const [client] = await openAll(1);
+  console.log('READY 1');
+  const rl = readline.createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    const run = line.trim();
+    if (!run) continue;
+    const r = { run, latencies: [], tokens: 0, lostEvents: 0, reorderedEvents: 0, lostTokens: 0, reorderedTokens: 0, errors: 0, terminal: null };
+    let lastSequence = 0;
+    let lastToken = 0;
+    const done = new Promise((resolve) => {
+      client.subscribe(
+        { query: EVENTS, variables: { id: run } },
+        {
+          next: ({ data, errors }) => {
+            const at = now();
+            if (errors || !data) {
+              r.errors++;
+              r.firstError ??= errors ?? 'no data';
+              return;
+            }
+            const event = data.executionEvents;
+            if (event.sequence > lastSequence + 1) r.lostEvents += event.sequence - lastSequence - 1;
+            if (event.sequence <= lastSequence) r.reorderedEvents++;
+            lastSequence = Math.max(lastSequence, event.sequence);
+            if (TERMINAL.includes(event.kind)) r.terminal = event.kind;
+            if (event.kind !== 'OUTPUT_DELTA' || !event.delta) return;
+            for (const part of event.delta.split(';')) {
+              if (!part) continue;
+              const [index, emitted] = part.split('@').map(Number);
+              if (index > lastToken + 1) r.lostTokens += index - lastToken - 1;
+              if (index <= lastToken) r.reorderedTokens++;
+              lastToken = Math.max(lastToken, index);
+              r.tokens++;
+              r.latencies.push(Math.round((at - emitted) * 1000) / 1000);
+            }
+          },
+          error: (e) => {
+            r.errors++;
+            r.firstError ??= e?.code !== undefined ? { code: e.code, reason: e.reason } : e;
+            resolve();
+          },
+          complete: resolve,
+        },
+      );
+    });
+    try {
+      await new Promise((resolve, reject) =>
+        client.subscribe({ query: '{ __typename }' }, { next: () => {}, error: reject, complete: resolve }),
+      );
+    } catch (e) {
+      console.log(`FAILED ${JSON.stringify(e)}`);
+      continue;
+    }
+    console.log('SUBSCRIBED');
+    r.finished = await Promise.race([
+      done.then(() => true),
+      new Promise((resolve) => setTimeout(() => resolve(false), DEADLINE_MS)),
+    ]);
+    if (lastToken < tokensPerRun) r.lostTokens += tokensPerRun - lastToken;
+    console.log(JSON.stringify(r));
+  }
+  counting = false;
+  await client.dispose();
+  process.exit(0);
+}
+
 if (mode === 'idle') await idle();
 else if (mode === 'fanout') await fanout();
+else if (mode === 'single') await single();
 else {
-  console.error('usage: node subscribers.mjs idle|fanout …');
+  console.error('usage: node subscribers.mjs idle|fanout|single …');
   process.exit(1);
 }
