@@ -12,7 +12,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::Stream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 use uuid::Uuid;
 
 use crate::{
@@ -94,28 +94,42 @@ pub async fn events(
                 }
             }
             state.hub.caught_up(&follow, last);
-            // Then follow the feed.
+            // Then follow the feed. This loop runs once per event per subscriber, so its
+            // timer and its resync wait are made once and kept, not remade per event.
+            let mut heard = Instant::now();
+            let safety = tokio::time::sleep(SAFETY_POLL);
+            let resync = follow.resync.changed();
+            tokio::pin!(safety, resync);
             loop {
-                tokio::select! {
-                    received = follow.events.recv() => match received {
-                        Ok(event) if event.sequence <= last => {} // already sent
-                        Ok(event) if event.sequence == last + 1 => {
-                            last = event.sequence;
-                            let terminal = event.kind.is_terminal();
-                            yield Ok(event);
-                            if terminal {
-                                return;
-                            }
-                        }
-                        // A gap (the feed started after us) or we fell behind: the table has it.
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue 'replay,
-                        Err(RecvError::Closed) => {
-                            tokio::time::sleep(SAFETY_POLL).await;
+                let received = tokio::select! {
+                    biased;
+                    received = follow.events.recv() => received,
+                    _ = &mut resync => continue 'replay,
+                    () = &mut safety => {
+                        if heard.elapsed() >= SAFETY_POLL {
                             continue 'replay;
                         }
-                    },
-                    _ = follow.resync.changed() => continue 'replay,
-                    () = tokio::time::sleep(SAFETY_POLL) => continue 'replay,
+                        safety.as_mut().reset(heard + SAFETY_POLL);
+                        continue;
+                    }
+                };
+                heard = Instant::now();
+                match received {
+                    Ok(event) if event.sequence <= last => {} // already sent
+                    Ok(event) if event.sequence == last + 1 => {
+                        last = event.sequence;
+                        let terminal = event.kind.is_terminal();
+                        yield Ok(event);
+                        if terminal {
+                            return;
+                        }
+                    }
+                    // A gap (the feed started after us) or we fell behind: the table has it.
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue 'replay,
+                    Err(RecvError::Closed) => {
+                        tokio::time::sleep(SAFETY_POLL).await;
+                        continue 'replay;
+                    }
                 }
             }
         }

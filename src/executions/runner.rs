@@ -8,8 +8,10 @@
 //!   statement or one short transaction and gives it back, so slow providers cannot drain the
 //!   pool; a busy or restarting database delays a write ([`patient`]), it does not end the run.
 //! - **Adaptive batching.** A delta after a quiet spell is written at once (one token reaches
-//!   watchers within milliseconds); while tokens keep coming, they are coalesced into one write
-//!   per `AGENTRY_STREAM_FLUSH_MS`, so the database work per run stays flat under load.
+//!   watchers within milliseconds), together with whatever the provider has already delivered
+//!   (a burst is one event); while tokens keep coming, they are coalesced into one write per
+//!   `AGENTRY_STREAM_FLUSH_MS`, so the database work and the messages per watcher stay flat
+//!   under load.
 //! - **The table first, then the feed.** Each event is published to the in-process hub right
 //!   after the commit that stored it; other processes learn of it by NOTIFY.
 //!
@@ -365,6 +367,9 @@ async fn stream_output(
             () = deadline.as_mut() => return Ok(Outcome::TimedOut),
             // Before the stream, so a fast stream cannot starve the batched writes.
             () = sleep_until_opt(flush_at) => {
+                if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                    return Ok(outcome); // the caller writes the buffer first
+                }
                 if !writer.flush().await? {
                     return Ok(Outcome::Lost);
                 }
@@ -378,15 +383,18 @@ async fn stream_output(
                 Some(Ok(StreamEvent::Delta(text))) => {
                     let total = writer.output_len + writer.pending.len() + text.len();
                     if total > max_output {
-                        return Ok(Outcome::Failed(format!(
-                            "the output reached the limit of {max_output} bytes (AGENTRY_MAX_OUTPUT_BYTES): \
-                             the run was stopped and the output so far kept"
-                        )));
+                        return Ok(output_cap_reached(max_output));
                     }
                     writer.pending.push_str(&text);
-                    // After a quiet spell (or with a full buffer) write at once.
-                    if writer.flush_due(window) <= Instant::now() && !writer.flush().await? {
-                        return Ok(Outcome::Lost);
+                    // After a quiet spell (or with a full buffer) write at once, taking along
+                    // what has already arrived: a burst becomes one event, not one plus a batch.
+                    if writer.flush_due(window) <= Instant::now() {
+                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                            return Ok(outcome); // the caller writes the buffer first
+                        }
+                        if !writer.flush().await? {
+                            return Ok(Outcome::Lost);
+                        }
                     }
                 }
                 Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
@@ -394,14 +402,54 @@ async fn stream_output(
                 }
                 Some(Ok(StreamEvent::Finished { .. })) => return Ok(Outcome::Succeeded),
                 Some(Err(e)) => return Ok(Outcome::Failed(failure_message(&e))),
-                None => {
-                    return Ok(Outcome::Failed(
-                        "the provider stream ended without finishing".into(),
-                    ));
-                }
+                None => return Ok(ended_unfinished()),
             },
         }
     }
+}
+
+/// Moves the deltas the provider has already delivered (without waiting) into the buffer, up
+/// to a full buffer. Returns how the run ends when one of those items ends it (the caller writes
+/// the buffer first: the output before the end is kept).
+fn take_ready(
+    writer: &mut Writer<'_>,
+    stream: &mut crate::llm::provider::EventStream,
+    max_output: usize,
+    usage: &mut Option<(i64, i64)>,
+) -> Option<Outcome> {
+    use futures_util::FutureExt;
+    while writer.pending.len() < FLUSH_BYTES {
+        let item = stream.next().now_or_never()?;
+        match item {
+            Some(Ok(StreamEvent::Delta(text))) => {
+                if writer.output_len + writer.pending.len() + text.len() > max_output {
+                    return Some(output_cap_reached(max_output));
+                }
+                writer.pending.push_str(&text);
+            }
+            Some(Ok(StreamEvent::Usage {
+                input_tokens,
+                output_tokens,
+            })) => *usage = Some((input_tokens, output_tokens)),
+            Some(Ok(StreamEvent::Finished { .. })) => return Some(Outcome::Succeeded),
+            Some(Err(e)) => return Some(Outcome::Failed(failure_message(&e))),
+            None => return Some(ended_unfinished()),
+        }
+    }
+    None
+}
+
+/// The ending of a run whose output would pass `max_output` bytes.
+fn output_cap_reached(max_output: usize) -> Outcome {
+    Outcome::Failed(format!(
+        "the output reached the limit of {max_output} bytes (AGENTRY_MAX_OUTPUT_BYTES): \
+         the run was stopped and the output so far kept"
+    ))
+}
+
+/// The ending of a provider stream that stopped without its finishing event.
+fn ended_unfinished() -> Outcome {
+    Outcome::Failed("the provider stream ended without finishing".into())
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -32,7 +32,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use futures_util::{SinkExt, StreamExt, future};
+use futures_util::{FutureExt, SinkExt, StreamExt, future};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::{
@@ -237,13 +237,33 @@ enum SendFailure {
     SlowReader,
 }
 
+/// Most messages written together (one flush) when the protocol has several ready.
+const MAX_BURST: usize = 64;
+
 /// Writes one message, giving up when the client does not read it within `limit`.
 async fn send_within(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     message: Message,
     limit: Duration,
 ) -> Result<(), SendFailure> {
-    match tokio::time::timeout(limit, sink.send(message)).await {
+    send_all_within(sink, std::iter::once(message), limit).await
+}
+
+/// Writes messages with one flush at the end (one system call for a burst rather than one per
+/// message: under load a socket following several runs has many ready at once), giving up when
+/// the client does not take them within `limit`.
+async fn send_all_within(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    messages: impl IntoIterator<Item = Message>,
+    limit: Duration,
+) -> Result<(), SendFailure> {
+    let write = async {
+        for message in messages {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SendFailure::Closed),
         Err(_) => Err(SendFailure::SlowReader),
@@ -390,18 +410,41 @@ async fn serve(
         let sent = tokio::select! {
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
-                    if text.starts_with(r#"{"type":"complete""#)
-                        && let Some((_, id)) = operation_message(text.as_bytes())
-                    {
-                        lock_ops(&operations).release(&id);
+                    // Take along what else is ready, to write the burst at once.
+                    let mut burst = vec![text];
+                    let mut then = None;
+                    while burst.len() < MAX_BURST {
+                        match connection.next().now_or_never() {
+                            Some(Some(WsMessage::Text(more))) => burst.push(more),
+                            Some(other) => {
+                                then = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
                     }
-                    let sent = send_within(&mut sink, Message::Text(text.into()), send_limit).await;
+                    for text in &burst {
+                        if text.starts_with(r#"{"type":"complete""#)
+                            && let Some((_, id)) = operation_message(text.as_bytes())
+                        {
+                            lock_ops(&operations).release(&id);
+                        }
+                    }
+                    let messages = burst.into_iter().map(|text| Message::Text(text.into()));
+                    let sent = send_all_within(&mut sink, messages, send_limit).await;
                     if identity.is_none()
                         && let InitState::Ready(ready) = get(&init_state)
                     {
                         expiry = token_deadline(&ready);
                         identity = Some(ready);
                         idle_since = Instant::now();
+                    }
+                    match then {
+                        Some(Some(WsMessage::Close(code, reason))) if sent.is_ok() => {
+                            break Some(map_close(code, reason, &get(&init_state)));
+                        }
+                        Some(None) if sent.is_ok() => break None,
+                        _ => {}
                     }
                     sent
                 }
