@@ -14,19 +14,19 @@ use common::{
 };
 use serde_json::{Value, json};
 
-const OPENAI_KEY: &str = "sk-proj-abcdefghijklmnop1234";
+pub(crate) const OPENAI_KEY: &str = "sk-proj-abcdefghijklmnop1234";
 const ANTHROPIC_KEY: &str = "sk-ant-api03-abcdefghijklmnop9876";
 
 /// A server whose providers point at a fake, with a user, a key and an agent.
-struct World {
-    app: TestApp,
-    fake: FakeProvider,
-    user: Session,
-    key_id: String,
-    agent_id: String,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) fake: FakeProvider,
+    pub(crate) user: Session,
+    pub(crate) key_id: String,
+    pub(crate) agent_id: String,
 }
 
-async fn world_with(
+pub(crate) async fn world_with(
     provider: &str,
     model: &str,
     adjust: impl FnOnce(&mut agentry::config::Config),
@@ -89,7 +89,7 @@ async fn world() -> World {
 const EXECUTION: &str = "id status input output error inputTokens outputTokens costUsd costEstimated model startedAt finishedAt";
 
 impl World {
-    async fn execute(&self, input: &str) -> Value {
+    pub(crate) async fn execute(&self, input: &str) -> Value {
         self.app
             .gql_as(
                 Some(&self.user.access),
@@ -99,7 +99,7 @@ impl World {
             .await
     }
 
-    async fn start(&self, input: &str) -> String {
+    pub(crate) async fn start(&self, input: &str) -> String {
         let body = self.execute(input).await;
         body["data"]["executeAgent"]["id"]
             .as_str()
@@ -107,7 +107,7 @@ impl World {
             .to_owned()
     }
 
-    async fn execution(&self, id: &str) -> Value {
+    pub(crate) async fn execution(&self, id: &str) -> Value {
         let body = self
             .app
             .gql_as(
@@ -120,7 +120,7 @@ impl World {
     }
 
     /// Polls until the run has ended.
-    async fn finished(&self, id: &str) -> Value {
+    pub(crate) async fn finished(&self, id: &str) -> Value {
         for _ in 0..600 {
             let execution = self.execution(id).await;
             if !matches!(execution["status"].as_str(), Some("QUEUED" | "RUNNING")) {
@@ -131,7 +131,7 @@ impl World {
         panic!("run {id} did not finish");
     }
 
-    async fn events(&self, id: &str) -> Vec<Value> {
+    pub(crate) async fn events(&self, id: &str) -> Vec<Value> {
         let body = self
             .app
             .gql_as(
@@ -148,7 +148,7 @@ impl World {
 }
 
 /// Subscribes over graphql-transport-ws and collects events until `complete`.
-async fn subscribe(
+pub(crate) async fn subscribe(
     app: &TestApp,
     token: &str,
     id: &str,
@@ -190,25 +190,25 @@ async fn subscribe(
     }
 }
 
-fn sequences(events: &[Value]) -> Vec<i64> {
+pub(crate) fn sequences(events: &[Value]) -> Vec<i64> {
     events
         .iter()
         .map(|e| e["sequence"].as_i64().unwrap())
         .collect()
 }
 
-fn kinds(events: &[Value]) -> Vec<String> {
+pub(crate) fn kinds(events: &[Value]) -> Vec<String> {
     events
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_owned())
         .collect()
 }
 
-fn text(events: &[Value]) -> String {
+pub(crate) fn text(events: &[Value]) -> String {
     events.iter().filter_map(|e| e["delta"].as_str()).collect()
 }
 
-fn slow(tokens: &[&str], per_token_ms: u64) -> StreamScript {
+pub(crate) fn slow(tokens: &[&str], per_token_ms: u64) -> StreamScript {
     StreamScript {
         tokens: tokens.iter().map(|t| t.to_string()).collect(),
         delay_per_token: Duration::from_millis(per_token_ms),

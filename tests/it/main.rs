@@ -18,5 +18,6 @@ mod oauth;
 mod operations;
 mod packaging;
 mod rate_limit;
+mod streams;
 mod transport;
 mod websocket;

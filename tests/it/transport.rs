@@ -4,17 +4,11 @@
 
 use crate::common;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{ALLOWED_ORIGIN, TestApp, code};
+use common::{ALLOWED_ORIGIN, TestApp, code, db_proxy::DbProxy};
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn every_response_has_a_request_id_and_every_error_repeats_it() {
@@ -445,75 +439,11 @@ async fn production_hides_introspection_and_suggestions_unless_enabled() {
     );
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can take down and bring back.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    kill: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (kill, _) = watch::channel(0u64);
-        let (flag, killer) = (up.clone(), kill.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !flag.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let target = target.clone();
-                let mut killed = killer.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = killed.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { port, up, kill }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.kill.send_modify(|n| *n += 1);
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn readiness_follows_the_database_and_health_never_touches_it() {
     let direct = TestApp::spawn().await;
-    let target = {
-        let config: tokio_postgres::Config = direct.database_url.parse().unwrap();
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        format!("127.0.0.1:{port}")
-    };
-    let proxy = Proxy::start(target).await;
-    let db_name = direct.database_url.rsplit('/').next().unwrap().to_owned();
-    let through_proxy = format!("postgres://127.0.0.1:{}/{db_name}", proxy.port);
-    let user = direct
-        .database_url
-        .parse::<tokio_postgres::Config>()
-        .unwrap()
-        .get_user()
-        .map(str::to_owned);
-    let through_proxy = match user {
-        Some(user) => through_proxy.replace("://", &format!("://{user}@")),
-        None => through_proxy,
-    };
+    let proxy = DbProxy::start(&direct.database_url).await;
+    let through_proxy = proxy.url_for(&direct.database_url);
     let app = {
         let mut config = (*direct.state.config).clone();
         config.database_url = through_proxy;

@@ -1,6 +1,7 @@
 //! Test harness: a real Agentry server on port 0 over its own PostgreSQL database, created from a
 //! migrated template and dropped afterwards, plus HTTP and WebSocket client helpers.
 #![allow(dead_code)]
+pub mod db_proxy;
 pub mod fake_provider;
 pub mod node;
 
@@ -193,6 +194,14 @@ impl TestApp {
         let mut app = Self::start(config, String::new()).await;
         app.db_name = String::new();
         app
+    }
+
+    /// A second server on the same database whose configuration `adjust` changes first (e.g.
+    /// to reach the database through a [`db_proxy::DbProxy`]).
+    pub async fn sibling_with(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = (*self.state.config).clone();
+        adjust(&mut config);
+        Self::start(config, String::new()).await
     }
 
     async fn start(mut config: Config, db_name: String) -> Self {
