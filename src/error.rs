@@ -1,4 +1,4 @@
-//! `AppError`, the error codes of DESIGN.md §5, and the one mapping to GraphQL errors.
+//! `AppError`, the error codes (listed in ARCHITECTURE.md), and the one mapping to GraphQL errors.
 //!
 //! Services return `AppError`; resolvers use `?` and the `From` impl below turns it into a GraphQL
 //! error with `extensions.code` (and `field` / `retryAfter` where they apply). Internal errors are
