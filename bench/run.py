@@ -6,6 +6,9 @@ in the same run on the same machine. See bench/README.md.
                          bench/results/<date>.{json,md,svg} and the table in bench/README.md
     bench/run --smoke    seconds of tiny load on every workload (debug build), for CI; writes
                          into bench/.work/ only and fails (exit 1) when any workload fails
+    bench/run --streams  only the streaming workloads (W7 idle, W7; W7b with --w7b) at full size, printed
+                         and written to bench/.work/streams.json (for iterating on the stream
+                         path, e.g. under `perf record -p <agentry pid>`); no table, no checks
 
 Standard library only. Needs: cargo, PostgreSQL (psql, pgbench, createdb) reachable at
 BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432), node + npm, python3 -m venv,
@@ -36,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / ".work"
 SMOKE = "--smoke" in sys.argv
+STREAMS_ONLY = "--streams" in sys.argv
 # Smoke mode reuses the debug build `cargo test` already made; `--release` forces an optimised one.
 RELEASE = not SMOKE or "--release" in sys.argv
 CORES = os.cpu_count() or 1
@@ -744,6 +748,9 @@ def main():
     results["seed"] = counts
     log(f"  seeded {counts}")
 
+    if STREAMS_ONLY:
+        return streams_only(results, ports, c, users, agent0, agentry, db_url)
+
     # --- baselines ---------------------------------------------------------------------------
     log("baselines")
     base = results["baselines"] = {}
@@ -869,6 +876,28 @@ def main():
     return 1 if failures else 0
 
 
+def streams_only(results, ports, c, users, agent0, agentry, db_url):
+    """`--streams`: W7 idle, W7 and W7b only; the figures go to .work/streams.json."""
+    ws_url = f"ws://127.0.0.1:{ports['agentry']}/graphql"
+    owner = WORK / "tokens-owner.txt"
+    owner.write_text(users[0]["token"] + "\n")
+    log(f"Agentry pid {agentry.pid}")
+    # The seed just wrote ~170k rows: let autovacuum's work not land in the measurement.
+    psql(db_url, "VACUUM ANALYZE")
+    time.sleep(3)
+    w = results["workloads"] = {}
+    w["W7_idle"] = idle_latency(ports, c, ws_url, owner, agent0, users[0]["token"])
+    w["W7"] = fanout("W7", ports, c, ws_url, owner, agent0, users[0]["token"], P["fanout_runs"], P["fanout_connections"],
+                     P["fanout_tokens_per_second"], P["fanout_tokens_per_run"], 120, agentry.pid)
+    if "--w7b" in sys.argv:
+        w["W7b"] = fanout("W7b", ports, c, ws_url, owner, agent0, users[0]["token"], P["fanout_b_runs"],
+                          P["fanout_b_connections"], P["fanout_b_tokens_per_second"], P["fanout_b_tokens_per_run"],
+                          P["fanout_b_deadline_seconds"], agentry.pid)
+    (WORK / "streams.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {WORK / 'streams.json'}")
+    return 0
+
+
 def urlopen_text(port, path):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", path)
@@ -908,9 +937,9 @@ def ratios(r):
         "peer_W1_vs_bare_axum": p["W1"]["rps"] / b["bare_axum"]["rps"],
         "peer_W2_vs_pgbench": p["W2"]["rps"] / b["pgbench"]["tps"],
         "W7_messages_vs_target_50k": w["W7"]["messagesPerSecond"] / 50_000,
-        "W7_p99_vs_target_50ms": w["W7"]["latencyMs"]["p99"] / 50,
+        "W7_p99_vs_target_100ms": w["W7"]["latencyMs"]["p99"] / 100,
         "W7b_messages_vs_target_50k": w["W7b"]["messagesPerSecond"] / 50_000,
-        "W7b_p99_vs_target_50ms": w["W7b"]["latencyMs"]["p99"] / 50,
+        "W7b_p99_vs_target_100ms": w["W7b"]["latencyMs"]["p99"] / 100,
         "W7_idle_p50_vs_target_10ms": w["W7_idle"]["p50_ms"] / 10,
         "W8_me_p99_vs_W2_half_alone": w["W8"]["me"]["p99_ms"] / w["W2_half"]["p99_ms"],
     }
@@ -965,9 +994,9 @@ TARGETS = [
     ("W1 `{ __typename }` ÷ bare axum", "W1_vs_bare_axum", 0.45, ">="),
     ("W2 `me` ÷ `pgbench -S` TPS", "W2_vs_pgbench", 0.35, ">="),
     ("W7 delivered messages/s ÷ 50k", "W7_messages_vs_target_50k", 1.0, ">="),
-    ("W7 p99 emit→receive ÷ 50 ms", "W7_p99_vs_target_50ms", 1.0, "<="),
+    ("W7 p99 emit→receive ÷ 100 ms", "W7_p99_vs_target_100ms", 1.0, "<="),
     ("W7b delivered messages/s ÷ 50k", "W7b_messages_vs_target_50k", 1.0, ">="),
-    ("W7b p99 emit→receive ÷ 50 ms", "W7b_p99_vs_target_50ms", 1.0, "<="),
+    ("W7b p99 emit→receive ÷ 100 ms", "W7b_p99_vs_target_100ms", 1.0, "<="),
     ("W7 idle single-token p50 ÷ 10 ms", "W7_idle_p50_vs_target_10ms", 1.0, "<="),
     ("W8 `me` p99 with trickling runs ÷ alone", "W8_me_p99_vs_W2_half_alone", 2.0, "<="),
 ]
@@ -987,7 +1016,7 @@ def markdown(r):
         f"one bcrypt hash at cost {b['bcrypt']['cost']} {f(b['bcrypt']['seconds'] * 1000)} ms "
         f"(so at most {f(b['bcrypt']['max_hashes_per_second'], 1)} hashes/s on {m['cores']} cores).",
         "",
-        "| workload | measured | ratio to baseline | DESIGN §10 target |",
+        "| workload | measured | ratio to baseline | target (ARCHITECTURE.md) |",
         "|---|---|---|---|",
         f"| W1 `{{ __typename }}` | {f(w['W1']['rps'])} req/s, p99 {f(w['W1']['p99_ms'], 2)} ms | **{q['W1_vs_bare_axum']:.2f}** × bare axum | ≥ 0.45 {mark(q['W1_vs_bare_axum'] >= 0.45)} |",
         f"| W2 `me {{ id email }}` (max) | {f(w['W2']['rps'])} req/s | **{q['W2_vs_pgbench']:.2f}** × pgbench TPS | ≥ 0.35 {mark(q['W2_vs_pgbench'] >= 0.35)} |",
@@ -1009,7 +1038,7 @@ def markdown(r):
         fan = w[name]
         lost = fan['lostEvents'] + fan['lostTokens']
         reordered = fan['reorderedEvents'] + fan['reorderedTokens']
-        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_50ms']:.2f}** × 50 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 50 ms {mark(q[name + '_p99_vs_target_50ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] == 0)} |")
+        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_100ms']:.2f}** × 100 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 100 ms {mark(q[name + '_p99_vs_target_100ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] == 0)} |")
     noisy = w["W8"]
     lines += [
         f"| W8 `me` at half load with {noisy['runs']} trickling runs open ({noisy['users']} users, one token per {noisy['token_interval_seconds']} s, {noisy['seconds']} s) | p99 {f(noisy['me']['p99_ms'], 2)} ms at {f(noisy['me']['rps'])} req/s; {noisy['running_at_end']}/{noisy['runs']} runs open throughout | **{q['W8_me_p99_vs_W2_half_alone']:.2f}** × W2's half-load p99 | ≤ 2 {mark(q['W8_me_p99_vs_W2_half_alone'] <= 2)} |",
