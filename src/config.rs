@@ -126,6 +126,11 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// Comma-separated CIDRs, IP addresses or host names that outbound requests users steer
+    /// (CUSTOM endpoints, key tests) may reach although they are not public.
+    #[arg(long, env = "AGENTRY_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<String>,
+
     /// bcrypt cost (4..=31); 12 in production.
     #[arg(long, env = "AGENTRY_BCRYPT_COST", default_value_t = 12)]
     pub bcrypt_cost: u32,

@@ -12,6 +12,8 @@ pub mod config;
 pub mod crypto;
 /// Pool, database bootstrap, embedded migrations, diesel schema.
 pub mod db;
+/// Where outbound requests users can steer may go: no redirects, no internal addresses.
+pub mod egress;
 /// `AppError`, the error codes, and their one mapping to GraphQL errors.
 pub mod error;
 /// Runs: runner, event log, live hub, cancellation, recovery.

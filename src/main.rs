@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use agentry::{
-    api_keys, config::Config, db, graphql, oauth, server, state::AppState, telemetry, users::admin,
+    api_keys, config::Config, db, error::AppError, graphql, oauth, server, state::AppState,
+    telemetry, users::admin,
 };
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -35,6 +36,10 @@ enum Command {
         /// Name shown in the UI (defaults to the email's local part).
         #[arg(long)]
         display_name: Option<String>,
+        /// Promote the account that already has this email (its password must be given; its
+        /// sessions are signed out).
+        #[arg(long)]
+        promote_existing: bool,
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     ExportSchema,
@@ -207,6 +212,7 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             email,
             password,
             display_name,
+            promote_existing,
         } => {
             let state = AppState::new(config.clone())?;
             let (user, created) = admin::create_owner(
@@ -214,9 +220,14 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
                 &email,
                 SecretString::from(password),
                 display_name.as_deref(),
+                promote_existing,
             )
             .await
-            .map_err(|e| anyhow::anyhow!(e.message()))?;
+            .map_err(|e| match e {
+                // The operator sees the cause, not the API's opaque message.
+                AppError::Internal(cause) => cause,
+                other => anyhow::anyhow!(other.message()),
+            })?;
             let verb = if created {
                 "created owner"
             } else {

@@ -45,8 +45,11 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Model prices.
     pub pricing: Arc<Pricing>,
-    /// Outbound HTTP to LLM and OAuth providers (connection pool shared by all requests).
+    /// Outbound HTTP to LLM providers (connection pool shared by all requests): follows no
+    /// redirects and resolves names through the egress policy.
     pub http: reqwest::Client,
+    /// Where outbound requests users can steer may go (check IP-literal URLs with it).
+    pub egress: Arc<crate::egress::Egress>,
     /// Live fan-out of run events and status changes, and local cancellation.
     pub hub: Arc<crate::executions::hub::Hub>,
     /// Turns true when the server starts shutting down (readiness fails, sockets close).
@@ -192,8 +195,24 @@ impl AppState {
         let vault = Vault::from_config(&keys)?;
         let pricing = Pricing::load(config.pricing_file.as_deref())?;
         crate::telemetry::metrics();
+        let egress = {
+            let mut egress =
+                crate::egress::Egress::new(&config.egress_allow, !config.is_production())
+                    .map_err(anyhow::Error::msg)?;
+            for base in [
+                &config.openai_base_url,
+                &config.anthropic_base_url,
+                &config.huggingface_base_url,
+            ] {
+                egress.allow_host_of(base);
+            }
+            Arc::new(egress)
+        };
+        // Requests users can steer: no redirects, and only addresses the egress policy permits.
         let http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(egress.resolver())
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
             .build()?;
         let oauth_http = reqwest::Client::builder()
@@ -218,6 +237,7 @@ impl AppState {
             vault: Arc::new(vault),
             pricing: Arc::new(pricing),
             http,
+            egress,
             oauth: Arc::new(oauth),
             oauth_http,
             hub: crate::executions::hub::Hub::new(pool.clone()),

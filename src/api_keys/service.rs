@@ -160,6 +160,14 @@ pub async fn update(
             validate::secret("input.secret", provider, s.expose_secret()).map(SecretString::from)
         })
         .transpose()?;
+    // A stored secret never follows its key to a new host: whoever moves the endpoint must
+    // know the secret (else a stolen session could send it anywhere with `testApiKey`).
+    if endpoint != current.endpoint && secret.is_none() {
+        return Err(AppError::bad_input(
+            "input.secret",
+            "is required when the endpoint changes: enter the key's secret again",
+        ));
+    }
     if let Some(name) = &name
         && model::name_taken(&mut conn, viewer.id(), name, Some(id)).await?
     {
@@ -263,14 +271,24 @@ pub async fn test(
     let provider = provider_of(&row)?;
     let secret = reveal(&state.vault, &row)?;
     let base = provider.base_url(&state.config, row.endpoint.as_deref());
-    let result = probe::list_models(
-        &state.http,
-        provider,
-        base,
-        &secret,
-        Duration::from_secs(state.config.provider_timeout_secs),
-    )
-    .await;
+    let result = match state.egress.check_url(base) {
+        Ok(()) => {
+            probe::list_models(
+                &state.http,
+                provider,
+                base,
+                &secret,
+                Duration::from_secs(state.config.provider_timeout_secs),
+            )
+            .await
+        }
+        Err(refused) => probe::ProbeResult {
+            ok: false,
+            latency_ms: 0,
+            message: refused,
+            models: Vec::new(),
+        },
+    };
     let mut conn = state.pool.get().await?;
     let row = diesel::update(api_keys::table.find(id))
         .filter(api_keys::user_id.eq(viewer.id()))

@@ -273,12 +273,16 @@ async fn run(
         let provider_kind = ProviderKind::from_stored(&key.provider)
             .ok_or_else(|| anyhow::anyhow!("unknown provider {}", key.provider))?;
         let secret = reveal(&state.vault, &key).map_err(|e| anyhow::anyhow!(e.message()))?;
+        let base_url = provider_kind
+            .base_url(config, key.endpoint.as_deref())
+            .to_owned();
+        if let Err(refused) = state.egress.check_url(&base_url) {
+            return finish(&mut writer, Outcome::Failed(refused), None).await;
+        }
         let provider = for_kind(
             provider_kind,
             state.http.clone(),
-            provider_kind
-                .base_url(config, key.endpoint.as_deref())
-                .to_owned(),
+            base_url,
             secret,
             Limits::from_config(config),
         );

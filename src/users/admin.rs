@@ -214,13 +214,16 @@ pub async fn set_role(
     Ok(user)
 }
 
-/// Creates an owner account (the `create-owner` command), or promotes an existing account with
-/// that email to owner. Returns the user and whether it was created.
+/// Creates an owner account (the `create-owner` command). An account that already has the
+/// email is promoted only when `promote_existing` is set and `password` is that account's own
+/// (someone may have registered the email first); its sessions are then signed out, so nobody
+/// holding one of them becomes owner. Returns the user and whether it was created.
 pub async fn create_owner(
     state: &AppState,
     email: &str,
     password: SecretString,
     display_name: Option<&str>,
+    promote_existing: bool,
 ) -> AppResult<(UserRow, bool)> {
     let email = Email::parse("email", email)?;
     let display_name = match display_name {
@@ -234,6 +237,25 @@ pub async fn create_owner(
     };
     let mut conn = state.pool.get().await?;
     if let Some(existing) = model::find_user_by_email(&mut conn, email.as_str()).await? {
+        if !promote_existing {
+            return Err(AppError::Conflict(format!(
+                "an account with {} already exists: to make it the owner, run again with \
+                 --promote-existing and that account's password",
+                email.as_str()
+            )));
+        }
+        if !state
+            .passwords
+            .verify(&password, existing.password_hash.as_deref())
+            .await?
+        {
+            return Err(AppError::bad_input(
+                "password",
+                "is not this account's password (an account without a password cannot be promoted this way)",
+            ));
+        }
+        model::revoke_user_sessions(&mut conn, existing.id, None, "promoted to owner").await?;
+        state.revoke(Revocation::User(existing.id));
         let user: UserRow = diesel::update(users::table.find(existing.id))
             .set((
                 users::role.eq(roles::OWNER),

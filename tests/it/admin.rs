@@ -400,25 +400,78 @@ async fn owners_change_roles_and_the_last_owner_cannot_be_demoted() {
     assert_eq!(code(&missing), "NOT_FOUND", "{missing}");
 }
 
-#[tokio::test]
-async fn the_create_owner_command_makes_an_owner_who_can_sign_in() {
-    let db_app = TestApp::spawn().await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
-        .args([
-            "create-owner",
-            "--email",
-            "Root@Example.com",
-            "--password",
-            PASSWORD,
-        ])
-        .env("DATABASE_URL", &db_app.database_url)
+/// Runs `agentry create-owner` with `args` against `app`'s database.
+fn create_owner(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
+        .arg("create-owner")
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
         .env("AGENTRY_BCRYPT_COST", "4")
         .env(
             "AGENTRY_JWT_SECRET",
             "test-secret-test-secret-test-secret-0123",
         )
         .output()
-        .expect("run agentry create-owner");
+        .expect("run agentry create-owner")
+}
+
+#[tokio::test]
+async fn create_owner_never_promotes_a_squatted_account_without_its_password() {
+    let app = TestApp::spawn().await;
+    // Someone registered the owner's email first and keeps a session.
+    let squatter = app.register("root@example.com").await;
+    let other_password = "a-different-long-passphrase-77";
+    let refused = create_owner(
+        &app,
+        &["--email", "root@example.com", "--password", other_password],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--promote-existing"), "{stderr}");
+    let wrong = create_owner(
+        &app,
+        &[
+            "--email",
+            "root@example.com",
+            "--password",
+            other_password,
+            "--promote-existing",
+        ],
+    );
+    assert!(!wrong.status.success());
+    let me = app.gql_as(Some(&squatter.access), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["role"], "USER", "{me}");
+
+    // With the account's own password it is promoted, and its old sessions end.
+    let promoted = create_owner(
+        &app,
+        &[
+            "--email",
+            "root@example.com",
+            "--password",
+            PASSWORD,
+            "--promote-existing",
+        ],
+    );
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    let old = app.gql_as(Some(&squatter.access), ME, json!({})).await;
+    assert_eq!(code(&old), "UNAUTHENTICATED", "{old}");
+    let session = app.login("root@example.com", PASSWORD).await;
+    let me = app.gql_as(Some(&session.access), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["role"], "OWNER");
+}
+
+#[tokio::test]
+async fn the_create_owner_command_makes_an_owner_who_can_sign_in() {
+    let db_app = TestApp::spawn().await;
+    let output = create_owner(
+        &db_app,
+        &["--email", "Root@Example.com", "--password", PASSWORD],
+    );
     assert!(
         output.status.success(),
         "{}",
