@@ -24,6 +24,30 @@ pub enum Revocation {
     User(Uuid),
 }
 
+/// The NOTIFY channel that carries revocations to every server on the database.
+pub const REVOKE_CHANNEL: &str = "agentry_revoke";
+
+impl Revocation {
+    /// The NOTIFY payload: `<id>:session` or `<id>:user`.
+    pub fn to_payload(self) -> String {
+        match self {
+            Self::Session(id) => format!("{id}:session"),
+            Self::User(id) => format!("{id}:user"),
+        }
+    }
+
+    /// Reads a NOTIFY payload written by [`Revocation::to_payload`].
+    pub fn from_payload(payload: &str) -> Option<Self> {
+        let (id, kind) = payload.split_once(':')?;
+        let id = Uuid::parse_str(id).ok()?;
+        match kind {
+            "session" => Some(Self::Session(id)),
+            "user" => Some(Self::User(id)),
+            _ => None,
+        }
+    }
+}
+
 /// Shared server state, handed to the schema with `.data()` and to the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -240,7 +264,7 @@ impl AppState {
             egress,
             oauth: Arc::new(oauth),
             oauth_http,
-            hub: crate::executions::hub::Hub::new(pool.clone()),
+            hub: crate::executions::hub::Hub::new(pool.clone(), revocations.clone()),
             shutdown: Arc::new(watch::channel(false).0),
             sockets: Arc::new(SocketTracker::default()),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),
@@ -269,9 +293,30 @@ impl AppState {
         );
     }
 
-    /// Announces a revocation to open WebSockets (no-op when none listens).
+    /// Announces a revocation to open WebSockets: here at once, and on every other server on
+    /// the database through NOTIFY (their sockets of that session or user close too).
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let payload = revocation.to_payload();
+            let sent = crate::db::patient(
+                &pool,
+                std::time::Duration::from_secs(30),
+                "announcing a revocation",
+                move |conn| {
+                    let payload = payload.clone();
+                    Box::pin(async move {
+                        crate::executions::hub::notify(conn, REVOKE_CHANNEL, &payload).await
+                    })
+                },
+            )
+            .await;
+            if let Err(error) = sent {
+                // Other servers' sockets then close at their token's expiry at the latest.
+                tracing::warn!(%error, "could not announce a revocation to other servers");
+            }
+        });
     }
 }
 

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::{
     db::{Pool, patient},
     executions::model::{self, EventRow, ExecutionRow},
+    state::{REVOKE_CHANNEL, Revocation},
 };
 
 /// Channel: a run has events up to a sequence (`<execution id>:<sequence>`).
@@ -97,6 +98,8 @@ pub struct Hub {
     cancels: Mutex<HashMap<Uuid, watch::Sender<bool>>>,
     /// Bumped whenever subscribers must re-read (listener reconnected).
     resync: watch::Sender<u64>,
+    /// Where revocations heard from other servers go (to this server's open sockets).
+    revocations: broadcast::Sender<Revocation>,
 }
 
 /// A subscription to one run's events; dropping it unregisters.
@@ -117,10 +120,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A new, empty hub that reads through `pool`.
-    pub fn new(pool: Pool) -> Arc<Self> {
+    /// A new, empty hub that reads through `pool` and passes revocations other servers
+    /// announce to `revocations`.
+    pub fn new(pool: Pool, revocations: broadcast::Sender<Revocation>) -> Arc<Self> {
         Arc::new(Self {
             pool,
+            revocations,
             runs: Mutex::default(),
             users: Mutex::default(),
             cancels: Mutex::default(),
@@ -346,6 +351,12 @@ impl Hub {
 
     /// Handles one NOTIFY.
     fn dispatch(self: &Arc<Self>, channel: &str, payload: &str) {
+        if channel == REVOKE_CHANNEL {
+            if let Some(revocation) = Revocation::from_payload(payload) {
+                let _ = self.revocations.send(revocation);
+            }
+            return;
+        }
         let mut parts = payload.split(':');
         let Some(Ok(id)) = parts.next().map(Uuid::parse_str) else {
             return;
@@ -434,7 +445,7 @@ async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres
     });
     client
         .batch_execute(&format!(
-            "LISTEN {RUN_CHANNEL}; LISTEN {EXECUTION_CHANNEL}; LISTEN {CANCEL_CHANNEL};"
+            "LISTEN {RUN_CHANNEL}; LISTEN {EXECUTION_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {REVOKE_CHANNEL};"
         ))
         .await?;
     // Anything sent while we were not listening is in the tables: have everyone re-read.

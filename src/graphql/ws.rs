@@ -107,7 +107,7 @@ pub async fn upgrade(
             .into_response();
     };
     let slot = match http.app.sockets.try_open(
-        meta.ip,
+        crate::rate_limit::network_of(meta.ip, config.rate_limit_ipv6_prefix),
         config.ws_max_connections,
         config.ws_max_connections_per_ip,
     ) {
@@ -489,7 +489,16 @@ async fn serve(
                 Ok(revocation) if concerns(identity.as_ref(), revocation) => {
                     break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                Ok(_) => Ok(()),
+                // Revocations were missed: check this socket's session now.
+                Err(broadcast::error::RecvError::Lagged(_)) => match identity.as_ref() {
+                    Some(Identity::User(viewer))
+                        if !crate::users::sessions::still_valid(&http.app, viewer).await =>
+                    {
+                        break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
+                    }
+                    _ => Ok(()),
+                },
                 Err(broadcast::error::RecvError::Closed) => break None,
             },
         };

@@ -194,6 +194,24 @@ pub async fn logout(
     Ok(true)
 }
 
+/// Whether `viewer`'s session is still live and its user active and of the same role (a
+/// WebSocket that may have missed a revocation asks). A database error answers true: the
+/// socket's requests would fail on their own, and its token still expires.
+pub async fn still_valid(state: &AppState, viewer: &Viewer) -> bool {
+    let found = async {
+        let mut conn = state.pool.get().await?;
+        let user =
+            model::find_active_session_user(&mut conn, viewer.session_id, viewer.id()).await?;
+        Ok::<_, AppError>(user)
+    }
+    .await;
+    match found {
+        Ok(Some(user)) => user.role == viewer.user.role,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
 /// Checks a bearer access token: signature and claims, then one query for a live session of an
 /// active user. Refusals are an [`Identity::Rejected`] with a reason safe to show.
 pub async fn authenticate(state: &AppState, bearer: &str) -> AppResult<Identity> {

@@ -152,6 +152,50 @@ async fn suspending_a_user_closes_their_sockets() {
 }
 
 #[tokio::test]
+async fn a_role_change_on_one_server_closes_the_users_sockets_on_another() {
+    let app = TestApp::spawn().await;
+    let other_server = app.sibling().await;
+    let owner = app.user_with_role("owner@example.com", "OWNER").await;
+    let admin = app.user_with_role("demoted@example.com", "ADMIN").await;
+    let mut ws = other_server
+        .ws("graphql-transport-ws", None)
+        .await
+        .expect("connect");
+    assert_ack(ws.init(bearer(&admin.access)).await);
+    let body = app
+        .gql_as(
+            Some(&owner.access),
+            "mutation($id: ID!) { setUserRole(userId: $id, role: USER) { role } }",
+            json!({"id": admin.user_id}),
+        )
+        .await;
+    assert_eq!(body["data"]["setUserRole"]["role"], "USER", "{body}");
+    // The socket on the other server held the ADMIN role from its connection_init.
+    assert_closed(ws.next(5).await, 4403);
+}
+
+#[tokio::test]
+async fn a_socket_that_missed_revocations_checks_its_session_at_once() {
+    let app = TestApp::spawn().await;
+    let user = app.register("missed@example.com").await;
+    let mut ws = app.ws("graphql-transport-ws", None).await.expect("connect");
+    assert_ack(ws.init(bearer(&user.access)).await);
+    // The session ends without an announcement reaching this server …
+    app.sql(&format!(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = '{}'",
+        user.user_id
+    ))
+    .await;
+    // … and the socket falls behind the revocation feed (others' revocations, more than it
+    // buffers, sent while it cannot run: the test runtime has one thread).
+    for _ in 0..300 {
+        app.state
+            .revoke(agentry::state::Revocation::Session(uuid::Uuid::now_v7()));
+    }
+    assert_closed(ws.next(5).await, 4403);
+}
+
+#[tokio::test]
 async fn subscribing_before_the_ack_closes_with_4401() {
     let app = TestApp::spawn().await;
     let mut ws = app.ws("graphql-transport-ws", None).await.expect("connect");
