@@ -126,6 +126,11 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
 
+    /// IPv6 clients are rate-limited (and their WebSockets counted) per network of this many
+    /// leading bits, since one client may hold a whole /64 (32–128).
+    #[arg(long, env = "AGENTRY_RATE_LIMIT_IPV6_PREFIX", default_value_t = 64)]
+    pub rate_limit_ipv6_prefix: u8,
+
     /// Comma-separated CIDRs, IP addresses or host names that outbound requests users steer
     /// (CUSTOM endpoints, key tests) may reach although they are not public.
     #[arg(long, env = "AGENTRY_EGRESS_ALLOW", value_delimiter = ',')]
@@ -447,6 +452,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "AGENTRY_BCRYPT_COST",
                 format!("must be between 4 and 31, got {}", self.bcrypt_cost),
+            ));
+        }
+        if !(32..=128).contains(&self.rate_limit_ipv6_prefix) {
+            return Err(ConfigError::Invalid(
+                "AGENTRY_RATE_LIMIT_IPV6_PREFIX",
+                format!(
+                    "must be between 32 and 128, got {}",
+                    self.rate_limit_ipv6_prefix
+                ),
             ));
         }
         if self.is_production() && self.bcrypt_cost < 10 {

@@ -35,6 +35,22 @@ pub struct RateLimiters {
     client: Arc<DefaultKeyedRateLimiter<ClientKey>>,
     auth_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     auth_email: Arc<DefaultKeyedRateLimiter<String>>,
+    /// IPv6 clients are counted per network of this prefix length.
+    ipv6_prefix: u8,
+}
+
+/// The address a limit counts `ip` under: IPv4 as it is, IPv6 by its network of `ipv6_prefix`
+/// bits (a client that holds a /64 can rotate through 2^64 addresses, so counting each one
+/// alone would not limit it). IPv4-mapped IPv6 counts as its IPv4 address.
+pub fn network_of(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ipnet::Ipv6Net::new(v6, ipv6_prefix.min(128))
+                .map_or(ip, |net| IpAddr::V6(net.network())),
+        },
+    }
 }
 
 fn non_zero(n: u32) -> NonZeroU32 {
@@ -51,11 +67,16 @@ impl RateLimiters {
             client: Arc::new(RateLimiter::keyed(client)),
             auth_ip: Arc::new(RateLimiter::keyed(auth)),
             auth_email: Arc::new(RateLimiter::keyed(auth)),
+            ipv6_prefix: config.rate_limit_ipv6_prefix,
         }
     }
 
     /// Spends `operations` units of `key`'s quota, or says when to retry.
     pub fn check_client(&self, key: ClientKey, operations: usize) -> AppResult<()> {
+        let key = match key {
+            ClientKey::Ip(ip) => ClientKey::Ip(network_of(ip, self.ipv6_prefix)),
+            user => user,
+        };
         let n = non_zero(u32::try_from(operations).unwrap_or(u32::MAX));
         let result = match self.client.check_key_n(&key, n) {
             Ok(Ok(())) => Ok(()),
@@ -82,6 +103,7 @@ impl RateLimiters {
             metrics::counter!(crate::telemetry::names::RATE_LIMITED, "limiter" => limiter)
                 .increment(1);
         };
+        let ip = network_of(ip, self.ipv6_prefix);
         self.auth_ip.check_key(&ip).map_err(|not_until| {
             refused("sign_in_ip");
             retry_after(not_until.wait_time_from(now))
@@ -177,5 +199,19 @@ mod tests {
         );
         assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_network_and_ipv4_alone() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(network_of(a, 64), network_of(b, 64));
+        assert_ne!(network_of(a, 64), network_of(elsewhere, 64));
+        assert_ne!(network_of(a, 128), network_of(b, 128));
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(network_of(v4, 64), v4);
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(network_of(mapped, 64), v4);
     }
 }

@@ -222,3 +222,35 @@ async fn limiter_memory_is_pruned() {
     limiters.prune();
     assert_eq!(limiters.len(), 0, "refilled keys should be forgotten");
 }
+
+#[tokio::test]
+async fn an_ipv6_client_rotating_addresses_in_its_64_shares_one_quota() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 3;
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let from = |ip: String| {
+        app.http
+            .post(app.url("/graphql"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"query": "{ __typename }"}))
+            .send()
+    };
+    // Four different addresses of one /64: the fourth request is over the burst of three.
+    let mut statuses = Vec::new();
+    for host in 1..=4 {
+        let status = from(format!("2001:db8:aa:bb::{host:x}"))
+            .await
+            .unwrap()
+            .status();
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // Another /64 has its own quota.
+    assert_eq!(
+        from("2001:db8:aa:cc::1".into()).await.unwrap().status(),
+        200
+    );
+}
