@@ -255,6 +255,19 @@ pub async fn rotate_refresh_token(
     .await
 }
 
+/// When a session (a sign-in; refresh rotation keeps it) began.
+pub async fn session_started_at(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    sessions::table
+        .find(session_id)
+        .select(sessions::created_at)
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// The session a refresh token belonged to, if it is current or was retired by rotation.
 pub async fn find_session_by_token(
     conn: &mut AsyncPgConnection,

@@ -168,6 +168,9 @@ pub async fn login(
     sessions::start(state, &mut conn, user, meta).await
 }
 
+/// How recent a sign-in must be to set a first password on a provider-only account.
+const FIRST_PASSWORD_SIGN_IN_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// Changes (or, for accounts without one, sets) the viewer's password. Every session of the
 /// user ends, and a new one is returned for the caller.
 pub async fn change_password(
@@ -179,6 +182,20 @@ pub async fn change_password(
 ) -> AppResult<AuthTokens> {
     let user = &viewer.user;
     state.limiters.check_sign_in(meta.ip, Some(&user.email))?;
+    if user.password_hash.is_none() {
+        // A first password makes a provider-only account reachable without the provider: a
+        // stolen access token must not be enough, so the sign-in itself must be recent.
+        let mut conn = state.pool.get().await?;
+        let started = model::session_started_at(&mut conn, viewer.session_id).await?;
+        let recent = chrono::Utc::now() - FIRST_PASSWORD_SIGN_IN_WINDOW;
+        if started.is_none_or(|at| at <= recent) {
+            return Err(AppError::Forbidden(format!(
+                "setting a first password needs a recent sign-in: sign in with your provider \
+                 again and set it within {} minutes",
+                FIRST_PASSWORD_SIGN_IN_WINDOW.num_minutes()
+            )));
+        }
+    }
     if let Some(stored) = &user.password_hash {
         if current.expose_secret().is_empty() {
             return Err(AppError::bad_input("currentPassword", "must not be empty"));

@@ -1,5 +1,5 @@
 //! Accounts and sessions through the real HTTP API: register, login, refresh, logout,
-//! changePassword, updateProfile, me, and the token attacks of DESIGN.md §6.
+//! changePassword, updateProfile, me, and the token attacks of the security rules (ARCHITECTURE.md).
 
 use crate::common;
 
@@ -631,4 +631,54 @@ async fn a_suspended_users_live_token_stops_working_at_once() {
     app.sql("UPDATE users SET status = 'SUSPENDED'").await;
     let body = app.gql_as(Some(&session.access), ME, json!({})).await;
     assert_eq!(code(&body), "UNAUTHENTICATED", "{body}");
+}
+
+#[tokio::test]
+async fn a_first_password_on_a_provider_only_account_needs_a_recent_sign_in() {
+    let app = TestApp::spawn().await;
+    let user = app.register("provider-only@example.com").await;
+    // The shape of an account made by OAuth sign-in: no password.
+    app.sql(&format!(
+        "UPDATE users SET password_hash = NULL WHERE id = '{}'",
+        user.user_id
+    ))
+    .await;
+    let set_first = |token: String| {
+        let app = &app;
+        async move {
+            app.gql_as(
+                Some(&token),
+                "mutation { changePassword(currentPassword: \"\", newPassword: \"amber-lantern-quartz-55\") { accessToken } }",
+                json!({}),
+            )
+            .await
+        }
+    };
+    // An access token of a sign-in an hour old (say, stolen) cannot set one …
+    app.sql(&format!(
+        "UPDATE sessions SET created_at = now() - interval '1 hour' WHERE user_id = '{}'",
+        user.user_id
+    ))
+    .await;
+    let refused = set_first(user.access.clone()).await;
+    assert_eq!(code(&refused), "FORBIDDEN", "{refused}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM users WHERE id = '{}' AND password_hash IS NULL",
+            user.user_id
+        ))
+        .await,
+        1
+    );
+    // … a fresh sign-in can.
+    app.sql(&format!(
+        "UPDATE sessions SET created_at = now() WHERE user_id = '{}'",
+        user.user_id
+    ))
+    .await;
+    let set = set_first(user.access.clone()).await;
+    assert!(
+        set["data"]["changePassword"]["accessToken"].is_string(),
+        "{set}"
+    );
 }
