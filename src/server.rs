@@ -126,11 +126,18 @@ async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format. With `AGENTRY_METRICS_TOKEN` set, only for
-/// `Authorization: Bearer <token>`.
+/// `Authorization: Bearer <token>`; in production only with a token (not served otherwise).
 async fn metrics_endpoint(
     State(http): State<HttpState>,
     headers: axum::http::HeaderMap,
 ) -> Response {
+    if http.app.config.is_production() && http.app.config.metrics_token.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are served in production only with AGENTRY_METRICS_TOKEN set",
+        )
+            .into_response();
+    }
     if let Some(expected) = &http.app.config.metrics_token {
         use secrecy::ExposeSecret;
         let presented = crate::graphql::http::bearer_token(&headers).unwrap_or_default();

@@ -111,6 +111,9 @@ pub async fn backup(
         "{PREFIX}{}{DUMP_SUFFIX}",
         now.format("%Y%m%dT%H%M%S%.3fZ")
     ));
+    // The dump holds every user's data: readable by the owner only, from its first byte
+    // (pg_dump writes into the file created here and keeps its mode).
+    owner_only(&file)?;
 
     // One snapshot for the counts and the dump: the manifest describes exactly what was dumped.
     let client = connect(database_url).await?;
@@ -150,6 +153,7 @@ pub async fn backup(
         agentry_version: env!("CARGO_PKG_VERSION").to_owned(),
         tables,
     };
+    owner_only(&manifest_path(&file))?;
     std::fs::write(manifest_path(&file), serde_json::to_vec_pretty(&manifest)?)?;
     let bytes = std::fs::metadata(&file)?.len();
     let uploaded = match s3 {
@@ -324,4 +328,19 @@ fn percent_decode(text: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| text.to_owned())
+}
+
+/// Creates `path` empty (or truncates it) with mode 0600.
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An existing file keeps its old mode on open: set it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }

@@ -200,6 +200,18 @@ async fn metrics_can_require_a_bearer_token() {
     assert!(right.text().await.unwrap().contains("agentry_"));
 }
 
+#[tokio::test]
+async fn production_serves_metrics_only_behind_a_token() {
+    let app = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+    })
+    .await;
+    let open = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(open.status(), 404);
+    assert!(open.text().await.unwrap().contains("AGENTRY_METRICS_TOKEN"));
+}
+
 /// `agentry serve` as a child process on `database_url`, providers at `fake`.
 fn serve(database_url: &str, fake: &FakeProvider, port: u16) -> std::process::Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_agentry"));
@@ -498,6 +510,13 @@ async fn backup_then_restore_gives_identical_rows_and_keys_still_decrypt() {
     kept.sort();
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(!std::path::Path::new(&files[0]).exists());
+    // Dumps and manifests are readable by their owner only, whatever the umask.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{:?} has mode {mode:o}", entry.file_name());
+    }
     // Each backup and its manifest went to the bucket, signed.
     let uploaded = objects.lock().unwrap().clone();
     assert_eq!(uploaded.len(), 6, "{uploaded:?}");
