@@ -14,7 +14,6 @@ use axum::{
 use tokio::net::TcpListener;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    limit::RequestBodyLimitLayer,
     set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
@@ -66,7 +65,8 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .with_state(http)
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        // POST /graphql enforces AGENTRY_MAX_BODY_BYTES itself (answering 413 after draining,
+        // not before reading); no other route reads a body.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),

@@ -21,6 +21,35 @@ use crate::{
     users::sessions,
 };
 
+/// An oversized body is read on (and thrown away) up to this many bytes …
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// … or for this long, so that a client still sending it reads the 413 instead of a
+/// connection reset (closing a socket with unread data makes the kernel answer with RST).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The body, if it is at most `max` bytes; otherwise `Err` after draining a bounded amount.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ()> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut collected = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ())?;
+        if collected.len() + chunk.len() > max {
+            let mut drained = collected.len() + chunk.len();
+            let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+            while drained <= DRAIN_BYTES {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(Some(Ok(chunk))) => drained += chunk.len(),
+                    _ => break,
+                }
+            }
+            return Err(());
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
 /// `POST /graphql`: one operation or a batch, as JSON.
 pub async fn post(
     State(http): State<HttpState>,
@@ -34,10 +63,10 @@ pub async fn post(
     if let Err(message) = check_csrf(&headers) {
         return media.error(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
     }
-    let bytes = match axum::body::to_bytes(body, http.app.config.max_body_bytes).await {
+    let bytes = match read_body(body, http.app.config.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return media.error(
+        Err(()) => {
+            let mut response = media.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &request_id,
                 "PAYLOAD_TOO_LARGE",
@@ -46,6 +75,11 @@ pub async fn post(
                     http.app.config.max_body_bytes
                 ),
             );
+            // What was not drained must not be read as the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let batch = match parse_body(&bytes) {

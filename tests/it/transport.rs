@@ -258,6 +258,26 @@ async fn bodies_over_the_limit_get_413() {
 }
 
 #[tokio::test]
+async fn a_client_still_sending_an_oversized_body_reads_the_413_not_a_reset() {
+    let app = TestApp::spawn().await;
+    // Answering before reading a 3 MiB body and closing made the client's send fail with a
+    // connection reset about half the time.
+    for attempt in 0..10 {
+        let response = app
+            .http
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 3 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        assert_eq!(response.status(), 413);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(code(&body), "PAYLOAD_TOO_LARGE", "{body}");
+    }
+}
+
+#[tokio::test]
 async fn batches_run_up_to_the_limit_and_larger_ones_are_refused() {
     let app = TestApp::spawn().await;
     let batch =
