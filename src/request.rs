@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{
     error::{AppError, AppResult},
     rate_limit::ClientKey,
-    users::model::{UserRow, roles},
+    users::model::{Role, UserRow},
 };
 
 /// Where a request came from; recorded in audit rows and sessions.
@@ -39,18 +39,9 @@ impl Viewer {
         self.user.id
     }
 
-    /// The viewer's role rank: USER 0 < ADMIN 1 < OWNER 2.
-    pub fn rank(&self) -> u8 {
-        role_rank(&self.user.role)
-    }
-}
-
-/// Orders roles: USER < ADMIN < OWNER.
-pub fn role_rank(role: &str) -> u8 {
-    match role {
-        roles::OWNER => 2,
-        roles::ADMIN => 1,
-        _ => 0,
+    /// The viewer's role (roles compare: `User < Admin < Owner`).
+    pub fn role(&self) -> Role {
+        self.user.role
     }
 }
 

@@ -2,39 +2,27 @@
 
 use async_graphql::{Context, Guard};
 
-use crate::{error::AppError, graphql::request_context};
+use crate::{error::AppError, graphql::request_context, users::model::Role};
 
-/// Lets the field resolve only for signed-in users of at least this role rank.
-pub struct RoleGuard {
-    min_rank: u8,
-    name: &'static str,
-}
+/// Lets the field resolve only for signed-in users of at least this role.
+pub struct RoleGuard(Role);
 
 impl RoleGuard {
     /// Any signed-in user.
-    pub const USER: Self = Self {
-        min_rank: 0,
-        name: "USER",
-    };
+    pub const USER: Self = Self(Role::User);
     /// Admins and owners.
-    pub const ADMIN: Self = Self {
-        min_rank: 1,
-        name: "ADMIN",
-    };
+    pub const ADMIN: Self = Self(Role::Admin);
     /// Owners only.
-    pub const OWNER: Self = Self {
-        min_rank: 2,
-        name: "OWNER",
-    };
+    pub const OWNER: Self = Self(Role::Owner);
 }
 
 impl Guard for RoleGuard {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
         let viewer = request_context(ctx)?.viewer()?;
-        if viewer.rank() < self.min_rank {
+        if viewer.role() < self.0 {
             return Err(AppError::Forbidden(format!(
                 "this operation requires the {} role",
-                self.name
+                self.0.as_str()
             ))
             .into());
         }

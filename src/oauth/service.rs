@@ -31,7 +31,7 @@ use crate::{
     users::{
         self,
         audit::{self, actions},
-        model::statuses,
+        model::UserStatus,
         sessions::{self, AuthTokens},
     },
 };
@@ -436,7 +436,7 @@ async fn login(
             let user = users::model::find_user(conn, account.user_id)
                 .await?
                 .ok_or_else(|| AppError::Internal(anyhow::anyhow!("linked user missing")))?;
-            if user.status != statuses::ACTIVE {
+            if user.status != UserStatus::Active {
                 return Err(AppError::Unauthenticated("this account is suspended".into()));
             }
             let account = save_grant(state, conn, &account, profile.email.as_deref(), &grant).await?;

@@ -10,11 +10,11 @@ use crate::{
     crypto::password,
     db::schema::users,
     error::{AppError, AppResult},
-    request::{RequestMeta, Viewer, role_rank},
+    request::{RequestMeta, Viewer},
     state::{AppState, Revocation},
     users::{
         audit::{self, actions},
-        model::{self, NewUser, UserRow, roles, statuses},
+        model::{self, NewUser, Role, UserRow, UserStatus},
         validate::{self, Email},
     },
 };
@@ -78,14 +78,14 @@ pub async fn suspend(
         return Err(AppError::bad_input("userId", "you cannot suspend yourself"));
     }
     // Nobody acts on someone above them: an admin cannot suspend an owner.
-    if role_rank(&user.role) > actor.rank() {
+    if user.role > actor.user.role {
         return Err(AppError::Forbidden(format!(
             "a {} cannot suspend an {}",
-            actor.user.role.to_lowercase(),
-            user.role.to_lowercase()
+            actor.user.role.as_str().to_lowercase(),
+            user.role.as_str().to_lowercase()
         )));
     }
-    if user.status == statuses::SUSPENDED {
+    if user.status == UserStatus::Suspended {
         return Ok(user);
     }
     let actor_id = actor.id();
@@ -93,7 +93,7 @@ pub async fn suspend(
         .transaction::<_, AppError, _>(async move |conn| {
             let user: UserRow = diesel::update(users::table.find(target))
                 .set((
-                    users::status.eq(statuses::SUSPENDED),
+                    users::status.eq(UserStatus::Suspended),
                     users::suspended_reason.eq(&reason),
                     users::updated_at.eq(diesel::dsl::now),
                 ))
@@ -127,19 +127,19 @@ pub async fn reactivate(
 ) -> AppResult<UserRow> {
     let mut conn = state.pool.get().await?;
     let user = get_user(&mut conn, target).await?;
-    if user.role == roles::OWNER && actor.user.role != roles::OWNER {
+    if user.role == Role::Owner && actor.user.role != Role::Owner {
         return Err(AppError::Forbidden(
             "an admin cannot reactivate an owner".into(),
         ));
     }
-    if user.status == statuses::ACTIVE {
+    if user.status == UserStatus::Active {
         return Ok(user);
     }
     let actor_id = actor.id();
     conn.transaction::<_, AppError, _>(async move |conn| {
         let user: UserRow = diesel::update(users::table.find(target))
             .set((
-                users::status.eq(statuses::ACTIVE),
+                users::status.eq(UserStatus::Active),
                 users::suspended_reason.eq(None::<String>),
                 users::updated_at.eq(diesel::dsl::now),
             ))
@@ -167,14 +167,14 @@ pub async fn set_role(
     meta: &RequestMeta,
     actor: &Viewer,
     target: Uuid,
-    role: &'static str,
+    role: Role,
 ) -> AppResult<UserRow> {
     let mut conn = state.pool.get().await?;
     let actor_id = actor.id();
     let (user, changed) = conn
         .transaction::<_, AppError, _>(async move |conn| {
             let owners: Vec<Uuid> = users::table
-                .filter(users::role.eq(roles::OWNER))
+                .filter(users::role.eq(Role::Owner))
                 .select(users::id)
                 .for_update()
                 .load(conn)
@@ -183,12 +183,12 @@ pub async fn set_role(
             if user.role == role {
                 return Ok((user, false));
             }
-            if user.role == roles::OWNER && owners.len() <= 1 {
+            if user.role == Role::Owner && owners.len() <= 1 {
                 return Err(AppError::Conflict(
                     "the last owner cannot be demoted: make someone else an owner first".into(),
                 ));
             }
-            let from = user.role.clone();
+            let from = user.role;
             let user: UserRow = diesel::update(users::table.find(target))
                 .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
                 .returning(UserRow::as_returning())
@@ -200,7 +200,7 @@ pub async fn set_role(
                 Some(actor_id),
                 actions::ROLE_CHANGE,
                 Some(target),
-                json!({ "from": from, "to": role }),
+                json!({ "from": from.as_str(), "to": role.as_str() }),
             )
             .await?;
             Ok((user, true))
@@ -258,7 +258,7 @@ pub async fn create_owner(
         state.revoke(Revocation::User(existing.id));
         let user: UserRow = diesel::update(users::table.find(existing.id))
             .set((
-                users::role.eq(roles::OWNER),
+                users::role.eq(Role::Owner),
                 users::updated_at.eq(diesel::dsl::now),
             ))
             .returning(UserRow::as_returning())
@@ -283,7 +283,7 @@ pub async fn create_owner(
             email: email.as_str(),
             display_name: &display_name,
             password_hash: Some(&hash),
-            role: roles::OWNER,
+            role: Role::Owner,
         })
         .returning(UserRow::as_returning())
         .get_result(&mut conn)

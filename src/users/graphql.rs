@@ -2,8 +2,7 @@
 //! authorize, call the service.
 
 use async_graphql::{
-    ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject,
-    connection::Connection,
+    ComplexObject, Context, ID, InputObject, Json, Object, SimpleObject, connection::Connection,
 };
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,49 +15,11 @@ use crate::{
     oauth::graphql::OAuthAccount,
     users::{
         admin, audit,
-        model::{AuditRow, UserRow, roles, statuses},
+        model::{AuditRow, Role, UserRow, UserStatus},
         service::{self, Registration},
         sessions::{self, AuthTokens},
     },
 };
-
-/// What a user may do: USER < ADMIN < OWNER.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum Role {
-    /// Manages their own keys, agents and runs.
-    User,
-    /// Also manages users (suspend, reactivate) and reads the audit log.
-    Admin,
-    /// Also changes roles.
-    Owner,
-}
-
-impl Role {
-    fn from_stored(role: &str) -> Self {
-        match role {
-            roles::OWNER => Self::Owner,
-            roles::ADMIN => Self::Admin,
-            _ => Self::User,
-        }
-    }
-
-    fn as_stored(self) -> &'static str {
-        match self {
-            Self::User => roles::USER,
-            Self::Admin => roles::ADMIN,
-            Self::Owner => roles::OWNER,
-        }
-    }
-}
-
-/// Whether a user may sign in.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum UserStatus {
-    /// May sign in.
-    Active,
-    /// Every session ended; sign-in refused until reactivated.
-    Suspended,
-}
 
 /// An Agentry account.
 #[derive(SimpleObject)]
@@ -135,12 +96,8 @@ impl From<UserRow> for User {
     fn from(row: UserRow) -> Self {
         Self {
             id: ID(row.id.to_string()),
-            status: if row.status == statuses::SUSPENDED {
-                UserStatus::Suspended
-            } else {
-                UserStatus::Active
-            },
-            role: Role::from_stored(&row.role),
+            status: row.status,
+            role: row.role,
             has_password: row.password_hash.is_some(),
             email: row.email,
             display_name: row.display_name,
@@ -409,15 +366,11 @@ impl UsersMutation {
     ) -> async_graphql::Result<User> {
         let request = request_context(ctx)?;
         let target = parse_id("userId", &user_id)?;
-        Ok(admin::set_role(
-            state(ctx)?,
-            &request.meta,
-            request.viewer()?,
-            target,
-            role.as_stored(),
+        Ok(
+            admin::set_role(state(ctx)?, &request.meta, request.viewer()?, target, role)
+                .await?
+                .into(),
         )
-        .await?
-        .into())
     }
 
     /// Suspends a user and ends every session at once. ADMIN or OWNER; admins cannot suspend

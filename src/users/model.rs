@@ -7,23 +7,61 @@ use uuid::Uuid;
 
 use crate::db::schema::{audit_log, retired_refresh_tokens, sessions, users};
 
-/// Role names as stored.
-pub mod roles {
-    /// Ordinary user.
-    pub const USER: &str = "USER";
-    /// May manage users (not owners).
-    pub const ADMIN: &str = "ADMIN";
-    /// May do everything, including changing roles.
-    pub const OWNER: &str = "OWNER";
+// Declared in rank order, so roles compare: `User < Admin < Owner`.
+/// What a user may do: USER < ADMIN < OWNER.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    async_graphql::Enum,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum Role {
+    /// Manages their own keys, agents and runs.
+    User,
+    /// Also manages users (suspend, reactivate) and reads the audit log.
+    Admin,
+    /// Also changes roles.
+    Owner,
 }
 
-/// Status names as stored.
-pub mod statuses {
+crate::text_enum!(Role {
+    User => "USER",
+    Admin => "ADMIN",
+    Owner => "OWNER",
+});
+
+/// Whether a user may sign in.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    async_graphql::Enum,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum UserStatus {
     /// May sign in.
-    pub const ACTIVE: &str = "ACTIVE";
-    /// Refused everywhere until reactivated.
-    pub const SUSPENDED: &str = "SUSPENDED";
+    Active,
+    /// Every session ended; sign-in refused until reactivated.
+    Suspended,
 }
+
+crate::text_enum!(UserStatus {
+    Active => "ACTIVE",
+    Suspended => "SUSPENDED",
+});
 
 /// A row of `users`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -37,10 +75,10 @@ pub struct UserRow {
     pub display_name: String,
     /// bcrypt hash; `None` until an OAuth-created user sets a password.
     pub password_hash: Option<String>,
-    /// `USER`, `ADMIN` or `OWNER`.
-    pub role: String,
-    /// `ACTIVE` or `SUSPENDED`.
-    pub status: String,
+    /// What the user may do.
+    pub role: Role,
+    /// Whether the user may sign in.
+    pub status: UserStatus,
     /// Why the user was suspended.
     pub suspended_reason: Option<String>,
     /// Sign-up time.
@@ -64,7 +102,7 @@ pub struct NewUser<'a> {
     /// bcrypt hash, if the user has a password.
     pub password_hash: Option<&'a str>,
     /// Initial role.
-    pub role: &'a str,
+    pub role: Role,
 }
 
 /// A row of `sessions`: one refresh-token family.
@@ -169,7 +207,7 @@ pub async fn find_active_session_user(
         .filter(sessions::user_id.eq(user_id))
         .filter(sessions::revoked_at.is_null())
         .filter(sessions::expires_at.gt(diesel::dsl::now))
-        .filter(users::status.eq(statuses::ACTIVE))
+        .filter(users::status.eq(UserStatus::Active))
         .select(UserRow::as_select())
         .first(conn)
         .await

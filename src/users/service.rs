@@ -14,7 +14,7 @@ use crate::{
     state::{AppState, Revocation},
     users::{
         audit::{self, actions},
-        model::{self, NewUser, UserRow, roles, statuses},
+        model::{self, NewUser, Role, UserRow, UserStatus},
         sessions::{self, AuthTokens},
         validate::{self, Email},
     },
@@ -61,7 +61,7 @@ pub async fn register(
                 email: email.as_str(),
                 display_name: &display_name,
                 password_hash: Some(&hash),
-                role: roles::USER,
+                role: Role::User,
             })
             .returning(UserRow::as_returning())
             .get_result(conn)
@@ -110,7 +110,7 @@ pub async fn create_external(
             email: email.as_str(),
             display_name: &display_name,
             password_hash: None,
-            role: roles::USER,
+            role: Role::User,
         })
         .returning(UserRow::as_returning())
         .get_result(conn)
@@ -160,7 +160,7 @@ pub async fn login(
             ));
         }
     };
-    if user.status != statuses::ACTIVE {
+    if user.status != UserStatus::Active {
         return Err(AppError::Unauthenticated(
             "this account is suspended".into(),
         ));

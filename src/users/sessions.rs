@@ -14,7 +14,7 @@ use crate::{
     state::{AppState, Revocation},
     users::{
         audit::{self, actions},
-        model::{self, NewSession, UserRow, statuses},
+        model::{self, NewSession, UserRow, UserStatus},
     },
 };
 
@@ -75,7 +75,7 @@ pub async fn start(
         .get_result(conn)
         .await?;
     let (access_token, access_token_expires_at) =
-        state.jwt.issue(user.id, session_id, &user.role)?;
+        state.jwt.issue(user.id, session_id, user.role.as_str())?;
     Ok(AuthTokens {
         access_token,
         access_token_expires_at,
@@ -106,10 +106,10 @@ pub async fn refresh(state: &AppState, meta: &RequestMeta, token: &str) -> AppRe
     };
     let user = model::find_user(&mut conn, session.user_id)
         .await?
-        .filter(|u| u.status == statuses::ACTIVE)
+        .filter(|u| u.status == UserStatus::Active)
         .ok_or_else(|| AppError::Unauthenticated("account suspended".into()))?;
     let (access_token, access_token_expires_at) =
-        state.jwt.issue(user.id, session.id, &user.role)?;
+        state.jwt.issue(user.id, session.id, user.role.as_str())?;
     Ok(AuthTokens {
         access_token,
         access_token_expires_at,
