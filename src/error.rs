@@ -25,11 +25,23 @@ pub enum ErrorCode {
     ProviderError,
     /// Something broke on our side; the log has the details.
     Internal,
+    /// The document does not parse (the GraphQL spec's name).
+    GraphqlParseFailed,
+    /// The document breaks a validation rule or a query limit.
+    GraphqlValidationFailed,
+    /// The request body is over `AGENTRY_MAX_BODY_BYTES` (HTTP 413).
+    PayloadTooLarge,
+    /// A mutation or subscription sent with GET (HTTP 405).
+    MethodNotAllowed,
+    /// A persisted query's hash is unknown: send the full query (Apollo's protocol).
+    PersistedQueryNotFound,
+    /// A persisted-query version other than 1.
+    PersistedQueryNotSupported,
 }
 
 impl ErrorCode {
     /// The wire form of the code.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden => "FORBIDDEN",
@@ -39,6 +51,12 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::ProviderError => "PROVIDER_ERROR",
             Self::Internal => "INTERNAL_SERVER_ERROR",
+            Self::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
+            Self::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
         }
     }
 }

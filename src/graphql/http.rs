@@ -69,7 +69,7 @@ pub async fn post(
             let mut response = media.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &request_id,
-                "PAYLOAD_TOO_LARGE",
+                ErrorCode::PayloadTooLarge.as_str(),
                 format!(
                     "request body exceeds {} bytes",
                     http.app.config.max_body_bytes
@@ -145,7 +145,7 @@ pub async fn get(
         let mut response = media.error(
             StatusCode::METHOD_NOT_ALLOWED,
             &request_id,
-            "METHOD_NOT_ALLOWED",
+            ErrorCode::MethodNotAllowed.as_str(),
             "mutations and subscriptions cannot be sent with GET: use POST (or a WebSocket)".into(),
         );
         response

@@ -10,9 +10,9 @@ use async_graphql::{
 };
 
 /// `extensions.code` of a document that does not parse.
-pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+pub const PARSE_FAILED: &str = crate::error::ErrorCode::GraphqlParseFailed.as_str();
 /// `extensions.code` of a document that breaks a validation rule or a limit.
-pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+pub const VALIDATION_FAILED: &str = crate::error::ErrorCode::GraphqlValidationFailed.as_str();
 
 /// Installs the alias limit and the parse/validation error codes.
 pub struct Limits {

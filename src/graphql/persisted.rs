@@ -24,7 +24,7 @@ pub const CAPACITY: usize = 1024;
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 /// `extensions.code` (and message) Apollo Client waits for before it resends the full query.
-pub const NOT_FOUND_CODE: &str = "PERSISTED_QUERY_NOT_FOUND";
+pub const NOT_FOUND_CODE: &str = ErrorCode::PersistedQueryNotFound.as_str();
 /// The message Apollo's link also recognises.
 pub const NOT_FOUND_MESSAGE: &str = "PersistedQueryNotFound";
 
@@ -67,7 +67,7 @@ impl PersistedQueries {
         let version = value.get("version").and_then(serde_json::Value::as_i64);
         if version != Some(1) {
             return Err(PersistedQueryError {
-                code: "PERSISTED_QUERY_NOT_SUPPORTED",
+                code: ErrorCode::PersistedQueryNotSupported.as_str(),
                 message: "only `extensions.persistedQuery.version` 1 is supported".into(),
             });
         }

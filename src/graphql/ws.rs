@@ -220,7 +220,11 @@ fn lock_ops(operations: &Mutex<Operations>) -> std::sync::MutexGuard<'_, Operati
 fn refusal(protocol: WebSocketProtocols, id: &str, message: &str, request_id: &str) -> String {
     let error = serde_json::json!({
         "message": message,
-        "extensions": { "code": "RATE_LIMITED", "retryAfter": 1, "requestId": request_id },
+        "extensions": {
+            "code": crate::error::ErrorCode::RateLimited.as_str(),
+            "retryAfter": 1,
+            "requestId": request_id,
+        },
     });
     let payload = match protocol {
         WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
