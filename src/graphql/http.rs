@@ -88,18 +88,8 @@ pub async fn post(
             return media.error(StatusCode::BAD_REQUEST, &request_id, PARSE_FAILED, message);
         }
     };
-    let batch = match batch {
-        BatchRequest::Single(request) => http.persisted.resolve(request).map(BatchRequest::Single),
-        BatchRequest::Batch(requests) => requests
-            .into_iter()
-            .map(|request| http.persisted.resolve(request))
-            .collect::<Result<Vec<_>, _>>()
-            .map(BatchRequest::Batch),
-    };
-    let batch = match batch {
-        Ok(batch) => batch,
-        Err(err) => return persisted_error(media, &request_id, err),
-    };
+    // Persisted queries are resolved (and stored) in `execute`, after the batch-size and
+    // rate-limit checks: a refused request stores nothing.
     execute(&http, peer, &headers, request_id, media, batch).await
 }
 
@@ -199,6 +189,18 @@ async fn execute(
     if let Err(err) = app.limiters.check_client(context.client_key(), operations) {
         return app_error_response(media, &request_id, err);
     }
+    let batch = match batch {
+        BatchRequest::Single(request) => http.persisted.resolve(request).map(BatchRequest::Single),
+        BatchRequest::Batch(requests) => requests
+            .into_iter()
+            .map(|request| http.persisted.resolve(request))
+            .collect::<Result<Vec<_>, _>>()
+            .map(BatchRequest::Batch),
+    };
+    let batch = match batch {
+        Ok(batch) => batch,
+        Err(err) => return persisted_error(media, &request_id, err),
+    };
     let names: Vec<Option<String>> = batch.iter().map(|r| r.operation_name.clone()).collect();
     let batch = batch.data(context).data(super::loaders::Loaders::new(app));
     let response = http.schema.execute_batch(batch).await;

@@ -407,3 +407,33 @@ async fn graphiql_in_chromium_runs_a_query_and_a_subscription_with_the_token_fro
         ),
     );
 }
+
+#[tokio::test]
+async fn a_refused_batch_registers_none_of_its_persisted_queries() {
+    let app = TestApp::spawn_with(|c| c.max_batch = 10).await;
+    let register = |i: usize| {
+        let query = format!("query Q{i} {{ __typename }}");
+        let hash = format!("{:x}", Sha256::digest(query.as_bytes()));
+        (
+            json!({ "query": query, "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } }),
+            hash,
+        )
+    };
+    let (items, hashes): (Vec<Value>, Vec<String>) = (0..11).map(register).unzip();
+    let refused = app.post(None, &Value::Array(items)).await;
+    assert_eq!(refused.status(), 400);
+    // None of the eleven was stored: each hash alone is still unknown.
+    for hash in &hashes {
+        let by_hash = app
+            .post(
+                None,
+                &json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } } }),
+            )
+            .await;
+        let body: Value = by_hash.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+            "{body}"
+        );
+    }
+}
