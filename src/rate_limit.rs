@@ -10,6 +10,7 @@ use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
 };
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -29,10 +30,23 @@ pub enum ClientKey {
     Ip(IpAddr),
 }
 
+/// Where a client stands against its quota after a request that passed (sent to HTTP clients
+/// as `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, so they can pace
+/// themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Operations the quota allows in a burst.
+    pub limit: u32,
+    /// Operations left right now.
+    pub remaining: u32,
+    /// Seconds until the quota is full again.
+    pub reset_secs: u64,
+}
+
 /// The server's limiters; cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiters {
-    client: Arc<DefaultKeyedRateLimiter<ClientKey>>,
+    client: Arc<DefaultKeyedRateLimiter<ClientKey, StateInformationMiddleware>>,
     auth_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     auth_email: Arc<DefaultKeyedRateLimiter<String>>,
     /// IPv6 clients are counted per network of this prefix length.
@@ -64,22 +78,34 @@ impl RateLimiters {
             .allow_burst(non_zero(config.rate_limit_burst));
         let auth = Quota::per_minute(non_zero(config.auth_rate_limit_per_minute));
         Self {
-            client: Arc::new(RateLimiter::keyed(client)),
+            client: Arc::new(
+                RateLimiter::keyed(client).with_middleware::<StateInformationMiddleware>(),
+            ),
             auth_ip: Arc::new(RateLimiter::keyed(auth)),
             auth_email: Arc::new(RateLimiter::keyed(auth)),
             ipv6_prefix: config.rate_limit_ipv6_prefix,
         }
     }
 
-    /// Spends `operations` units of `key`'s quota, or says when to retry.
-    pub fn check_client(&self, key: ClientKey, operations: usize) -> AppResult<()> {
+    /// Spends `operations` units of `key`'s quota and says what is left, or when to retry.
+    pub fn check_client(&self, key: ClientKey, operations: usize) -> AppResult<Standing> {
         let key = match key {
             ClientKey::Ip(ip) => ClientKey::Ip(network_of(ip, self.ipv6_prefix)),
             user => user,
         };
         let n = non_zero(u32::try_from(operations).unwrap_or(u32::MAX));
         let result = match self.client.check_key_n(&key, n) {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(snapshot)) => {
+                let quota = snapshot.quota();
+                let limit = quota.burst_size().get();
+                let remaining = snapshot.remaining_burst_capacity().min(limit);
+                let refill = quota.replenish_interval() * (limit - remaining);
+                Ok(Standing {
+                    limit,
+                    remaining,
+                    reset_secs: refill.as_secs() + u64::from(refill.subsec_nanos() > 0),
+                })
+            }
             Ok(Err(not_until)) => Err(retry_after(
                 not_until.wait_time_from(DefaultClock::default().now()),
             )),

@@ -191,7 +191,13 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-apollo-operation-name"),
             REQUEST_ID.clone(),
         ])
-        .expose_headers([REQUEST_ID.clone(), header::RETRY_AFTER])
+        .expose_headers([
+            REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
         .max_age(Duration::from_secs(600))
 }
 

@@ -186,9 +186,10 @@ async fn execute(
         },
     };
     let context = RequestContext { meta, identity };
-    if let Err(err) = app.limiters.check_client(context.client_key(), operations) {
-        return app_error_response(media, &request_id, err);
-    }
+    let standing = match app.limiters.check_client(context.client_key(), operations) {
+        Ok(standing) => standing,
+        Err(err) => return app_error_response(media, &request_id, err),
+    };
     let batch = match batch {
         BatchRequest::Single(request) => http.persisted.resolve(request).map(BatchRequest::Single),
         BatchRequest::Batch(requests) => requests
@@ -211,7 +212,16 @@ async fn execute(
     for (name, ok) in names.iter().zip(outcomes) {
         super::observe::record_operation(name.as_deref(), ok);
     }
-    finish(response, &request_id, media)
+    let mut response = finish(response, &request_id, media);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", u64::from(standing.limit)),
+        ("ratelimit-remaining", u64::from(standing.remaining)),
+        ("ratelimit-reset", standing.reset_secs),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+    response
 }
 
 /// Adds `requestId` to every error, and turns a rate-limited operation into HTTP 429.

@@ -254,3 +254,24 @@ async fn an_ipv6_client_rotating_addresses_in_its_64_shares_one_quota() {
         200
     );
 }
+
+#[tokio::test]
+async fn responses_tell_the_client_how_much_of_its_quota_is_left() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 5;
+    })
+    .await;
+    let header = |response: &reqwest::Response, name: &str| -> u64 {
+        response.headers()[name].to_str().unwrap().parse().unwrap()
+    };
+    let first = app.post(None, &json!({"query": "{ __typename }"})).await;
+    assert_eq!(header(&first, "ratelimit-limit"), 5);
+    assert_eq!(header(&first, "ratelimit-remaining"), 4);
+    assert!(header(&first, "ratelimit-reset") >= 1);
+    // A batch of three spends three.
+    let batch = Value::Array(vec![json!({"query": "{ __typename }"}); 3]);
+    let second = app.post(None, &batch).await;
+    assert_eq!(header(&second, "ratelimit-remaining"), 1);
+    assert!(header(&second, "ratelimit-reset") >= 2);
+}
