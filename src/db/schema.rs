@@ -127,6 +127,7 @@ diesel::table! {
         expires_at -> Timestamptz,
         used_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        browser_binding_hash -> Nullable<Bytea>,
     }
 }
 

@@ -98,6 +98,10 @@ pub struct OAuthStart {
     pub state: String,
     /// The flow must be completed before this time (10 minutes).
     pub expires_at: DateTime<Utc>,
+    /// Keep this in the browser that starts the flow (e.g. `sessionStorage`) and pass it to
+    /// `completeOAuth`: a flow started in another browser cannot be completed in this one
+    /// (login CSRF).
+    pub browser_binding: String,
 }
 
 /// A completed OAuth flow.
@@ -222,11 +226,13 @@ impl OAuthMutation {
             authorization_url: started.authorization_url,
             state: started.state,
             expires_at: started.expires_at,
+            browser_binding: started.browser_binding,
         })
     }
 
-    /// Completes a flow with the `code` and `state` the provider sent to your callback: LOGIN
-    /// returns a new session, LINK attaches the account to the signed-in user.
+    /// Completes a flow with the `code` and `state` the provider sent to your callback and the
+    /// `browserBinding` `startOAuth` returned: LOGIN returns a new session, LINK attaches the
+    /// account to the signed-in user.
     #[graphql(name = "completeOAuth")]
     async fn complete_oauth(
         &self,
@@ -234,6 +240,8 @@ impl OAuthMutation {
         provider: OAuthProvider,
         code: String,
         state: String,
+        #[graphql(desc = "The `browserBinding` startOAuth returned to this browser.")]
+        browser_binding: Option<String>,
     ) -> async_graphql::Result<OAuthCompletion> {
         let request = request_context(ctx)?;
         let completion = service::complete(
@@ -243,6 +251,7 @@ impl OAuthMutation {
             provider.into(),
             &code,
             &state,
+            browser_binding.as_deref(),
         )
         .await?;
         Ok(OAuthCompletion {

@@ -32,6 +32,8 @@ pub struct OAuthStateRow {
     pub used_at: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// SHA-256 of the browser binding `startOAuth` returned (none on older rows).
+    pub browser_binding_hash: Option<Vec<u8>>,
 }
 
 /// A new row of `oauth_states`.
@@ -54,6 +56,8 @@ pub struct NewOAuthState<'a> {
     pub redirect_uri: &'a str,
     /// Expiry.
     pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the browser binding.
+    pub browser_binding_hash: &'a [u8],
 }
 
 /// A row of `oauth_accounts`: a provider account linked to a user.

@@ -82,6 +82,8 @@ pub struct Started {
     pub state: String,
     /// When the state stops working.
     pub expires_at: DateTime<Utc>,
+    /// A secret for the browser that started the flow; `complete` needs it back.
+    pub browser_binding: String,
 }
 
 /// A completed flow.
@@ -213,6 +215,8 @@ pub async fn start(
         request = request.add_extra_param(*name, *value);
     }
     let (url, csrf) = request.url();
+    // Stays in the browser that started the flow (the frontend keeps it in sessionStorage).
+    let browser_binding = CsrfToken::new_random_len(32).secret().to_owned();
     let id = Uuid::now_v7();
     let ciphertext = encrypt(
         &state.vault,
@@ -235,6 +239,7 @@ pub async fn start(
             pkce_verifier_ciphertext: &ciphertext,
             redirect_uri,
             expires_at,
+            browser_binding_hash: &hash_state(&browser_binding),
         })
         .execute(&mut conn)
         .await?;
@@ -242,6 +247,7 @@ pub async fn start(
         authorization_url: url.to_string(),
         state: csrf.secret().to_owned(),
         expires_at,
+        browser_binding,
     })
 }
 
@@ -260,6 +266,7 @@ async fn claim_state(
     viewer: Option<&Viewer>,
     kind: ProviderKind,
     raw: &str,
+    browser_binding: Option<&str>,
 ) -> AppResult<Claimed> {
     if raw.is_empty() {
         return Err(AppError::bad_input(
@@ -287,6 +294,17 @@ async fn claim_state(
                 .map_or("another provider", |p| p.display_name()),
             kind.display_name()
         )));
+    }
+    // Login CSRF: only the browser that started the flow holds its binding.
+    if let Some(expected) = &row.browser_binding_hash {
+        let presented = browser_binding.map(hash_state);
+        if presented.as_ref() != Some(expected) {
+            return Err(AppError::bad_input(
+                "browserBinding",
+                "does not match this sign-in: send the browserBinding that startOAuth returned to \
+                 this browser (a flow started elsewhere cannot be completed here)",
+            ));
+        }
     }
     let intent = Intent::from_stored(&row.intent)?;
     if intent == Intent::Link {
@@ -387,6 +405,7 @@ pub async fn complete(
     kind: ProviderKind,
     code: &str,
     state_param: &str,
+    browser_binding: Option<&str>,
 ) -> AppResult<Completion> {
     state.limiters.check_sign_in(meta.ip, None)?;
     let provider = state.oauth.get(kind, "provider")?;
@@ -396,7 +415,7 @@ pub async fn complete(
             "must be the `code` the provider sent to your callback",
         ));
     }
-    let claimed = claim_state(state, viewer, kind, state_param).await?;
+    let claimed = claim_state(state, viewer, kind, state_param, browser_binding).await?;
     let client = provider.client(Some(&claimed.redirect_uri))?;
     let token = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))

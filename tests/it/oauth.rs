@@ -42,6 +42,11 @@ async fn app_with_fake() -> (TestApp, FakeOAuth) {
     (app, fake)
 }
 
+/// The browser binding each started flow returned, by state: what a frontend keeps in
+/// sessionStorage between `startOAuth` and `completeOAuth`.
+static BINDINGS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
 async fn start(
     app: &TestApp,
     token: Option<&str>,
@@ -49,13 +54,24 @@ async fn start(
     intent: &str,
     redirect: &str,
 ) -> Value {
-    app.gql_as(
-        token,
-        "mutation($p: OAuthProvider!, $i: OAuthIntent!, $r: String!) {
-            startOAuth(provider: $p, intent: $i, redirectUri: $r) { authorizationUrl state expiresAt } }",
-        json!({ "p": provider, "i": intent, "r": redirect }),
-    )
-    .await
+    let body = app
+        .gql_as(
+            token,
+            "mutation($p: OAuthProvider!, $i: OAuthIntent!, $r: String!) {
+            startOAuth(provider: $p, intent: $i, redirectUri: $r) { authorizationUrl state expiresAt browserBinding } }",
+            json!({ "p": provider, "i": intent, "r": redirect }),
+        )
+        .await;
+    if let (Some(state), Some(binding)) = (
+        body["data"]["startOAuth"]["state"].as_str(),
+        body["data"]["startOAuth"]["browserBinding"].as_str(),
+    ) {
+        BINDINGS
+            .lock()
+            .unwrap()
+            .insert(state.to_owned(), binding.to_owned());
+    }
+    body
 }
 
 /// `startOAuth`, returning `(authorizationUrl, state)`.
@@ -83,16 +99,29 @@ async fn complete(
     code: &str,
     state: &str,
 ) -> Value {
+    let binding = BINDINGS.lock().unwrap().get(state).cloned();
+    complete_bound(app, token, provider, code, state, binding.as_deref()).await
+}
+
+/// `completeOAuth` with an explicit browser binding (or none).
+async fn complete_bound(
+    app: &TestApp,
+    token: Option<&str>,
+    provider: &str,
+    code: &str,
+    state: &str,
+    binding: Option<&str>,
+) -> Value {
     app.gql_as(
         token,
         &format!(
-            "mutation($p: OAuthProvider!, $c: String!, $s: String!) {{
-                completeOAuth(provider: $p, code: $c, state: $s) {{
+            "mutation($p: OAuthProvider!, $c: String!, $s: String!, $b: String) {{
+                completeOAuth(provider: $p, code: $c, state: $s, browserBinding: $b) {{
                     intent created
                     auth {{ accessToken refreshToken user {{ id email displayName hasPassword }} }}
                     account {{ {ACCOUNT} }} }} }}"
         ),
-        json!({ "p": provider, "c": code, "s": state }),
+        json!({ "p": provider, "c": code, "s": state, "b": binding }),
     )
     .await
 }
@@ -200,6 +229,35 @@ async fn oauth_providers_lists_only_the_configured_ones() {
     );
     let (url, _) = started(&app, None, "GITHUB", "LOGIN").await;
     assert!(url.starts_with(&format!("{base}/authorize?")), "{url}");
+}
+
+#[tokio::test]
+async fn a_login_started_in_another_browser_cannot_be_completed_in_this_one() {
+    let (app, fake) = app_with_fake().await;
+    // The attacker starts a LOGIN flow, consents with their own account, and tricks the
+    // victim's browser into completing it (code and state in a crafted callback link).
+    let (url, state) = started(&app, None, "GOOGLE", "LOGIN").await;
+    let (auth_code, _) = fake
+        .consent(&url, Identity::new("attacker-sub", "mallory@example.com"))
+        .await;
+    // The victim's browser holds no binding for this flow, or its own from another one.
+    let (_, victims_state) = started(&app, None, "GOOGLE", "LOGIN").await;
+    let victims_binding = BINDINGS.lock().unwrap()[&victims_state].clone();
+    for binding in [None, Some(victims_binding.as_str())] {
+        let body = complete_bound(&app, None, "GOOGLE", &auth_code, &state, binding).await;
+        assert_eq!(
+            (code(&body), field(&body)),
+            ("BAD_USER_INPUT", "browserBinding"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 0);
+    // The browser that started it completes it.
+    let body = complete(&app, None, "GOOGLE", &auth_code, &state).await;
+    assert!(
+        body["data"]["completeOAuth"]["auth"]["accessToken"].is_string(),
+        "{body}"
+    );
 }
 
 #[tokio::test]
