@@ -158,3 +158,12 @@ pub async fn mark_used(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()
         .await
         .map(|_| ())
 }
+
+/// The keys with these ids (any owner: callers check ownership through the parent object).
+pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<ApiKeyRow>> {
+    api_keys::table
+        .filter(api_keys::id.eq_any(ids))
+        .select(ApiKeyRow::as_select())
+        .load(conn)
+        .await
+}

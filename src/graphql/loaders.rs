@@ -75,14 +75,8 @@ impl Loader<Uuid> for ApiKeyLoader {
     type Error = LoadError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, ApiKeyRow>, LoadError> {
-        use crate::db::schema::api_keys;
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
         let mut conn = self.0.get().await.map_err(load_error)?;
-        let rows: Vec<ApiKeyRow> = api_keys::table
-            .filter(api_keys::id.eq_any(keys))
-            .select(ApiKeyRow::as_select())
-            .load(&mut conn)
+        let rows = crate::api_keys::model::find_many(&mut conn, keys)
             .await
             .map_err(load_error)?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())

@@ -19,9 +19,37 @@ use crate::{
     },
 };
 
+/// A page of users for an admin (the `users` query): newest first, after the cursor id
+/// `before`, optionally filtered by a case-insensitive substring of the email.
+pub async fn users_page(
+    state: &AppState,
+    search: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> AppResult<Vec<UserRow>> {
+    let mut conn = state.pool.get().await?;
+    list_users(&mut conn, search, before, limit).await
+}
+
+/// Any user by id, for an admin (`None` when there is none).
+pub async fn find_user(state: &AppState, id: Uuid) -> AppResult<Option<UserRow>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::find_user(&mut conn, id).await?)
+}
+
+/// A page of the audit log for an admin, newest first, after the cursor id `before`.
+pub async fn audit_page(
+    state: &AppState,
+    before: Option<Uuid>,
+    limit: i64,
+) -> AppResult<Vec<crate::users::model::AuditRow>> {
+    let mut conn = state.pool.get().await?;
+    Ok(audit::page(&mut conn, before, limit).await?)
+}
+
 /// A page of users, newest first, after the cursor id `before`, optionally filtered by a
 /// case-insensitive substring of the email.
-pub async fn list_users(
+async fn list_users(
     conn: &mut AsyncPgConnection,
     search: Option<&str>,
     before: Option<Uuid>,

@@ -14,7 +14,7 @@ use crate::{
     graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
     oauth::graphql::OAuthAccount,
     users::{
-        admin, audit,
+        admin,
         model::{AuditRow, Role, UserRow, UserStatus},
         service::{self, Registration},
         sessions::{self, AuthTokens},
@@ -210,9 +210,13 @@ impl UsersQuery {
         search: Option<String>,
     ) -> async_graphql::Result<Connection<String, User>> {
         let page = Page::new(first, after)?;
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        let rows =
-            admin::list_users(&mut conn, search.as_deref(), page.after, page.fetch_limit()).await?;
+        let rows = admin::users_page(
+            state(ctx)?,
+            search.as_deref(),
+            page.after,
+            page.fetch_limit(),
+        )
+        .await?;
         Ok(page.connection(rows, |u| u.id, User::from))
     }
 
@@ -220,12 +224,7 @@ impl UsersQuery {
     #[graphql(guard = "RoleGuard::ADMIN")]
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
         let id = parse_id("id", &id)?;
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        match admin::get_user(&mut conn, id).await {
-            Ok(user) => Ok(Some(user.into())),
-            Err(AppError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(admin::find_user(state(ctx)?, id).await?.map(User::from))
     }
 
     /// Admin actions and security events, newest first. ADMIN or OWNER.
@@ -240,10 +239,7 @@ impl UsersQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, AuditEntry>> {
         let page = Page::new(first, after)?;
-        let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-        let rows = audit::page(&mut conn, page.after, page.fetch_limit())
-            .await
-            .map_err(AppError::from)?;
+        let rows = admin::audit_page(state(ctx)?, page.after, page.fetch_limit()).await?;
         Ok(page.connection(rows, |r| r.id, AuditEntry::from))
     }
 }
