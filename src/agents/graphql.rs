@@ -243,16 +243,8 @@ pub async fn agents_page(
     active: Option<bool>,
 ) -> async_graphql::Result<Connection<String, Agent>> {
     let page = Page::new(first, after)?;
-    let mut conn = state(ctx)?.pool.get().await.map_err(AppError::from)?;
-    let rows = crate::agents::model::page_owned(
-        &mut conn,
-        user_id,
-        active,
-        page.after,
-        page.fetch_limit(),
-    )
-    .await
-    .map_err(AppError::from)?;
+    let rows =
+        service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Runs listed below these agents resolve `agent` from this, without a query.
     ctx.data::<Loaders>()?
         .agents

@@ -232,6 +232,19 @@ pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> App
     Ok(row)
 }
 
+/// A page of `user_id`'s agents, newest first, after the cursor id `before`, optionally only
+/// active or inactive ones. The caller has checked that the viewer may list them.
+pub async fn page(
+    state: &AppState,
+    user_id: Uuid,
+    active: Option<bool>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> AppResult<Vec<AgentRow>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::page_owned(&mut conn, user_id, active, before, limit).await?)
+}
+
 /// The viewer's agent, or `NOT_FOUND`.
 pub async fn get(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<AgentRow> {
     let mut conn = state.pool.get().await?;
