@@ -513,8 +513,8 @@ impl Config {
                 }
             }
         }
-        // Builds the provider registry once so a half-configured provider stops start-up.
-        crate::oauth::providers::Registry::from_config(&self.oauth, self.is_production())?;
+        // OAuth providers are checked where their registry is built (`AppState::new`): a
+        // half-configured provider stops start-up there, naming the variable.
         self.jwt_secret = Some(self.resolve_jwt_secret()?);
         self.encryption_keys = Some(self.resolve_encryption_keys()?);
         Ok(())

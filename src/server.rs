@@ -20,28 +20,13 @@ use tower_http::{
 };
 
 use crate::{
-    graphql::{self, AppSchema},
+    graphql::{
+        self,
+        http::{HttpState, REQUEST_ID, RequestId},
+    },
     state::AppState,
     telemetry::names,
 };
-
-/// What the HTTP handlers share: the state and the schema built from it.
-#[derive(Clone)]
-pub struct HttpState {
-    /// Shared server state.
-    pub app: AppState,
-    /// The executable schema.
-    pub schema: AppSchema,
-    /// Automatic persisted queries (Apollo APQ): hash → query text.
-    pub persisted: graphql::persisted::PersistedQueries,
-}
-
-/// The request id of the current request (request extension), echoed as `x-request-id`.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// The `x-request-id` header.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How often limiter memory is pruned.
 const LIMITER_PRUNE_PERIOD: Duration = Duration::from_secs(60);

@@ -243,8 +243,7 @@ pub async fn agents_page(
     active: Option<bool>,
 ) -> async_graphql::Result<Connection<String, Agent>> {
     let page = Page::new(first, after)?;
-    let rows =
-        service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
+    let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Runs listed below these agents resolve `agent` from this, without a query.
     ctx.data::<Loaders>()?
         .agents

@@ -17,9 +17,27 @@ use crate::{
     graphql::limits::{PARSE_FAILED, VALIDATION_FAILED, with_code},
     rate_limit::client_ip,
     request::{Identity, RequestContext, RequestMeta},
-    server::{HttpState, RequestId},
     users::sessions,
 };
+
+/// What the HTTP handlers share: the state and the schema built from it. (It lives here, with
+/// the handlers, so that the router in `server.rs` depends on the transport and not back.)
+#[derive(Clone)]
+pub struct HttpState {
+    /// Shared server state.
+    pub app: crate::state::AppState,
+    /// The executable schema.
+    pub schema: super::AppSchema,
+    /// Automatic persisted queries (Apollo APQ): hash → query text.
+    pub persisted: super::persisted::PersistedQueries,
+}
+
+/// The request id of the current request (request extension), echoed as `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The `x-request-id` header.
+pub static REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// An oversized body is read on (and thrown away) up to this many bytes …
 const DRAIN_BYTES: usize = 16 * 1024 * 1024;

@@ -36,9 +36,9 @@ use futures_util::{FutureExt, SinkExt, StreamExt, future};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::{
+    graphql::http::HttpState,
     rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
-    server::HttpState,
     state::{Revocation, SocketGuard, SocketRefusal},
     users::sessions,
 };

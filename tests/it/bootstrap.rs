@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{PASSWORD, with_database};
+use common::{PASSWORD, TestApp, with_database};
 use serde_json::{Value, json};
 
 fn agentry() -> Command {
@@ -87,6 +87,29 @@ fn production_refuses_to_start_without_a_jwt_secret_and_names_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("AGENTRY_JWT_SECRET is invalid: must be at least 32 bytes"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_a_half_configured_oauth_provider_and_names_the_variable() {
+    let app = TestApp::spawn().await;
+    let output = agentry()
+        .args(["serve"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("AGENTRY_LISTEN", "127.0.0.1:0")
+        .env(
+            "AGENTRY_DATA_DIR",
+            std::env::temp_dir().join("agentry-half-oauth"),
+        )
+        .env("AGENTRY_OAUTH_GOOGLE_CLIENT_ID", "only-the-id")
+        .env("AGENTRY_OAUTH_REDIRECT_URIS", "https://app.example.com/cb")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AGENTRY_OAUTH_GOOGLE_CLIENT_SECRET"),
         "{stderr}"
     );
 }
