@@ -22,6 +22,9 @@ pub enum Revocation {
     Session(Uuid),
     /// Every session of this user was revoked.
     User(Uuid),
+    /// Announcements may have been missed (this server's LISTEN connection was down): every
+    /// socket checks its own session now. Never sent to other servers.
+    Recheck,
 }
 
 /// The NOTIFY channel that carries revocations to every server on the database.
@@ -33,6 +36,7 @@ impl Revocation {
         match self {
             Self::Session(id) => format!("{id}:session"),
             Self::User(id) => format!("{id}:user"),
+            Self::Recheck => String::new(),
         }
     }
 
@@ -297,6 +301,9 @@ impl AppState {
     /// the database through NOTIFY (their sockets of that session or user close too).
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
+        if revocation == Revocation::Recheck {
+            return;
+        }
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let payload = revocation.to_payload();

@@ -448,8 +448,10 @@ async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres
             "LISTEN {RUN_CHANNEL}; LISTEN {EXECUTION_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {REVOKE_CHANNEL};"
         ))
         .await?;
-    // Anything sent while we were not listening is in the tables: have everyone re-read.
+    // Anything sent while we were not listening is in the tables: have everyone re-read, and
+    // have every socket check its session (revocations announced meanwhile were missed).
     hub.resync();
+    let _ = hub.revocations.send(Revocation::Recheck);
     while let Some(message) = rx.recv().await {
         if let tokio_postgres::AsyncMessage::Notification(n) = message {
             hub.dispatch(n.channel(), n.payload());

@@ -493,9 +493,8 @@ async fn serve(
                 Ok(revocation) if concerns(identity.as_ref(), revocation) => {
                     break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
                 }
-                Ok(_) => Ok(()),
-                // Revocations were missed: check this socket's session now.
-                Err(broadcast::error::RecvError::Lagged(_)) => match identity.as_ref() {
+                // Revocations were (or may have been) missed: check this socket's session now.
+                Ok(Revocation::Recheck) | Err(broadcast::error::RecvError::Lagged(_)) => match identity.as_ref() {
                     Some(Identity::User(viewer))
                         if !crate::users::sessions::still_valid(&http.app, viewer).await =>
                     {
@@ -503,6 +502,7 @@ async fn serve(
                     }
                     _ => Ok(()),
                 },
+                Ok(_) => Ok(()),
                 Err(broadcast::error::RecvError::Closed) => break None,
             },
         };
@@ -622,6 +622,7 @@ fn concerns(identity: Option<&Identity>, revocation: Revocation) -> bool {
     match revocation {
         Revocation::Session(session) => session == viewer.session_id,
         Revocation::User(user) => user == viewer.id(),
+        Revocation::Recheck => false,
     }
 }
 

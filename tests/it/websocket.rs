@@ -196,6 +196,32 @@ async fn a_socket_that_missed_revocations_checks_its_session_at_once() {
 }
 
 #[tokio::test]
+async fn sockets_check_their_sessions_when_the_servers_listen_connection_comes_back() {
+    let direct = TestApp::spawn().await;
+    let proxy = common::db_proxy::DbProxy::start(&direct.database_url).await;
+    let through = proxy.url_for(&direct.database_url);
+    let app = direct.sibling_with(|c| c.database_url = through).await;
+    let user = app.register("missed-notify@example.com").await;
+    let mut ws = app.ws("graphql-transport-ws", None).await.expect("connect");
+    assert_ack(ws.init(bearer(&user.access)).await);
+    // While this server cannot hear announcements, another one revokes the session.
+    proxy.down();
+    direct
+        .sql(&format!(
+            "UPDATE sessions SET revoked_at = now() WHERE user_id = '{}'",
+            user.user_id
+        ))
+        .await;
+    direct.state.revoke(agentry::state::Revocation::User(
+        user.user_id.parse().unwrap(),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    proxy.up();
+    // The listener reconnects (backoff up to a few seconds) and every socket re-checks.
+    assert_closed(ws.next(15).await, 4403);
+}
+
+#[tokio::test]
 async fn subscribing_before_the_ack_closes_with_4401() {
     let app = TestApp::spawn().await;
     let mut ws = app.ws("graphql-transport-ws", None).await.expect("connect");
