@@ -314,23 +314,20 @@ pub async fn rewrap_all(
     vault: &Vault,
     batch: i64,
 ) -> anyhow::Result<u64> {
-    let mut after = None;
-    let mut rewrapped = 0;
-    loop {
-        let rows = model::page_all(conn, after, batch).await?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.0);
-        for (id, user_id, stored) in rows {
+    crate::db::for_each_row(
+        conn,
+        batch,
+        async |conn, after, n| model::page_all(conn, after, n).await,
+        |row| row.0,
+        async |conn, (id, user_id, stored)| {
             if !vault.needs_rewrap(&stored) {
-                continue;
+                return Ok(false);
             }
             let fresh = vault
                 .rewrap(slot(id, user_id), &stored)
                 .map_err(|e| anyhow::anyhow!("api_keys row {id}: {e}"))?;
-            if model::swap_ciphertext(conn, id, &stored, &fresh).await? {
-                rewrapped += 1;
-            }
-        }
-    }
-    Ok(rewrapped)
+            Ok(model::swap_ciphertext(conn, id, &stored, &fresh).await?)
+        },
+    )
+    .await
 }

@@ -64,6 +64,37 @@ macro_rules! text_enum {
     };
 }
 
+/// Walks a table in id order, `batch` rows at a time: `page(conn, after, batch)` reads the rows
+/// after the cursor, `row_id` gives a row's id (the next cursor), and `each(conn, row)` handles
+/// one row, answering whether it changed it. Returns how many rows changed. (The vault's key
+/// rotation walks every table holding secrets this way.)
+pub async fn for_each_row<R>(
+    conn: &mut AsyncPgConnection,
+    batch: i64,
+    mut page: impl AsyncFnMut(
+        &mut AsyncPgConnection,
+        Option<uuid::Uuid>,
+        i64,
+    ) -> diesel::QueryResult<Vec<R>>,
+    row_id: fn(&R) -> uuid::Uuid,
+    mut each: impl AsyncFnMut(&mut AsyncPgConnection, R) -> anyhow::Result<bool>,
+) -> anyhow::Result<u64> {
+    let mut after = None;
+    let mut changed = 0;
+    loop {
+        let rows = page(conn, after, batch).await?;
+        let Some(last) = rows.last() else {
+            return Ok(changed);
+        };
+        after = Some(row_id(last));
+        for row in rows {
+            if each(conn, row).await? {
+                changed += 1;
+            }
+        }
+    }
+}
+
 /// The pool every request borrows connections from.
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
 /// A connection borrowed from the pool.

@@ -721,17 +721,16 @@ pub async fn rewrap_all(
     vault: &Vault,
     batch: i64,
 ) -> anyhow::Result<u64> {
-    let mut rewrapped = 0;
-    let mut after = None;
-    loop {
-        let rows = model::page_tokens(conn, after, batch).await?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.0);
-        for (id, user_id, access, refresh) in rows {
+    let tokens = crate::db::for_each_row(
+        conn,
+        batch,
+        async |conn, after, n| model::page_tokens(conn, after, n).await,
+        |row| row.0,
+        async |conn, (id, user_id, access, refresh)| {
             let stale = vault.needs_rewrap(&access)
                 || refresh.as_deref().is_some_and(|r| vault.needs_rewrap(r));
             if !stale {
-                continue;
+                return Ok(false);
             }
             let new_access = vault
                 .rewrap(token_slot(ACCESS, id, user_id), &access)
@@ -741,34 +740,31 @@ pub async fn rewrap_all(
                 .map(|r| vault.rewrap(token_slot(REFRESH, id, user_id), r))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("oauth_accounts row {id} refresh token: {e}"))?;
-            if model::swap_tokens(
+            Ok(model::swap_tokens(
                 conn,
                 id,
                 (&access, refresh.as_deref()),
                 (&new_access, new_refresh.as_deref()),
             )
-            .await?
-            {
-                rewrapped += 1;
-            }
-        }
-    }
-    let mut after = None;
-    loop {
-        let rows = model::page_verifiers(conn, after, batch).await?;
-        let Some(last) = rows.last() else { break };
-        after = Some(last.0);
-        for (id, user_id, stored) in rows {
+            .await?)
+        },
+    )
+    .await?;
+    let verifiers = crate::db::for_each_row(
+        conn,
+        batch,
+        async |conn, after, n| model::page_verifiers(conn, after, n).await,
+        |row| row.0,
+        async |conn, (id, user_id, stored)| {
             if !vault.needs_rewrap(&stored) {
-                continue;
+                return Ok(false);
             }
             let fresh = vault
                 .rewrap(verifier_slot(id, user_id), &stored)
                 .map_err(|e| anyhow::anyhow!("oauth_states row {id}: {e}"))?;
-            if model::swap_verifier(conn, id, &stored, &fresh).await? {
-                rewrapped += 1;
-            }
-        }
-    }
-    Ok(rewrapped)
+            Ok(model::swap_verifier(conn, id, &stored, &fresh).await?)
+        },
+    )
+    .await?;
+    Ok(tokens + verifiers)
 }
