@@ -32,11 +32,8 @@ async fn create(app: &TestApp, token: &str, input: Value) -> Value {
 /// A test server whose providers all point at one fake.
 async fn app_with_fake() -> (TestApp, FakeProvider) {
     let fake = FakeProvider::start().await;
-    let base = fake.base_url();
     let app = TestApp::spawn_with(|c| {
-        c.openai_base_url = format!("{base}/v1");
-        c.huggingface_base_url = format!("{base}/v1");
-        c.anthropic_base_url = base.clone();
+        fake.serve_all_providers(c);
         c.provider_timeout_secs = 1;
     })
     .await;
@@ -722,12 +719,10 @@ async fn rotating_the_encryption_key_leaves_every_key_usable_with_only_the_new_o
     assert!(String::from_utf8_lossy(&rotate().stdout).contains("rewrapped 0 secrets"));
 
     // A server with only the new key can still use both keys.
-    let base = fake.base_url();
     let config = {
         let mut c = (*app.state.config).clone();
         c.encryption_keys = Some(new_key.to_owned().into());
-        c.openai_base_url = format!("{base}/v1");
-        c.anthropic_base_url = base.clone();
+        fake.serve_all_providers(&mut c);
         c
     };
     let state = agentry::state::AppState::new(config).unwrap();

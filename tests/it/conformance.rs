@@ -55,13 +55,7 @@ async fn app_with_fake_provider() -> (TestApp, FakeProvider) {
         delay_per_token: Duration::from_millis(100),
         ..StreamScript::default()
     });
-    let base = fake.base_url();
-    let app = TestApp::spawn_with(|c| {
-        c.openai_base_url = format!("{base}/v1");
-        c.huggingface_base_url = format!("{base}/v1");
-        c.anthropic_base_url = base.clone();
-    })
-    .await;
+    let app = TestApp::spawn_with(|c| fake.serve_all_providers(c)).await;
     (app, fake)
 }
 

@@ -34,11 +34,8 @@ pub(crate) async fn world_with(
     let fake = FakeProvider::start().await;
     fake.accept_key(OPENAI_KEY);
     fake.accept_key(ANTHROPIC_KEY);
-    let base = fake.base_url();
     let app = TestApp::spawn_with(|c| {
-        c.openai_base_url = format!("{base}/v1");
-        c.anthropic_base_url = base.clone();
-        c.huggingface_base_url = format!("{base}/v1");
+        fake.serve_all_providers(c);
         c.provider_timeout_secs = 1;
         c.provider_retry_base_ms = 10;
         c.execution_heartbeat_secs = 1;

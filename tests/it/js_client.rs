@@ -140,13 +140,7 @@ async fn app_with_agent() -> (TestApp, FakeProvider, Session, String) {
         delay_per_token: DELAY_PER_TOKEN,
         ..StreamScript::default()
     });
-    let base = fake.base_url();
-    let app = TestApp::spawn_with(|c| {
-        c.openai_base_url = format!("{base}/v1");
-        c.huggingface_base_url = format!("{base}/v1");
-        c.anthropic_base_url = base.clone();
-    })
-    .await;
+    let app = TestApp::spawn_with(|c| fake.serve_all_providers(c)).await;
     let user = app.register("js-client@example.com").await;
     let body = app
         .gql_as(

@@ -66,9 +66,8 @@ async fn metrics_expose_the_named_series_and_they_move() {
         output_tokens: 5,
         ..StreamScript::default()
     });
-    let base = fake.base_url();
     let app = TestApp::spawn_with(|c| {
-        c.openai_base_url = format!("{base}/v1");
+        fake.serve_all_providers(c);
         c.auth_rate_limit_per_minute = 3;
     })
     .await;
@@ -552,7 +551,7 @@ async fn backup_then_restore_gives_identical_rows_and_keys_still_decrypt() {
     // A server on the restored database, with the same keys, still decrypts the stored key.
     let restored_url = common::with_database(&app.database_url, &restored_name);
     let mut config = common::test_config(&restored_url);
-    config.openai_base_url = format!("{}/v1", fake.base_url());
+    fake.serve_all_providers(&mut config);
     config.validate().unwrap();
     let state = agentry::state::AppState::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

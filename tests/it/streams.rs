@@ -169,11 +169,10 @@ async fn a_database_restart_mid_stream_loses_no_token_and_the_run_finishes() {
     let through = proxy.url_for(&direct.database_url);
     let fake = FakeProvider::start().await;
     fake.accept_key(crate::executions::OPENAI_KEY);
-    let base = fake.base_url();
     let app = direct
         .sibling_with(|c| {
             c.database_url = through;
-            c.openai_base_url = format!("{base}/v1");
+            fake.serve_all_providers(c);
             c.provider_timeout_secs = 10;
             c.execution_heartbeat_secs = 30;
         })

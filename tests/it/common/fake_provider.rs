@@ -176,6 +176,14 @@ impl FakeProvider {
         }
     }
 
+    /// Points every provider base URL of `config` (OpenAI, Hugging Face, Anthropic) at this fake.
+    pub fn serve_all_providers(&self, config: &mut agentry::config::Config) {
+        let base = self.base_url();
+        config.openai_base_url = format!("{base}/v1");
+        config.huggingface_base_url = format!("{base}/v1");
+        config.anthropic_base_url = base;
+    }
+
     /// e.g. `"http://127.0.0.1:PORT"` (no trailing slash). OpenAI-compatible routes live under
     /// `"/v1"`, as do Anthropic's.
     pub fn base_url(&self) -> String {
