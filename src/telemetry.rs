@@ -89,7 +89,7 @@ pub mod names {
     pub const GRAPHQL_OPERATIONS: &str = "agentry_graphql_operations_total";
     /// Gauge: open WebSocket connections.
     pub const WS_CONNECTIONS: &str = "agentry_websocket_connections";
-    /// Gauge: active GraphQL subscriptions.
+    /// Gauge: operations open on WebSockets (subscriptions, and queries while they run).
     pub const SUBSCRIPTIONS: &str = "agentry_graphql_active_subscriptions";
     /// Counter: rate-limit rejections by limiter.
     pub const RATE_LIMITED: &str = "agentry_rate_limit_rejections_total";

@@ -64,8 +64,7 @@ pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscri
     .limit_directives(config.max_directives)
     .extension(limits::Limits {
         max_aliases: config.max_aliases,
-    })
-    .extension(observe::Observe);
+    });
     if !config.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }

@@ -1,16 +1,8 @@
-//! Observability of GraphQL: operations by name and outcome, and active subscriptions.
+//! Observability of GraphQL: operations by name and outcome. (Active subscriptions are counted
+//! by the WebSocket transport as it admits and ends operations, which costs nothing per event;
+//! a schema extension would add a layer to every field of every event for every subscriber.)
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
-
-use async_graphql::{
-    Response,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextSubscribe},
-    futures_util::stream::BoxStream,
-};
-use futures_util::StreamExt;
+use std::{collections::HashSet, sync::Mutex};
 
 use crate::telemetry::names;
 
@@ -47,42 +39,4 @@ pub fn record_operation(name: Option<&str>, ok: bool) {
         "outcome" => if ok { "ok" } else { "error" }
     )
     .increment(1);
-}
-
-/// Tracks active subscriptions.
-pub struct Observe;
-
-impl ExtensionFactory for Observe {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ObserveExtension)
-    }
-}
-
-struct ObserveExtension;
-
-/// Decrements the active-subscription gauge when the subscription's stream is dropped.
-struct Active;
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        metrics::gauge!(names::SUBSCRIPTIONS).decrement(1.0);
-    }
-}
-
-impl Extension for ObserveExtension {
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        metrics::gauge!(names::SUBSCRIPTIONS).increment(1.0);
-        let active = Active;
-        next.run(ctx, stream)
-            .map(move |response| {
-                let _alive = &active;
-                response
-            })
-            .boxed()
-    }
 }

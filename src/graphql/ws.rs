@@ -190,20 +190,23 @@ impl Operations {
             self.user = Some(user);
         }
         self.active.insert(id.to_owned());
+        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).increment(1.0);
         Admission::Admitted
     }
 
     fn release(&mut self, id: &str) {
-        if self.active.remove(id)
-            && let Some(user) = self.user
-        {
-            self.app.sockets.unsubscribe(user, 1);
+        if self.active.remove(id) {
+            metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(1.0);
+            if let Some(user) = self.user {
+                self.app.sockets.unsubscribe(user, 1);
+            }
         }
     }
 }
 
 impl Drop for Operations {
     fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(self.active.len() as f64);
         if let Some(user) = self.user {
             self.app.sockets.unsubscribe(user, self.active.len());
         }
