@@ -24,13 +24,37 @@ diesel::define_sql_function! {
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 
-/// Stores a Rust enum as its SCREAMING_SNAKE_CASE name in a `text` column (the names the
-/// migrations' CHECK constraints and the GraphQL enums use). The enum derives
-/// `diesel::AsExpression` and `diesel::FromSqlRow` with `#[diesel(sql_type = Text)]`; this adds
-/// the conversions from a list of `Variant => "NAME"` pairs, plus `as_str` and `from_name`.
+/// Declares a domain enum stored as its SCREAMING_SNAKE_CASE name in a `text` column (the
+/// names the migrations' CHECK constraints and the GraphQL enums use): the enum with its derives
+/// (GraphQL enum, diesel text conversions, and an order that is the declaration order), each
+/// variant written once next to its stored name, plus `as_str` and `from_name`.
 #[macro_export]
 macro_rules! text_enum {
-    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $ty:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $name:literal ),+ $(,)?
+        }
+    ) => {
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            PartialOrd,
+            Ord,
+            Hash,
+            async_graphql::Enum,
+            diesel::AsExpression,
+            diesel::FromSqlRow,
+        )]
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        $(#[$meta])*
+        $vis enum $ty {
+            $( $(#[$vmeta])* $variant ),+
+        }
+
         impl $ty {
             /// The stored (and GraphQL) name.
             pub const fn as_str(self) -> &'static str {

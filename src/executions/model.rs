@@ -7,42 +7,23 @@ use uuid::Uuid;
 
 use crate::db::schema::{execution_events, executions};
 
-/// Where a run is.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    async_graphql::Enum,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum ExecutionStatus {
-    /// Accepted, not started yet.
-    Queued,
-    /// Streaming from the provider.
-    Running,
-    /// Finished normally.
-    Succeeded,
-    /// Ended by an error (see `error`).
-    Failed,
-    /// Ended by `cancelExecution`.
-    Cancelled,
-    /// Ended by the per-run time limit.
-    TimedOut,
+crate::text_enum! {
+    /// Where a run is.
+    pub enum ExecutionStatus {
+        /// Accepted, not started yet.
+        Queued => "QUEUED",
+        /// Streaming from the provider.
+        Running => "RUNNING",
+        /// Finished normally.
+        Succeeded => "SUCCEEDED",
+        /// Ended by an error (see `error`).
+        Failed => "FAILED",
+        /// Ended by `cancelExecution`.
+        Cancelled => "CANCELLED",
+        /// Ended by the per-run time limit.
+        TimedOut => "TIMED_OUT",
+    }
 }
-
-crate::text_enum!(ExecutionStatus {
-    Queued => "QUEUED",
-    Running => "RUNNING",
-    Succeeded => "SUCCEEDED",
-    Failed => "FAILED",
-    Cancelled => "CANCELLED",
-    TimedOut => "TIMED_OUT",
-});
 
 impl ExecutionStatus {
     /// States of a run that has not ended.
@@ -54,52 +35,30 @@ impl ExecutionStatus {
     }
 }
 
-/// What an event says.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    async_graphql::Enum,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-#[graphql(name = "ExecutionEventKind")]
-pub enum EventKind {
-    /// The run started (`data`: model, provider).
-    Started,
-    /// Output text (`delta`).
-    OutputDelta,
-    /// A tool was called.
-    ToolCall,
-    /// A tool answered.
-    ToolResult,
-    /// Tokens and cost (`data`).
-    Usage,
-    /// Terminal: success.
-    Completed,
-    /// Terminal: failure (`data.error`).
-    Failed,
-    /// Terminal: cancelled.
-    Cancelled,
-    /// Terminal: timed out.
-    TimedOut,
+crate::text_enum! {
+    /// What an event says.
+    #[graphql(name = "ExecutionEventKind")]
+    pub enum EventKind {
+        /// The run started (`data`: model, provider).
+        Started => "STARTED",
+        /// Output text (`delta`).
+        OutputDelta => "OUTPUT_DELTA",
+        /// A tool was called.
+        ToolCall => "TOOL_CALL",
+        /// A tool answered.
+        ToolResult => "TOOL_RESULT",
+        /// Tokens and cost (`data`).
+        Usage => "USAGE",
+        /// Terminal: success.
+        Completed => "COMPLETED",
+        /// Terminal: failure (`data.error`).
+        Failed => "FAILED",
+        /// Terminal: cancelled.
+        Cancelled => "CANCELLED",
+        /// Terminal: timed out.
+        TimedOut => "TIMED_OUT",
+    }
 }
-
-crate::text_enum!(EventKind {
-    Started => "STARTED",
-    OutputDelta => "OUTPUT_DELTA",
-    ToolCall => "TOOL_CALL",
-    ToolResult => "TOOL_RESULT",
-    Usage => "USAGE",
-    Completed => "COMPLETED",
-    Failed => "FAILED",
-    Cancelled => "CANCELLED",
-    TimedOut => "TIMED_OUT",
-});
 
 impl EventKind {
     /// Whether this kind ends a run's stream.

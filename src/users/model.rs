@@ -7,61 +7,28 @@ use uuid::Uuid;
 
 use crate::db::schema::{audit_log, retired_refresh_tokens, sessions, users};
 
-// Declared in rank order, so roles compare: `User < Admin < Owner`.
-/// What a user may do: USER < ADMIN < OWNER.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    async_graphql::Enum,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum Role {
-    /// Manages their own keys, agents and runs.
-    User,
-    /// Also manages users (suspend, reactivate) and reads the audit log.
-    Admin,
-    /// Also changes roles.
-    Owner,
+crate::text_enum! {
+    // Declared in rank order, so roles compare: `User < Admin < Owner`.
+    /// What a user may do: USER < ADMIN < OWNER.
+    pub enum Role {
+        /// Manages their own keys, agents and runs.
+        User => "USER",
+        /// Also manages users (suspend, reactivate) and reads the audit log.
+        Admin => "ADMIN",
+        /// Also changes roles.
+        Owner => "OWNER",
+    }
 }
 
-crate::text_enum!(Role {
-    User => "USER",
-    Admin => "ADMIN",
-    Owner => "OWNER",
-});
-
-/// Whether a user may sign in.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    async_graphql::Enum,
-    diesel::AsExpression,
-    diesel::FromSqlRow,
-)]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum UserStatus {
-    /// May sign in.
-    Active,
-    /// Every session ended; sign-in refused until reactivated.
-    Suspended,
+crate::text_enum! {
+    /// Whether a user may sign in.
+    pub enum UserStatus {
+        /// May sign in.
+        Active => "ACTIVE",
+        /// Every session ended; sign-in refused until reactivated.
+        Suspended => "SUSPENDED",
+    }
 }
-
-crate::text_enum!(UserStatus {
-    Active => "ACTIVE",
-    Suspended => "SUSPENDED",
-});
 
 /// A row of `users`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
