@@ -927,3 +927,27 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused() {
     assert_eq!(result["ok"], false, "{result}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn the_operators_own_provider_base_urls_stay_reachable_in_production() {
+    // An operator may point AGENTRY_OPENAI_BASE_URL at an internal proxy (here a loopback
+    // address): the egress policy refuses such addresses to users, never to that setting.
+    let fake = FakeProvider::start().await;
+    fake.accept_key(OPENAI_KEY);
+    let app = TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+        fake.serve_all_providers(c);
+    })
+    .await;
+    let user = app.register("operator-proxy@example.com").await;
+    let created = create(
+        &app,
+        &user.access,
+        json!({"name": "o", "provider": "OPENAI", "secret": OPENAI_KEY}),
+    )
+    .await;
+    let id = created["data"]["createApiKey"]["id"].as_str().unwrap();
+    let tested = test_key(&app, &user.access, id).await;
+    assert_eq!(tested["data"]["testApiKey"]["ok"], true, "{tested}");
+}

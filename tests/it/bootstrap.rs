@@ -115,6 +115,40 @@ async fn serve_refuses_a_half_configured_oauth_provider_and_names_the_variable()
 }
 
 #[test]
+fn settings_out_of_range_stop_start_up_and_name_the_variable() {
+    let output = agentry()
+        .args(["migrate"])
+        .env("AGENTRY_RATE_LIMIT_IPV6_PREFIX", "16")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AGENTRY_RATE_LIMIT_IPV6_PREFIX"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_an_egress_allowlist_entry_it_cannot_read() {
+    let app = TestApp::spawn().await;
+    let output = agentry()
+        .args(["serve"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("AGENTRY_LISTEN", "127.0.0.1:0")
+        .env(
+            "AGENTRY_DATA_DIR",
+            std::env::temp_dir().join("agentry-bad-egress"),
+        )
+        .env("AGENTRY_EGRESS_ALLOW", "10.0.0.0/8,not a host!")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AGENTRY_EGRESS_ALLOW"), "{stderr}");
+}
+
+#[test]
 fn development_generates_a_secret_once_and_keeps_it() {
     let dir = std::env::temp_dir().join(format!("agentry-data-{}", uuid::Uuid::new_v4().simple()));
     let run = || {

@@ -598,7 +598,7 @@ async fn open_with_retries_retries_a_hang_before_the_first_token_but_never_after
 }
 
 /// A local server answering every request with `respond` (a misbehaving provider's bytes).
-async fn raw_provider(respond: fn() -> axum::response::Response) -> String {
+pub(crate) async fn raw_provider(respond: fn() -> axum::response::Response) -> String {
     let app = axum::Router::new().fallback(move || async move { respond() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -622,7 +622,7 @@ fn capped_provider(base_url: String) -> Box<dyn Provider> {
 }
 
 /// An endless body: `first`, then the same chunk forever.
-fn endless(first: &'static str, chunk: &'static str) -> axum::body::Body {
+pub(crate) fn endless(first: &'static str, chunk: &'static str) -> axum::body::Body {
     let rest = futures_util::stream::repeat_with(move || {
         Ok::<_, std::convert::Infallible>(axum::body::Bytes::from_static(chunk.as_bytes()))
     });

@@ -331,6 +331,66 @@ async fn a_run_past_the_output_cap_fails_with_a_clear_error_and_keeps_its_output
 }
 
 #[tokio::test]
+async fn a_provider_event_over_the_size_cap_ends_the_run_failed_with_the_setting_named() {
+    // A CUSTOM endpoint whose stream sends one token, then a `data:` line that never ends.
+    let base = crate::llm::raw_provider(|| {
+        axum::response::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(crate::llm::endless(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            ))
+            .unwrap()
+    })
+    .await;
+    let app = TestApp::spawn_with(|c| {
+        c.sse_max_event_bytes = 4096;
+        c.provider_timeout_secs = 30;
+    })
+    .await;
+    let user = app.register("big-event@example.com").await;
+    let key = app
+        .gql_as(
+            Some(&user.access),
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id } }",
+            json!({"i": {"name": "custom", "provider": "CUSTOM", "secret": "token", "endpoint": base}}),
+        )
+        .await;
+    let agent = app
+        .gql_as(
+            Some(&user.access),
+            "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+            json!({"i": {"name": "Big", "role": "r", "goal": "g", "apiKeyId": key["data"]["createApiKey"]["id"], "model": "any"}}),
+        )
+        .await;
+    let run = app
+        .gql_as(
+            Some(&user.access),
+            "mutation($a: ID!) { executeAgent(agentId: $a, input: \"go\") { id } }",
+            json!({"a": agent["data"]["createAgent"]["id"]}),
+        )
+        .await;
+    let id = run["data"]["executeAgent"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{run}"));
+    let events = subscribe(&app, &user.access, id, None).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["kind"], "FAILED", "{last}");
+    assert!(
+        last["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("AGENTRY_SSE_MAX_EVENT_BYTES"),
+        "{last}"
+    );
+    assert_eq!(
+        text(&events),
+        "Hi",
+        "the output before the oversized event is kept"
+    );
+}
+
+#[tokio::test]
 async fn subscriptions_per_connection_and_per_user_are_bounded_and_refusals_name_the_limit() {
     let app = TestApp::spawn_with(|c| {
         c.ws_max_subscriptions = 2;
