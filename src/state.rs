@@ -31,12 +31,12 @@ pub enum Revocation {
 pub const REVOKE_CHANNEL: &str = "agentry_revoke";
 
 impl Revocation {
-    /// The NOTIFY payload: `<id>:session` or `<id>:user`.
-    pub fn to_payload(self) -> String {
+    /// The NOTIFY payload, `<id>:session` or `<id>:user`; `None` for what stays on this server.
+    pub fn to_payload(self) -> Option<String> {
         match self {
-            Self::Session(id) => format!("{id}:session"),
-            Self::User(id) => format!("{id}:user"),
-            Self::Recheck => String::new(),
+            Self::Session(id) => Some(format!("{id}:session")),
+            Self::User(id) => Some(format!("{id}:user")),
+            Self::Recheck => None,
         }
     }
 
@@ -301,12 +301,11 @@ impl AppState {
     /// the database through NOTIFY (their sockets of that session or user close too).
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
-        if revocation == Revocation::Recheck {
+        let Some(payload) = revocation.to_payload() else {
             return;
-        }
+        };
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            let payload = revocation.to_payload();
             let sent = crate::db::patient(
                 &pool,
                 std::time::Duration::from_secs(30),
