@@ -1,38 +1,48 @@
 //! Agentry: a GraphQL API platform for AI agents.
 //!
-//! A guided tour, in the order a request meets the code:
+//! A guided tour, in the order a request meets the code. The arrows point one way, down this
+//! list: transport → schema → a domain's GraphQL → its service → its model → the database.
 
+// Start-up: settings, then the state every request shares.
+/// One `Config` from environment and flags, validated at start-up.
+pub mod config;
+/// Shared state: pool, config, keys, limiters, the live hub, the egress-checked HTTP client.
+pub mod state;
+
+// A request arrives.
+/// What resolvers share: context helpers, role guards, DataLoaders, pagination, query limits.
+pub mod graphql;
+/// The transport: router and layers, GraphQL over HTTP, WebSocket protocols, persisted queries.
+pub mod http;
+/// Per-client and sign-in rate limits (governor).
+pub mod rate_limit;
+/// Who is asking and from where: request ids, client addresses, the viewer.
+pub mod request;
+/// The executable schema: every domain's roots merged, with the limits of every operation.
+pub mod schema;
+
+// The domains, each `graphql.rs` (thin resolvers) → `service.rs` (rules) → `model.rs` (rows).
 /// Agent definitions.
 pub mod agents;
 /// Users' LLM provider keys: the vault entries, live key tests, usage.
 pub mod api_keys;
-/// One `Config` from environment and flags, validated at start-up.
-pub mod config;
+/// Runs: runner, event log, live hub, cancellation, recovery.
+pub mod executions;
+/// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
+pub mod oauth;
+/// Accounts, sessions, roles, admin actions, audit log.
+pub mod users;
+
+// What the domains stand on.
 /// Passwords (bcrypt), tokens (JWT, refresh tokens), the vault (AES-256-GCM-SIV).
 pub mod crypto;
-/// Pool, database bootstrap, embedded migrations, diesel schema.
+/// Pool, database bootstrap, embedded migrations, diesel schema, backups.
 pub mod db;
 /// Where outbound requests users can steer may go: no redirects, no internal addresses.
 pub mod egress;
 /// `AppError`, the error codes, and their one mapping to GraphQL errors.
 pub mod error;
-/// Runs: runner, event log, live hub, cancellation, recovery.
-pub mod executions;
-/// The GraphQL schema, guards, limits, pagination, HTTP and WebSocket transports.
-pub mod graphql;
 /// LLM providers' wire formats and the pricing table.
 pub mod llm;
-/// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
-pub mod oauth;
-/// Per-client and sign-in rate limits (governor).
-pub mod rate_limit;
-/// Request ids, client addresses and the identity of the caller.
-pub mod request;
-/// The axum router: routes, layers, graceful shutdown.
-pub mod server;
-/// Shared state: pool, config, keys, limiters.
-pub mod state;
-/// Logging setup.
+/// Logging and metrics.
 pub mod telemetry;
-/// Accounts, sessions, roles, admin actions, audit log.
-pub mod users;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use agentry::{
-    api_keys, config::Config, db, error::AppError, graphql, oauth, server, state::AppState,
-    telemetry, users::admin,
+    api_keys, config::Config, db, error::AppError, http, oauth, schema, state::AppState, telemetry,
+    users::admin,
 };
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
@@ -115,7 +115,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
     match command {
         Command::ExportSchema => {
-            print!("{}", graphql::export_sdl(config));
+            print!("{}", schema::export_sdl(config));
             return Ok(());
         }
         Command::Healthcheck => {
@@ -244,7 +244,7 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
                 graphiql = config.graphiql_enabled(),
                 "Agentry listening: GraphQL at /graphql"
             );
-            server::serve(state, listener, server::shutdown_signal()).await
+            http::serve(state, listener, http::shutdown_signal()).await
         }
         Command::RotateEncryptionKey => {
             let state = AppState::new(config.clone())?;

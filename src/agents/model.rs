@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::{lower, schema::agents};
+use crate::db::schema::agents;
 
 /// A row of `agents`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -75,20 +75,7 @@ pub struct AgentValues {
     pub config: serde_json::Value,
 }
 
-/// The owner's agent `id`, if it exists and is theirs.
-pub async fn find_owned(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    id: Uuid,
-) -> QueryResult<Option<AgentRow>> {
-    agents::table
-        .filter(agents::id.eq(id))
-        .filter(agents::user_id.eq(user_id))
-        .select(AgentRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
+crate::owned_queries!(agents, AgentRow, named, activatable);
 
 /// A page of a user's agents, newest first, after the cursor id `before`.
 pub async fn page_owned(
@@ -111,25 +98,6 @@ pub async fn page_owned(
         query = query.filter(agents::id.lt(before));
     }
     query.load(conn).await
-}
-
-/// Whether `user_id` has another agent called `name` (case-insensitively).
-pub async fn name_taken(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    name: &str,
-    except: Option<Uuid>,
-) -> QueryResult<bool> {
-    let mut query = agents::table
-        .filter(agents::user_id.eq(user_id))
-        .filter(lower(agents::name).eq(lower(name)))
-        .into_boxed();
-    if let Some(except) = except {
-        query = query.filter(agents::id.ne(except));
-    }
-    diesel::select(diesel::dsl::exists(query))
-        .get_result(conn)
-        .await
 }
 
 /// Names of the agents that use an API key.

@@ -302,16 +302,8 @@ pub async fn set_active(
     active: bool,
 ) -> AppResult<AgentRow> {
     let mut conn = state.pool.get().await?;
-    diesel::update(agents::table.find(id))
-        .filter(agents::user_id.eq(viewer.id()))
-        .set((
-            agents::is_active.eq(active),
-            agents::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(AgentRow::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()?
+    model::set_active_owned(&mut conn, viewer.id(), id, active)
+        .await?
         .ok_or_else(not_found)
 }
 

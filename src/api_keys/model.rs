@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::{lower, schema::api_keys};
+use crate::db::schema::api_keys;
 
 /// A row of `api_keys`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -62,20 +62,7 @@ pub struct NewApiKey<'a> {
     pub masked_key: &'a str,
 }
 
-/// The owner's key `id`, if it exists and is theirs.
-pub async fn find_owned(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    id: Uuid,
-) -> QueryResult<Option<ApiKeyRow>> {
-    api_keys::table
-        .filter(api_keys::id.eq(id))
-        .filter(api_keys::user_id.eq(user_id))
-        .select(ApiKeyRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
+crate::owned_queries!(api_keys, ApiKeyRow, named, activatable);
 
 /// Every key of a user, newest first.
 pub async fn list_owned(
@@ -95,25 +82,6 @@ pub async fn count_owned(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryRe
     api_keys::table
         .filter(api_keys::user_id.eq(user_id))
         .count()
-        .get_result(conn)
-        .await
-}
-
-/// Whether `user_id` has another key called `name` (case-insensitively).
-pub async fn name_taken(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    name: &str,
-    except: Option<Uuid>,
-) -> QueryResult<bool> {
-    let mut query = api_keys::table
-        .filter(api_keys::user_id.eq(user_id))
-        .filter(lower(api_keys::name).eq(lower(name)))
-        .into_boxed();
-    if let Some(except) = except {
-        query = query.filter(api_keys::id.ne(except));
-    }
-    diesel::select(diesel::dsl::exists(query))
         .get_result(conn)
         .await
 }

@@ -213,16 +213,8 @@ pub async fn set_active(
     active: bool,
 ) -> AppResult<ApiKeyRow> {
     let mut conn = state.pool.get().await?;
-    diesel::update(api_keys::table.find(id))
-        .filter(api_keys::user_id.eq(viewer.id()))
-        .set((
-            api_keys::is_active.eq(active),
-            api_keys::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(ApiKeyRow::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()?
+    model::set_active_owned(&mut conn, viewer.id(), id, active)
+        .await?
         .ok_or_else(not_found)
 }
 

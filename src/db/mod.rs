@@ -24,6 +24,81 @@ diesel::define_sql_function! {
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
 
+/// Declares the owner-scoped queries of a table whose rows belong to a user (`id`, `user_id`),
+/// so each is written once: `find_owned` always; with `named`, `name_taken` (the
+/// case-insensitive name check behind the unique index); with `activatable`, `set_active_owned`
+/// (turns `is_active` on or off and stamps `updated_at`). Each returns nothing for another
+/// user's row, which the services turn into `NOT_FOUND`.
+#[macro_export]
+macro_rules! owned_queries {
+    ($table:ident, $row:ty $(, $extra:ident)* $(,)?) => {
+        /// The owner's row `id`, if it exists and is theirs.
+        pub async fn find_owned(
+            conn: &mut diesel_async::AsyncPgConnection,
+            user_id: uuid::Uuid,
+            id: uuid::Uuid,
+        ) -> diesel::QueryResult<Option<$row>> {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            use $crate::db::schema::$table;
+            $table::table
+                .filter($table::id.eq(id))
+                .filter($table::user_id.eq(user_id))
+                .select(<$row>::as_select())
+                .first(conn)
+                .await
+                .optional()
+        }
+        $( $crate::owned_queries!(@$extra $table, $row); )*
+    };
+    (@named $table:ident, $row:ty) => {
+        /// Whether `user_id` has another row called `name` (case-insensitively), `except` aside.
+        pub async fn name_taken(
+            conn: &mut diesel_async::AsyncPgConnection,
+            user_id: uuid::Uuid,
+            name: &str,
+            except: Option<uuid::Uuid>,
+        ) -> diesel::QueryResult<bool> {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            use $crate::db::{lower, schema::$table};
+            let mut query = $table::table
+                .filter($table::user_id.eq(user_id))
+                .filter(lower($table::name).eq(lower(name)))
+                .into_boxed();
+            if let Some(except) = except {
+                query = query.filter($table::id.ne(except));
+            }
+            diesel::select(diesel::dsl::exists(query))
+                .get_result(conn)
+                .await
+        }
+    };
+    (@activatable $table:ident, $row:ty) => {
+        /// Turns the owner's row on or off; `None` when it is not theirs.
+        pub async fn set_active_owned(
+            conn: &mut diesel_async::AsyncPgConnection,
+            user_id: uuid::Uuid,
+            id: uuid::Uuid,
+            active: bool,
+        ) -> diesel::QueryResult<Option<$row>> {
+            use diesel::prelude::*;
+            use diesel_async::RunQueryDsl;
+            use $crate::db::schema::$table;
+            diesel::update($table::table.find(id))
+                .filter($table::user_id.eq(user_id))
+                .set((
+                    $table::is_active.eq(active),
+                    $table::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(<$row>::as_returning())
+                .get_result(conn)
+                .await
+                .optional()
+        }
+    };
+}
+
 /// Declares a domain enum stored as its SCREAMING_SNAKE_CASE name in a `text` column (the
 /// names the migrations' CHECK constraints and the GraphQL enums use): the enum with its derives
 /// (GraphQL enum, diesel text conversions, and an order that is the declaration order), each

@@ -141,20 +141,7 @@ pub struct EventRow {
     pub at: DateTime<Utc>,
 }
 
-/// The owner's run `id`, if it exists and is theirs.
-pub async fn find_owned(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    id: Uuid,
-) -> QueryResult<Option<ExecutionRow>> {
-    executions::table
-        .filter(executions::id.eq(id))
-        .filter(executions::user_id.eq(user_id))
-        .select(ExecutionRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
+crate::owned_queries!(executions, ExecutionRow);
 
 /// A run by id, whoever owns it (runner and recovery only).
 pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<ExecutionRow>> {

@@ -37,8 +37,8 @@ use crate::{
         model::{self, EventKind, EventRow, ExecutionRow, ExecutionStatus},
     },
     llm::{
-        ProviderKind,
-        provider::{ChatRequest, Limits, ProviderError, StreamEvent, for_kind, open_with_retries},
+        ProviderKind, for_kind,
+        provider::{ChatRequest, Limits, ProviderError, StreamEvent, open_with_retries},
     },
     state::AppState,
 };

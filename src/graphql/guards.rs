@@ -2,7 +2,7 @@
 
 use async_graphql::{Context, Guard};
 
-use crate::{error::AppError, graphql::request_context, users::model::Role};
+use crate::{error::AppError, graphql::context::request_context, users::model::Role};
 
 /// Lets the field resolve only for signed-in users of at least this role.
 pub struct RoleGuard(Role);

@@ -10,11 +10,9 @@ use serde_json::{Value, json};
 
 use crate::llm::{
     ANTHROPIC_VERSION,
-    provider::{
-        ChatRequest, EventStream, Limits, Provider, ProviderError, SseParser, StreamEvent,
-        ended_early, send, sse_stream,
-    },
+    provider::{ChatRequest, EventStream, Limits, Provider, ProviderError, StreamEvent},
     scrub,
+    wire::{SseParser, ended_early, send, sse_stream},
 };
 
 /// `max_tokens` sent when the request sets none (Anthropic requires a value).

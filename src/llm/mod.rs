@@ -6,8 +6,18 @@ pub mod openai;
 pub mod pricing;
 pub mod probe;
 pub mod provider;
+pub mod wire;
 
-use crate::config::Config;
+use secrecy::SecretString;
+
+use crate::{
+    config::Config,
+    llm::{
+        anthropic::Anthropic,
+        openai::OpenAiCompatible,
+        provider::{Limits, Provider},
+    },
+};
 
 /// Which API a key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,4 +91,23 @@ pub fn scrub(text: &str, secret: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// Builds the provider for a key. `limits.timeout` bounds the wait for response headers and for
+/// each gap between stream chunks (an idle stream longer than that yields Err(Timeout) and
+/// ends); an event over `limits.max_event_bytes` yields Err(Malformed) and ends.
+pub fn for_kind(
+    kind: ProviderKind,
+    http: reqwest::Client,
+    base_url: String,
+    secret: SecretString,
+    limits: impl Into<Limits>,
+) -> Box<dyn Provider> {
+    let limits = limits.into();
+    match kind {
+        ProviderKind::Anthropic => Box::new(Anthropic::new(http, base_url, secret, limits)),
+        ProviderKind::OpenAi | ProviderKind::HuggingFace | ProviderKind::Custom => {
+            Box::new(OpenAiCompatible::new(http, base_url, secret, limits))
+        }
+    }
 }

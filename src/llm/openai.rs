@@ -10,11 +10,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::llm::{
-    provider::{
-        ChatRequest, EventStream, Limits, Provider, ProviderError, SseParser, StreamEvent,
-        ended_early, error_message, send, sse_stream,
-    },
+    provider::{ChatRequest, EventStream, Limits, Provider, ProviderError, StreamEvent},
     scrub,
+    wire::{SseParser, ended_early, error_message, send, sse_stream},
 };
 
 /// A provider speaking OpenAI's Chat Completions (OPENAI, HUGGINGFACE and CUSTOM keys).

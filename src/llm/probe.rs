@@ -46,7 +46,7 @@ pub async fn list_models(
     let outcome = tokio::time::timeout(timeout, async {
         let response = request.send().await?;
         let status = response.status();
-        let body = super::provider::read_capped(response, MAX_BODY_BYTES).await;
+        let body = super::wire::read_capped(response, MAX_BODY_BYTES).await;
         Ok::<_, reqwest::Error>((status, body))
     })
     .await;

@@ -9,7 +9,7 @@ use crate::{
     graphql::{guards::RoleGuard, parse_id, request_context, state},
     oauth::{
         model::OAuthAccountRow,
-        providers::ProviderKind,
+        providers::IdentityProvider,
         service::{self, Intent},
     },
     users::graphql::AuthPayload,
@@ -27,7 +27,7 @@ pub enum OAuthProvider {
     Microsoft,
 }
 
-impl From<OAuthProvider> for ProviderKind {
+impl From<OAuthProvider> for IdentityProvider {
     fn from(p: OAuthProvider) -> Self {
         match p {
             OAuthProvider::Google => Self::Google,
@@ -37,12 +37,12 @@ impl From<OAuthProvider> for ProviderKind {
     }
 }
 
-impl From<ProviderKind> for OAuthProvider {
-    fn from(p: ProviderKind) -> Self {
+impl From<IdentityProvider> for OAuthProvider {
+    fn from(p: IdentityProvider) -> Self {
         match p {
-            ProviderKind::Google => Self::Google,
-            ProviderKind::GitHub => Self::Github,
-            ProviderKind::Microsoft => Self::Microsoft,
+            IdentityProvider::Google => Self::Google,
+            IdentityProvider::GitHub => Self::Github,
+            IdentityProvider::Microsoft => Self::Microsoft,
         }
     }
 }
@@ -132,7 +132,7 @@ impl OAuthAccount {
 
     /// The provider.
     async fn provider(&self) -> async_graphql::Result<OAuthProvider> {
-        ProviderKind::from_stored(&self.0.provider)
+        IdentityProvider::from_stored(&self.0.provider)
             .map(Into::into)
             .ok_or_else(|| {
                 AppError::Internal(anyhow::anyhow!(

@@ -162,20 +162,7 @@ pub async fn find_by_subject(
         .optional()
 }
 
-/// The owner's account `id`, if it exists and is theirs.
-pub async fn find_owned(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    id: Uuid,
-) -> QueryResult<Option<OAuthAccountRow>> {
-    oauth_accounts::table
-        .filter(oauth_accounts::id.eq(id))
-        .filter(oauth_accounts::user_id.eq(user_id))
-        .select(OAuthAccountRow::as_select())
-        .first(conn)
-        .await
-        .optional()
-}
+crate::owned_queries!(oauth_accounts, OAuthAccountRow);
 
 /// Every linked account of a user, oldest first.
 pub async fn list_owned(

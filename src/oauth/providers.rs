@@ -21,7 +21,7 @@ use crate::{
 
 /// The OAuth providers Agentry can sign people in with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
+pub enum IdentityProvider {
     /// Google (OpenID Connect).
     Google,
     /// GitHub (OAuth apps; no OIDC).
@@ -30,7 +30,7 @@ pub enum ProviderKind {
     Microsoft,
 }
 
-impl ProviderKind {
+impl IdentityProvider {
     /// Every provider, in display order.
     pub const ALL: [Self; 3] = [Self::Google, Self::GitHub, Self::Microsoft];
 
@@ -81,9 +81,9 @@ pub type OAuthClient =
 
 /// A configured provider: client credentials and endpoints.
 #[derive(Debug)]
-pub struct Provider {
+pub struct IdpClient {
     /// Which provider.
-    pub kind: ProviderKind,
+    pub kind: IdentityProvider,
     client_id: ClientId,
     client_secret: SecretString,
     auth_url: AuthUrl,
@@ -92,14 +92,14 @@ pub struct Provider {
     emails_url: Option<Url>,
 }
 
-impl Provider {
+impl IdpClient {
     /// An `oauth2` client for one flow, redirecting to `redirect_uri` (already allowlisted;
     /// `None` for the refresh grant, which has no redirect).
     pub fn client(&self, redirect_uri: Option<&str>) -> AppResult<OAuthClient> {
         // GitHub documents client credentials in the body; the others accept HTTP Basic.
         let auth_type = match self.kind {
-            ProviderKind::GitHub => AuthType::RequestBody,
-            ProviderKind::Google | ProviderKind::Microsoft => AuthType::BasicAuth,
+            IdentityProvider::GitHub => AuthType::RequestBody,
+            IdentityProvider::Google | IdentityProvider::Microsoft => AuthType::BasicAuth,
         };
         let mut client = BasicClient::new(self.client_id.clone())
             .set_client_secret(ClientSecret::new(
@@ -123,7 +123,7 @@ impl Provider {
         access_token: &SecretString,
     ) -> AppResult<Profile> {
         match self.kind {
-            ProviderKind::Google => {
+            IdentityProvider::Google => {
                 let info: GoogleUserInfo = self
                     .get_json(http, &self.userinfo_url, access_token)
                     .await?;
@@ -136,7 +136,7 @@ impl Provider {
                     name: info.name,
                 })
             }
-            ProviderKind::GitHub => {
+            IdentityProvider::GitHub => {
                 let user: GitHubUser = self
                     .get_json(http, &self.userinfo_url, access_token)
                     .await?;
@@ -154,7 +154,7 @@ impl Provider {
                     name: user.name.or(Some(user.login)),
                 })
             }
-            ProviderKind::Microsoft => {
+            IdentityProvider::Microsoft => {
                 let info: MicrosoftUserInfo = self
                     .get_json(http, &self.userinfo_url, access_token)
                     .await?;
@@ -231,7 +231,7 @@ pub struct Profile {
 /// Longest subject accepted.
 const MAX_SUBJECT_LEN: usize = 255;
 
-fn subject(kind: ProviderKind, raw: String) -> AppResult<String> {
+fn subject(kind: IdentityProvider, raw: String) -> AppResult<String> {
     if raw.is_empty() || raw.len() > MAX_SUBJECT_LEN {
         return Err(AppError::Provider(format!(
             "{} did not say who you are",
@@ -282,7 +282,7 @@ struct MicrosoftUserInfo {
 /// The configured providers and the frontend callbacks they may redirect to.
 #[derive(Debug, Default)]
 pub struct Registry {
-    providers: Vec<Provider>,
+    providers: Vec<IdpClient>,
     redirect_uris: Vec<String>,
 }
 
@@ -301,7 +301,7 @@ impl Registry {
     pub fn from_config(config: &OAuthConfig, production: bool) -> Result<Self, ConfigError> {
         let entries = [
             (
-                ProviderKind::Google,
+                IdentityProvider::Google,
                 &config.google_client_id,
                 &config.google_client_secret,
                 [
@@ -318,7 +318,7 @@ impl Registry {
                 },
             ),
             (
-                ProviderKind::GitHub,
+                IdentityProvider::GitHub,
                 &config.github_client_id,
                 &config.github_client_secret,
                 [
@@ -335,7 +335,7 @@ impl Registry {
                 },
             ),
             (
-                ProviderKind::Microsoft,
+                IdentityProvider::Microsoft,
                 &config.microsoft_client_id,
                 &config.microsoft_client_secret,
                 [
@@ -378,19 +378,19 @@ impl Registry {
             let token = endpoint(vars.token, token, production)?;
             let userinfo = endpoint(vars.userinfo, userinfo, production)?;
             let emails_url = match (kind, &config.github_emails_url) {
-                (ProviderKind::GitHub, Some(url)) => Some(endpoint(
+                (IdentityProvider::GitHub, Some(url)) => Some(endpoint(
                     "AGENTRY_OAUTH_GITHUB_EMAILS_URL",
                     url,
                     production,
                 )?),
-                (ProviderKind::GitHub, None) => Some(endpoint(
+                (IdentityProvider::GitHub, None) => Some(endpoint(
                     vars.userinfo,
                     &format!("{}/emails", userinfo.as_str().trim_end_matches('/')),
                     production,
                 )?),
                 _ => None,
             };
-            providers.push(Provider {
+            providers.push(IdpClient {
                 kind,
                 client_id: ClientId::new(id.to_owned()),
                 client_secret: secret.clone(),
@@ -435,7 +435,7 @@ impl Registry {
     }
 
     /// A configured provider, or `BAD_USER_INPUT` on `field`.
-    pub fn get(&self, kind: ProviderKind, field: &str) -> AppResult<&Provider> {
+    pub fn get(&self, kind: IdentityProvider, field: &str) -> AppResult<&IdpClient> {
         self.providers
             .iter()
             .find(|p| p.kind == kind)
@@ -451,7 +451,7 @@ impl Registry {
     }
 
     /// The configured providers, in display order.
-    pub fn configured(&self) -> impl Iterator<Item = ProviderKind> + '_ {
+    pub fn configured(&self) -> impl Iterator<Item = IdentityProvider> + '_ {
         self.providers.iter().map(|p| p.kind)
     }
 
@@ -532,7 +532,7 @@ mod tests {
         let r = registry(&args, true).unwrap();
         assert_eq!(
             r.configured().collect::<Vec<_>>(),
-            [ProviderKind::Microsoft]
+            [IdentityProvider::Microsoft]
         );
         assert!(r.redirect_allowed("https://app.example.com/cb2"));
         assert!(!r.redirect_allowed("https://app.example.com/cb/"));

@@ -24,7 +24,7 @@ use crate::{
     error::{AppError, AppResult, unique_or},
     oauth::{
         model::{self, NewOAuthAccount, NewOAuthState, OAuthAccountRow},
-        providers::{Profile, Provider, ProviderKind},
+        providers::{IdentityProvider, IdpClient, Profile},
     },
     request::{RequestMeta, Viewer},
     state::AppState,
@@ -166,8 +166,8 @@ fn not_found() -> AppError {
     }
 }
 
-fn kind_of(row: &OAuthAccountRow) -> AppResult<ProviderKind> {
-    ProviderKind::from_stored(&row.provider)
+fn kind_of(row: &OAuthAccountRow) -> AppResult<IdentityProvider> {
+    IdentityProvider::from_stored(&row.provider)
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("unknown provider {}", row.provider)))
 }
 
@@ -180,7 +180,7 @@ fn bad_state(message: &str) -> AppError {
 pub async fn start(
     state: &AppState,
     viewer: Option<&Viewer>,
-    kind: ProviderKind,
+    kind: IdentityProvider,
     intent: Intent,
     redirect_uri: &str,
 ) -> AppResult<Started> {
@@ -264,7 +264,7 @@ struct Claimed {
 async fn claim_state(
     state: &AppState,
     viewer: Option<&Viewer>,
-    kind: ProviderKind,
+    kind: IdentityProvider,
     raw: &str,
     browser_binding: Option<&str>,
 ) -> AppResult<Claimed> {
@@ -290,7 +290,7 @@ async fn claim_state(
     if row.provider != kind.as_str() {
         return Err(bad_state(&format!(
             "was issued for {}, not {}",
-            ProviderKind::from_stored(&row.provider)
+            IdentityProvider::from_stored(&row.provider)
                 .map_or("another provider", |p| p.display_name()),
             kind.display_name()
         )));
@@ -346,7 +346,7 @@ enum TokenFailure {
 
 type TokenError = RequestTokenError<HttpClientError<reqwest::Error>, BasicErrorResponse>;
 
-fn classify(kind: ProviderKind, err: TokenError) -> TokenFailure {
+fn classify(kind: IdentityProvider, err: TokenError) -> TokenFailure {
     let code = |e: &BasicErrorResponse| {
         let code = e.error().to_string();
         // Only a well-formed error code goes into a message; descriptions never do.
@@ -386,7 +386,7 @@ fn classify(kind: ProviderKind, err: TokenError) -> TokenFailure {
     }
 }
 
-fn token_endpoint_error(kind: ProviderKind, failure: TokenFailure, what: &str) -> AppError {
+fn token_endpoint_error(kind: IdentityProvider, failure: TokenFailure, what: &str) -> AppError {
     let name = kind.display_name();
     match failure {
         TokenFailure::Refused(code) => {
@@ -402,7 +402,7 @@ pub async fn complete(
     state: &AppState,
     meta: &RequestMeta,
     viewer: Option<&Viewer>,
-    kind: ProviderKind,
+    kind: IdentityProvider,
     code: &str,
     state_param: &str,
     browser_binding: Option<&str>,
@@ -443,7 +443,7 @@ pub async fn complete(
 async fn login(
     state: &AppState,
     meta: &RequestMeta,
-    provider: &Provider,
+    provider: &IdpClient,
     profile: Profile,
     grant: Grant,
 ) -> AppResult<Completion> {
@@ -495,7 +495,7 @@ async fn link(
     state: &AppState,
     meta: &RequestMeta,
     user_id: Uuid,
-    provider: &Provider,
+    provider: &IdpClient,
     profile: Profile,
     grant: Grant,
 ) -> AppResult<Completion> {
@@ -555,7 +555,7 @@ async fn insert_account(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     user_id: Uuid,
-    kind: ProviderKind,
+    kind: IdentityProvider,
     profile: &Profile,
     grant: &Grant,
 ) -> AppResult<OAuthAccountRow> {

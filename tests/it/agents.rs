@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{Session, TestApp, code, field};
+use common::{Session, TestApp, code, field, id_at};
 use serde_json::{Value, json};
 
 const FIELDS: &str = "id name description role goal backstory provider model temperature maxOutputTokens tools config isActive apiKey { id maskedKey } createdAt updatedAt";
@@ -16,10 +16,7 @@ async fn key(app: &TestApp, user: &Session, name: &str) -> String {
             json!({"i": {"name": name, "provider": "OPENAI", "secret": "sk-proj-abcdefghijklmnop1234"}}),
         )
         .await;
-    body["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{body}"))
-        .to_owned()
+    id_at(&body, &["createApiKey"])
 }
 
 fn input(key_id: &str) -> Value {
@@ -196,10 +193,7 @@ async fn updates_change_only_what_is_sent_and_can_clear_nullable_fields() {
     let user = app.register("update@example.com").await;
     let key_id = key(&app, &user, "k").await;
     let other_key = key(&app, &user, "k2").await;
-    let id = create(&app, &user, input(&key_id)).await["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&create(&app, &user, input(&key_id)).await, &["createAgent"]);
     let update = |i: Value| {
         let (app, token, id) = (&app, user.access.clone(), id.clone());
         async move {
@@ -249,10 +243,7 @@ async fn a_key_in_use_cannot_be_deleted_and_the_error_names_the_agents() {
     let app = TestApp::spawn().await;
     let user = app.register("inuse@example.com").await;
     let key_id = key(&app, &user, "k").await;
-    let id = create(&app, &user, input(&key_id)).await["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&create(&app, &user, input(&key_id)).await, &["createAgent"]);
     let body = app
         .gql_as(
             Some(&user.access),
@@ -303,10 +294,7 @@ async fn an_agent_with_a_run_in_progress_cannot_be_deleted() {
     let app = TestApp::spawn().await;
     let user = app.register("busy@example.com").await;
     let key_id = key(&app, &user, "k").await;
-    let id = create(&app, &user, input(&key_id)).await["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&create(&app, &user, input(&key_id)).await, &["createAgent"]);
     app.sql(&format!("INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input) VALUES (gen_random_uuid(), '{}', '{id}', '{key_id}', 'OPENAI', 'm', 'RUNNING', 'x')", user.user_id)).await;
     let body = app
         .gql_as(
@@ -325,10 +313,10 @@ async fn another_users_agent_is_not_found_for_every_operation() {
     let owner = app.register("owner@example.com").await;
     let thief = app.register("thief@example.com").await;
     let key_id = key(&app, &owner, "k").await;
-    let id = create(&app, &owner, input(&key_id)).await["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(
+        &create(&app, &owner, input(&key_id)).await,
+        &["createAgent"],
+    );
     let get = app
         .gql_as(
             Some(&thief.access),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{
     TestApp, code,
     fake_provider::{FakeProvider, Mode},
-    field,
+    field, id_at,
 };
 use serde_json::{Value, json};
 
@@ -323,10 +323,7 @@ async fn update_renames_moves_and_replaces_the_secret() {
         json!({"name": "old", "provider": "OPENAI", "secret": OPENAI_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     let update = |input: Value| {
         let (app, token, id) = (&app, user.access.clone(), id.clone());
         async move {
@@ -406,10 +403,7 @@ async fn keys_can_be_deactivated_reactivated_and_deleted() {
         json!({"name": "k", "provider": "OPENAI", "secret": OPENAI_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     let set = |active: bool| {
         app.gql_as(Some(&user.access), "mutation($id: ID!, $a: Boolean!) { setApiKeyActive(id: $id, active: $a) { isActive } }", json!({"id": id, "a": active}))
     };
@@ -450,10 +444,7 @@ async fn another_users_key_is_not_found_for_every_operation() {
         json!({"name": "mine", "provider": "OPENAI", "secret": OPENAI_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     for token in [&thief.access, &admin.access] {
         let get = app
             .gql_as(
@@ -529,10 +520,7 @@ async fn test_api_key_calls_each_provider_the_documented_way() {
     ];
     for input in inputs {
         let created = create(&app, &user.access, input.clone()).await;
-        let id = created["data"]["createApiKey"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = id_at(&created, &["createApiKey"]);
         let body = test_key(&app, &user.access, &id).await;
         let result = &body["data"]["testApiKey"];
         assert_eq!(result["ok"], true, "{input}: {body}");
@@ -570,10 +558,7 @@ async fn a_rejected_key_says_so_without_leaking_it() {
         json!({"name": "o", "provider": "OPENAI", "secret": OPENAI_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     let body = test_key(&app, &user.access, &id).await;
     let result = &body["data"]["testApiKey"];
     assert_eq!(result["ok"], false, "{body}");
@@ -602,10 +587,7 @@ async fn a_5xx_or_a_timeout_says_the_provider_is_unreachable() {
         json!({"name": "a", "provider": "ANTHROPIC", "secret": ANTHROPIC_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
 
     fake.set_mode(Mode::Status {
         status: 500,
@@ -650,10 +632,7 @@ async fn a_5xx_or_a_timeout_says_the_provider_is_unreachable() {
         json!({"name": "gone", "provider": "CUSTOM", "secret": "x", "endpoint": format!("http://127.0.0.1:{port}/v1")}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     let body = test_key(&app, &user.access, &id).await;
     assert!(
         body["data"]["testApiKey"]["message"]
@@ -681,12 +660,7 @@ async fn rotating_the_encryption_key_leaves_every_key_usable_with_only_the_new_o
             json!({"name": name, "provider": provider, "secret": secret}),
         )
         .await;
-        ids.push(
-            created["data"]["createApiKey"]["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(id_at(&created, &["createApiKey"]));
     }
     let new_key = "next:bmV4dC1rZXktbmV4dC1rZXktbmV4dC1rZXktMDAwMiE=";
     let rotate = || {
@@ -728,7 +702,7 @@ async fn rotating_the_encryption_key_leaves_every_key_usable_with_only_the_new_o
     let state = agentry::state::AppState::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(agentry::server::serve(
+    tokio::spawn(agentry::http::serve(
         state,
         listener,
         std::future::pending(),
@@ -759,10 +733,7 @@ async fn an_unknown_vault_key_is_a_clear_error_not_a_crash() {
         json!({"name": "o", "provider": "OPENAI", "secret": OPENAI_KEY}),
     )
     .await;
-    let id = created["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&created, &["createApiKey"]);
     // The stored ciphertext names a key id the server does not hold.
     app.sql("UPDATE api_keys SET secret_ciphertext = overlay(secret_ciphertext placing 'x'::bytea from 3 for 1)").await;
     let body = test_key(&app, &user.access, &id).await;
@@ -870,10 +841,7 @@ async fn provider_calls_follow_no_redirect_and_reach_no_internal_address() {
         let (app, token) = (&app, user.access.clone());
         async move {
             let created = create(app, &token, json!({"name": endpoint.clone(), "provider": "CUSTOM", "secret": "attacker-chosen", "endpoint": endpoint})).await;
-            let id = created["data"]["createApiKey"]["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{created}"))
-                .to_owned();
+            let id = id_at(&created, &["createApiKey"]);
             test_key(app, &token, &id).await["data"]["testApiKey"].clone()
         }
     };

@@ -17,6 +17,7 @@ use std::{path::PathBuf, time::Duration};
 use common::{
     Session, TestApp,
     fake_provider::{FakeProvider, StreamScript},
+    id_at,
     node::run_script,
 };
 use serde_json::{Value, json};
@@ -69,10 +70,7 @@ async fn user_with_a_run(app: &TestApp, email: &str) -> (Session, String) {
             json!({ "input": { "name": "OpenAI", "provider": "OPENAI", "secret": OPENAI_KEY } }),
         )
         .await;
-    let key = body["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("createApiKey: {body}"))
-        .to_owned();
+    let key = id_at(&body, &["createApiKey"]);
     let body = app
         .gql_as(
             Some(&user.access),
@@ -81,10 +79,7 @@ async fn user_with_a_run(app: &TestApp, email: &str) -> (Session, String) {
                                "apiKeyId": key, "model": "gpt-4o-mini" } }),
         )
         .await;
-    let agent = body["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("createAgent: {body}"))
-        .to_owned();
+    let agent = id_at(&body, &["createAgent"]);
     let body = app
         .gql_as(
             Some(&user.access),
@@ -92,10 +87,7 @@ async fn user_with_a_run(app: &TestApp, email: &str) -> (Session, String) {
             json!({ "agent": agent }),
         )
         .await;
-    let execution = body["data"]["executeAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("executeAgent: {body}"))
-        .to_owned();
+    let execution = id_at(&body, &["executeAgent"]);
     (user, execution)
 }
 
@@ -396,7 +388,7 @@ async fn graphiql_in_chromium_runs_a_query_and_a_subscription_with_the_token_fro
         &format!(
             "GraphiQL {}: query with the headers-pane token showed {email}; subscription showed \
              COMPLETED; screenshot {}",
-            agentry::graphql::http::GRAPHIQL_VERSION,
+            agentry::http::graphql::GRAPHIQL_VERSION,
             screenshot.display()
         ),
     );

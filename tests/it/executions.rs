@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{
     ALLOWED_ORIGIN, Session, TestApp, WsEvent, code,
     fake_provider::{FakeProvider, Mode, StreamScript},
-    field,
+    field, id_at,
 };
 use serde_json::{Value, json};
 
@@ -55,10 +55,7 @@ pub(crate) async fn world_with(
             json!({"i": {"name": "key", "provider": provider, "secret": secret}}),
         )
         .await;
-    let key_id = key["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key}"))
-        .to_owned();
+    let key_id = id_at(&key, &["createApiKey"]);
     let agent = app
         .gql_as(
             Some(&user.access),
@@ -66,10 +63,7 @@ pub(crate) async fn world_with(
             json!({"i": {"name": "Helper", "role": "a helpful assistant", "goal": "answer briefly", "backstory": "trained on haiku", "apiKeyId": key_id, "model": model, "temperature": 0.2, "maxOutputTokens": 256}}),
         )
         .await;
-    let agent_id = agent["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{agent}"))
-        .to_owned();
+    let agent_id = id_at(&agent, &["createAgent"]);
     World {
         app,
         fake,
@@ -98,10 +92,7 @@ impl World {
 
     pub(crate) async fn start(&self, input: &str) -> String {
         let body = self.execute(input).await;
-        body["data"]["executeAgent"]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{body}"))
-            .to_owned()
+        id_at(&body, &["executeAgent"])
     }
 
     pub(crate) async fn execution(&self, id: &str) -> Value {

@@ -15,6 +15,7 @@ use std::{
 use common::{
     Session, TestApp,
     fake_provider::{FakeProvider, StreamScript},
+    id_at,
     node::{ensure_ready, js_dir},
 };
 use serde_json::{Value, json};
@@ -149,10 +150,7 @@ async fn app_with_agent() -> (TestApp, FakeProvider, Session, String) {
             json!({ "input": { "name": "OpenAI", "provider": "OPENAI", "secret": OPENAI_KEY } }),
         )
         .await;
-    let key_id = body["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("createApiKey failed: {body}"))
-        .to_owned();
+    let key_id = id_at(&body, &["createApiKey"]);
     let body = app
         .gql_as(
             Some(&user.access),
@@ -166,10 +164,7 @@ async fn app_with_agent() -> (TestApp, FakeProvider, Session, String) {
             } }),
         )
         .await;
-    let agent_id = body["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("createAgent failed: {body}"))
-        .to_owned();
+    let agent_id = id_at(&body, &["createAgent"]);
     (app, fake, user, agent_id)
 }
 
@@ -183,10 +178,7 @@ async fn execute(app: &TestApp, user: &Session, agent_id: &str) -> String {
             json!({ "agent": agent_id, "input": "Type: the quick brown fox jumps" }),
         )
         .await;
-    body["data"]["executeAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("executeAgent failed: {body}"))
-        .to_owned()
+    id_at(&body, &["executeAgent"])
 }
 
 async fn status(app: &TestApp, user: &Session, execution_id: &str) -> String {

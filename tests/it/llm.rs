@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agentry::llm::{ProviderKind, provider::*};
+use agentry::llm::{ProviderKind, for_kind, provider::*};
 use common::fake_provider::{FakeProvider, Mode, StreamScript};
 use futures_util::StreamExt;
 use secrecy::SecretString;

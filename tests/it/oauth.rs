@@ -6,7 +6,7 @@
 use crate::common;
 mod fake;
 
-use common::{PASSWORD, Session, TestApp, code, field};
+use common::{PASSWORD, Session, TestApp, code, field, id_at};
 use fake::{CLIENT_ID, CLIENT_SECRET, FakeOAuth, Identity};
 use serde_json::{Value, json};
 
@@ -674,10 +674,7 @@ async fn the_last_way_to_sign_in_cannot_be_unlinked_until_a_password_is_set() {
         Identity::new("only-way", "only@example.com"),
     )
     .await;
-    let google_id = body["data"]["completeOAuth"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let google_id = id_at(&body, &["completeOAuth", "account"]);
     let disconnect = |token: String, id: String| {
         let app = &app;
         async move {
@@ -708,10 +705,7 @@ async fn the_last_way_to_sign_in_cannot_be_unlinked_until_a_password_is_set() {
         Identity::new("99", "only@example.com"),
     )
     .await;
-    let github_id = linked["data"]["completeOAuth"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let github_id = id_at(&linked, &["completeOAuth", "account"]);
     let body = disconnect(session.access.clone(), github_id).await;
     assert_eq!(body["data"]["disconnectOAuthAccount"], true, "{body}");
     let body = disconnect(session.access.clone(), google_id.clone()).await;
@@ -765,10 +759,7 @@ async fn refreshing_rotates_the_tokens_and_a_revoked_grant_disconnects_the_accou
         Identity::new("oid-refresh", "r@example.com"),
     )
     .await;
-    let id = body["data"]["completeOAuth"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&body, &["completeOAuth", "account"]);
     let read_ciphertexts = || async {
         let row = app
             .db()
@@ -852,10 +843,7 @@ async fn another_users_oauth_account_is_not_found() {
         Identity::new("owned", "owner@example.com"),
     )
     .await;
-    let id = body["data"]["completeOAuth"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&body, &["completeOAuth", "account"]);
     let other = app.register("other@example.com").await;
     for mutation in [
         "mutation($id: ID!) { refreshOAuthAccount(id: $id) { id } }",
@@ -960,10 +948,7 @@ async fn rotating_the_encryption_key_rewraps_oauth_tokens_and_verifiers() {
         Identity::new("rotate-sub", "rotate@example.com"),
     )
     .await;
-    let id = body["data"]["completeOAuth"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_at(&body, &["completeOAuth", "account"]);
     let new_key = "next:bmV4dC1rZXktbmV4dC1rZXktbmV4dC1rZXktMDAwMiE=";
     let rotate = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
@@ -997,7 +982,7 @@ async fn rotating_the_encryption_key_rewraps_oauth_tokens_and_verifiers() {
     let state = agentry::state::AppState::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(agentry::server::serve(
+    tokio::spawn(agentry::http::serve(
         state,
         listener,
         std::future::pending(),

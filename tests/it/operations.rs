@@ -11,6 +11,7 @@ use std::{
 use common::{
     TEST_ENCRYPTION_KEYS, TestApp, WsEvent,
     fake_provider::{FakeProvider, Mode, StreamScript},
+    id_at,
 };
 use serde_json::{Value, json};
 
@@ -27,10 +28,7 @@ async fn user_with_agent(app: &TestApp, email: &str) -> (common::Session, String
             json!({"i": {"name": "k", "provider": "OPENAI", "secret": OPENAI_KEY}}),
         )
         .await;
-    let key_id = key["data"]["createApiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key_id = id_at(&key, &["createApiKey"]);
     let agent = app
         .gql_as(
             Some(&user.access),
@@ -38,10 +36,7 @@ async fn user_with_agent(app: &TestApp, email: &str) -> (common::Session, String
             json!({"i": {"name": "A", "role": "r", "goal": "g", "apiKeyId": key_id, "model": "gpt-4o-mini"}}),
         )
         .await;
-    let agent_id = agent["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let agent_id = id_at(&agent, &["createAgent"]);
     (user, key_id, agent_id)
 }
 
@@ -95,10 +90,7 @@ async fn metrics_expose_the_named_series_and_they_move() {
             json!({"a": agent}),
         )
         .await;
-    let run_id = run["data"]["executeAgent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = id_at(&run, &["executeAgent"]);
     for _ in 0..100 {
         let status = app
             .gql_as(
@@ -286,10 +278,7 @@ async fn sigterm_drains_requests_closes_sockets_with_1001_and_ends_runs() {
     };
     // A run streaming on the child process, and a subscriber on it.
     let run = post(json!({"query": "mutation($a: ID!) { executeAgent(agentId: $a, input: \"long\") { id } }", "variables": {"a": agent}})).await;
-    let run_id = run["data"]["executeAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{run}"))
-        .to_owned();
+    let run_id = id_at(&run, &["executeAgent"]);
     let (mut socket, _) = {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = format!("ws://127.0.0.1:{port}/graphql")
@@ -556,7 +545,7 @@ async fn backup_then_restore_gives_identical_rows_and_keys_still_decrypt() {
     let state = agentry::state::AppState::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(agentry::server::serve(
+    tokio::spawn(agentry::http::serve(
         state,
         listener,
         std::future::pending(),

@@ -19,6 +19,7 @@ use common::{
     ALLOWED_ORIGIN, TestApp, WsEvent, code,
     db_proxy::DbProxy,
     fake_provider::{FakeProvider, StreamScript},
+    id_at,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -90,10 +91,7 @@ async fn agent_of(app: &TestApp, user: &common::Session) -> String {
             json!({"i": {"name": "Streamer", "role": "r", "goal": "g", "apiKeyId": key["data"]["createApiKey"]["id"], "model": "gpt-4o-mini"}}),
         )
         .await;
-    agent["data"]["createAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{agent}"))
-        .to_owned()
+    id_at(&agent, &["createAgent"])
 }
 
 #[tokio::test]
@@ -192,10 +190,7 @@ async fn a_database_restart_mid_stream_loses_no_token_and_the_run_finishes() {
             json!({"a": agent_id}),
         )
         .await;
-    let id = started["data"]["executeAgent"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{started}"))
-        .to_owned();
+    let id = id_at(&started, &["executeAgent"]);
 
     let watcher = subscribe(&app, &user.access, &id, None);
     let outage = async {
@@ -246,12 +241,7 @@ async fn slow_runs_of_a_few_users_do_not_hold_the_pool_from_everyone_else() {
                     json!({"a": agent_id}),
                 )
                 .await;
-            slow_runs.push(
-                run["data"]["executeAgent"]["id"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{run}"))
-                    .to_owned(),
-            );
+            slow_runs.push(id_at(&run, &["executeAgent"]));
         }
     }
     // Every slow run is open at the provider before the others arrive.

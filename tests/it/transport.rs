@@ -470,7 +470,7 @@ async fn readiness_follows_the_database_and_health_never_touches_it() {
         let state = agentry::state::AppState::new(config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(agentry::server::serve(
+        tokio::spawn(agentry::http::serve(
             state,
             listener,
             std::future::pending(),

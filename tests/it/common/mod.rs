@@ -7,7 +7,7 @@ pub mod node;
 
 use std::{net::SocketAddr, time::Duration};
 
-use agentry::{config::Config, server, state::AppState};
+use agentry::{config::Config, http as server, state::AppState};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -392,6 +392,17 @@ impl Session {
             refresh: payload["refreshToken"].as_str()?.to_owned(),
             user_id: payload["user"]["id"].as_str()?.to_owned(),
         })
+    }
+}
+
+/// The `id` at `data.<path>` of a GraphQL response, e.g. `id_at(&body, &["createAgent"])`;
+/// panics with the whole response when it is not there, so a failed call explains itself.
+#[track_caller]
+pub fn id_at(body: &Value, path: &[&str]) -> String {
+    let node = path.iter().fold(&body["data"], |node, key| &node[*key]);
+    match node["id"].as_str() {
+        Some(id) => id.to_owned(),
+        None => panic!("no id at data.{}: {body}", path.join(".")),
     }
 }
 

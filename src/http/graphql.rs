@@ -15,29 +15,11 @@ use axum::{
 use crate::{
     error::{AppError, ErrorCode},
     graphql::limits::{PARSE_FAILED, VALIDATION_FAILED, with_code},
+    http::{HttpState, RequestId},
     rate_limit::client_ip,
     request::{Identity, RequestContext, RequestMeta},
     users::sessions,
 };
-
-/// What the HTTP handlers share: the state and the schema built from it. (It lives here, with
-/// the handlers, so that the router in `server.rs` depends on the transport and not back.)
-#[derive(Clone)]
-pub struct HttpState {
-    /// Shared server state.
-    pub app: crate::state::AppState,
-    /// The executable schema.
-    pub schema: super::AppSchema,
-    /// Automatic persisted queries (Apollo APQ): hash → query text.
-    pub persisted: super::persisted::PersistedQueries,
-}
-
-/// The request id of the current request (request extension), echoed as `x-request-id`.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// The `x-request-id` header.
-pub static REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// An oversized body is read on (and thrown away) up to this many bytes …
 const DRAIN_BYTES: usize = 16 * 1024 * 1024;
@@ -221,7 +203,9 @@ async fn execute(
         Err(err) => return persisted_error(media, &request_id, err),
     };
     let names: Vec<Option<String>> = batch.iter().map(|r| r.operation_name.clone()).collect();
-    let batch = batch.data(context).data(super::loaders::Loaders::new(app));
+    let batch = batch
+        .data(context)
+        .data(crate::graphql::loaders::Loaders::new(app));
     let response = http.schema.execute_batch(batch).await;
     let outcomes: Vec<bool> = match &response {
         BatchResponse::Single(r) => vec![r.errors.is_empty()],

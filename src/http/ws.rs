@@ -36,7 +36,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt, future};
 use tokio::{sync::broadcast, time::Instant};
 
 use crate::{
-    graphql::http::HttpState,
+    http::HttpState,
     rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
     state::{Revocation, SocketGuard, SocketRefusal},
@@ -383,7 +383,7 @@ async fn serve(
             set(&init_state, InitState::Ready(identity.clone()));
             let mut data = Data::default();
             data.insert(RequestContext { meta, identity });
-            data.insert(super::loaders::Loaders::new(&app));
+            data.insert(crate::graphql::loaders::Loaders::new(&app));
             Ok(data)
         }
     };

@@ -20,10 +20,8 @@ use tower_http::{
 };
 
 use crate::{
-    graphql::{
-        self,
-        http::{HttpState, REQUEST_ID, RequestId},
-    },
+    http::{HttpState, REQUEST_ID, RequestId, graphql, persisted},
+    schema,
     state::AppState,
     telemetry::names,
 };
@@ -33,19 +31,16 @@ const LIMITER_PRUNE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Builds the application router.
 pub fn router(app: AppState) -> Router {
-    let schema = graphql::build_schema(&app);
+    let schema = schema::build_schema(&app);
     let config = app.config.clone();
     let http = HttpState {
         app: app.clone(),
         schema,
-        persisted: graphql::persisted::PersistedQueries::new(graphql::persisted::CAPACITY),
+        persisted: persisted::PersistedQueries::new(persisted::CAPACITY),
     };
 
     let mut router = Router::new()
-        .route(
-            "/graphql",
-            get(graphql::http::get).post(graphql::http::post),
-        )
+        .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -125,7 +120,7 @@ async fn metrics_endpoint(
     }
     if let Some(expected) = &http.app.config.metrics_token {
         use secrecy::ExposeSecret;
-        let presented = crate::graphql::http::bearer_token(&headers).unwrap_or_default();
+        let presented = graphql::bearer_token(&headers).unwrap_or_default();
         // Constant-time comparison: the token guards operational data.
         let matches = presented.len() == expected.expose_secret().len()
             && presented

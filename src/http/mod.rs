@@ -1,0 +1,30 @@
+//! The transport: the axum router and its layers, the GraphQL-over-HTTP handlers (request
+//! parsing, responses, GraphiQL), the WebSocket protocols with their limits, automatic
+//! persisted queries, and operation metrics. It serves [`crate::schema`]; nothing below it
+//! imports anything from here.
+
+pub mod graphql;
+pub mod observe;
+pub mod persisted;
+pub mod router;
+pub mod ws;
+
+pub use router::{router, serve, shutdown_signal};
+
+/// What the HTTP handlers share: the state and the schema built from it.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Shared server state.
+    pub app: crate::state::AppState,
+    /// The executable schema.
+    pub schema: crate::schema::AppSchema,
+    /// Automatic persisted queries (Apollo APQ): hash → query text.
+    pub persisted: persisted::PersistedQueries,
+}
+
+/// The request id of the current request (request extension), echoed as `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The `x-request-id` header.
+pub static REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
