@@ -399,13 +399,22 @@ pub struct OAuthConfig {
         default_value = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
     )]
     pub microsoft_token_url: String,
-    /// Microsoft OpenID Connect user-info endpoint.
+    /// Microsoft's signing keys (JWKS) for ID tokens. Microsoft's profile is its ID token,
+    /// verified against these keys; there is no user-info call.
     #[arg(
-        long = "oauth-microsoft-userinfo-url",
-        env = "AGENTRY_OAUTH_MICROSOFT_USERINFO_URL",
-        default_value = "https://graph.microsoft.com/oidc/userinfo"
+        long = "oauth-microsoft-jwks-url",
+        env = "AGENTRY_OAUTH_MICROSOFT_JWKS_URL",
+        default_value = "https://login.microsoftonline.com/common/discovery/v2.0/keys"
     )]
-    pub microsoft_userinfo_url: String,
+    pub microsoft_jwks_url: String,
+    /// The issuer a Microsoft ID token must carry, `{tenantid}` standing for the token's `tid`
+    /// (the multi-tenant `common` endpoint's issuer is per tenant).
+    #[arg(
+        long = "oauth-microsoft-issuer",
+        env = "AGENTRY_OAUTH_MICROSOFT_ISSUER",
+        default_value = "https://login.microsoftonline.com/{tenantid}/v2.0"
+    )]
+    pub microsoft_issuer: String,
 }
 
 /// A configuration that cannot start a server, with the variable to fix.

@@ -2,6 +2,7 @@
 //! accounts whose tokens live in the vault.
 
 pub mod graphql;
+pub mod id_token;
 pub mod model;
 pub mod providers;
 pub mod service;

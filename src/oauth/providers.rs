@@ -2,20 +2,29 @@
 //!
 //! Who a person is comes from the provider's stable subject id, never from an email: Google's
 //! `sub`, GitHub's numeric `id` (GitHub has no OIDC user-info: `GET /user` and
-//! `GET /user/emails`), and Microsoft's `oid` with its tenant `tid` (stored as `<tid>:<oid>`).
+//! `GET /user/emails`), and Microsoft's `oid` with its tenant `tid` (stored as `<tid>:<oid>`),
+//! read from its verified ID token (see `id_token`). Microsoft does not verify the email
+//! addresses its accounts carry, so a Microsoft email is never used: not to sign up, not to
+//! match an account.
 
 use oauth2::{
-    AuthType, AuthUrl, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RedirectUrl, TokenUrl,
-    basic::BasicClient,
+    AuthType, AuthUrl, Client, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, RedirectUrl, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
+    basic::{
+        BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+        BasicTokenType,
+    },
 };
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use url::Url;
 
 use crate::{
     config::{ConfigError, OAuthConfig},
     error::{AppError, AppResult},
+    oauth::id_token::IdTokenVerifier,
     users::validate::Email,
 };
 
@@ -75,9 +84,41 @@ impl IdentityProvider {
     }
 }
 
+/// What a token endpoint answers beyond RFC 6749's fields: the OpenID Connect ID token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct IdTokenFields {
+    /// The ID token (a JWT), when the provider speaks OpenID Connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+impl ExtraTokenFields for IdTokenFields {}
+
+/// A token endpoint's answer, with the ID token kept.
+pub type Tokens = StandardTokenResponse<IdTokenFields, BasicTokenType>;
+
 /// An OAuth client with its authorization and token endpoints set.
-pub type OAuthClient =
-    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+pub type OAuthClient = Client<
+    BasicErrorResponse,
+    Tokens,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// Where a provider's account of who signed in comes from.
+#[derive(Debug)]
+enum ProfileSource {
+    /// A user-info endpoint called with the access token (Google; GitHub's `/user`).
+    UserInfo(Url),
+    /// The verified ID token of the code exchange (Microsoft).
+    IdToken(IdTokenVerifier),
+}
 
 /// A configured provider: client credentials and endpoints.
 #[derive(Debug)]
@@ -88,7 +129,7 @@ pub struct IdpClient {
     client_secret: SecretString,
     auth_url: AuthUrl,
     token_url: TokenUrl,
-    userinfo_url: Url,
+    profile: ProfileSource,
     emails_url: Option<Url>,
 }
 
@@ -101,7 +142,7 @@ impl IdpClient {
             IdentityProvider::GitHub => AuthType::RequestBody,
             IdentityProvider::Google | IdentityProvider::Microsoft => AuthType::BasicAuth,
         };
-        let mut client = BasicClient::new(self.client_id.clone())
+        let mut client = Client::new(self.client_id.clone())
             .set_client_secret(ClientSecret::new(
                 self.client_secret.expose_secret().to_owned(),
             ))
@@ -116,17 +157,42 @@ impl IdpClient {
         Ok(client)
     }
 
-    /// Reads who the access token belongs to.
+    /// Whether the flow sends a nonce and expects it back in a verified ID token.
+    pub fn uses_id_token(&self) -> bool {
+        matches!(self.profile, ProfileSource::IdToken(_))
+    }
+
+    /// Reads who signed in: from the user-info endpoint with the access token, or from the ID
+    /// token of `tokens`, verified and bound to `nonce`.
     pub async fn fetch_profile(
         &self,
         http: &reqwest::Client,
-        access_token: &SecretString,
+        tokens: &Tokens,
+        nonce: &str,
     ) -> AppResult<Profile> {
+        let access_token = SecretString::from(tokens.access_token().secret().to_owned());
+        let access_token = &access_token;
+        let userinfo_url = match &self.profile {
+            ProfileSource::UserInfo(url) => url,
+            ProfileSource::IdToken(verifier) => {
+                let name = self.kind.display_name();
+                let Some(id_token) = tokens.extra_fields().id_token.as_deref() else {
+                    return Err(AppError::Provider(format!(
+                        "{name} sent no ID token: check that the app registration allows the openid scope"
+                    )));
+                };
+                let claims = verifier.verify_microsoft(http, id_token, nonce).await?;
+                return Ok(Profile {
+                    subject: subject(self.kind, format!("{}:{}", claims.tid, claims.oid))?,
+                    // Microsoft accounts carry addresses nobody verified: never trust one.
+                    email: None,
+                    name: claims.name,
+                });
+            }
+        };
         match self.kind {
             IdentityProvider::Google => {
-                let info: GoogleUserInfo = self
-                    .get_json(http, &self.userinfo_url, access_token)
-                    .await?;
+                let info: GoogleUserInfo = self.get_json(http, userinfo_url, access_token).await?;
                 Ok(Profile {
                     subject: subject(self.kind, info.sub)?,
                     email: info
@@ -137,9 +203,7 @@ impl IdpClient {
                 })
             }
             IdentityProvider::GitHub => {
-                let user: GitHubUser = self
-                    .get_json(http, &self.userinfo_url, access_token)
-                    .await?;
+                let user: GitHubUser = self.get_json(http, userinfo_url, access_token).await?;
                 let emails: Vec<GitHubEmail> = match &self.emails_url {
                     Some(url) => self.get_json(http, url, access_token).await?,
                     None => Vec::new(),
@@ -154,28 +218,9 @@ impl IdpClient {
                     name: user.name.or(Some(user.login)),
                 })
             }
-            IdentityProvider::Microsoft => {
-                let info: MicrosoftUserInfo = self
-                    .get_json(http, &self.userinfo_url, access_token)
-                    .await?;
-                // `oid` is the user's id within tenant `tid`; `sub` is pairwise per application
-                // and also stable. Prefer the documented `<tid>:<oid>` pair.
-                let raw = match (info.tid, info.oid, info.sub) {
-                    (Some(tid), Some(oid), _) if !tid.is_empty() && !oid.is_empty() => {
-                        format!("{tid}:{oid}")
-                    }
-                    (_, _, Some(sub)) if !sub.is_empty() => format!("sub:{sub}"),
-                    _ => String::new(),
-                };
-                Ok(Profile {
-                    subject: subject(self.kind, raw)?,
-                    email: info
-                        .email
-                        .filter(|_| info.email_verified != Some(false))
-                        .and_then(normalise_email),
-                    name: info.name,
-                })
-            }
+            IdentityProvider::Microsoft => Err(AppError::Internal(anyhow::anyhow!(
+                "Microsoft is configured without ID token verification"
+            ))),
         }
     }
 
@@ -269,16 +314,6 @@ struct GitHubEmail {
     verified: bool,
 }
 
-#[derive(Deserialize)]
-struct MicrosoftUserInfo {
-    sub: Option<String>,
-    oid: Option<String>,
-    tid: Option<String>,
-    email: Option<String>,
-    email_verified: Option<bool>,
-    name: Option<String>,
-}
-
 /// The configured providers and the frontend callbacks they may redirect to.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -341,14 +376,14 @@ impl Registry {
                 [
                     &config.microsoft_auth_url,
                     &config.microsoft_token_url,
-                    &config.microsoft_userinfo_url,
+                    &config.microsoft_jwks_url,
                 ],
                 Vars {
                     id: "AGENTRY_OAUTH_MICROSOFT_CLIENT_ID",
                     secret: "AGENTRY_OAUTH_MICROSOFT_CLIENT_SECRET",
                     auth: "AGENTRY_OAUTH_MICROSOFT_AUTH_URL",
                     token: "AGENTRY_OAUTH_MICROSOFT_TOKEN_URL",
-                    userinfo: "AGENTRY_OAUTH_MICROSOFT_USERINFO_URL",
+                    userinfo: "AGENTRY_OAUTH_MICROSOFT_JWKS_URL",
                 },
             ),
         ];
@@ -390,13 +425,32 @@ impl Registry {
                 )?),
                 _ => None,
             };
+            let profile = match kind {
+                IdentityProvider::Microsoft => {
+                    let issuer = config.microsoft_issuer.trim();
+                    if endpoint("AGENTRY_OAUTH_MICROSOFT_ISSUER", issuer, production).is_err() {
+                        return Err(ConfigError::Invalid(
+                            "AGENTRY_OAUTH_MICROSOFT_ISSUER",
+                            format!(
+                                "`{issuer}` is not an issuer URL like https://login.microsoftonline.com/{{tenantid}}/v2.0"
+                            ),
+                        ));
+                    }
+                    ProfileSource::IdToken(IdTokenVerifier::new(
+                        userinfo,
+                        issuer.to_owned(),
+                        id.to_owned(),
+                    ))
+                }
+                _ => ProfileSource::UserInfo(userinfo),
+            };
             providers.push(IdpClient {
                 kind,
                 client_id: ClientId::new(id.to_owned()),
                 client_secret: secret.clone(),
                 auth_url: AuthUrl::from_url(auth),
                 token_url: TokenUrl::from_url(token),
-                userinfo_url: userinfo,
+                profile,
                 emails_url,
             });
         }

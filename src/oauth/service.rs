@@ -10,8 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use oauth2::{
     AuthorizationCode, CsrfToken, HttpClientError, PkceCodeChallenge, PkceCodeVerifier,
-    RefreshToken, RequestTokenError, Scope, TokenResponse,
-    basic::{BasicErrorResponse, BasicTokenResponse},
+    RefreshToken, RequestTokenError, Scope, TokenResponse, basic::BasicErrorResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -23,8 +22,9 @@ use crate::{
     db::schema::{oauth_accounts, oauth_states},
     error::{AppError, AppResult, unique_or},
     oauth::{
+        id_token,
         model::{self, NewOAuthAccount, NewOAuthState, OAuthAccountRow},
-        providers::{IdentityProvider, IdpClient, Profile},
+        providers::{IdentityProvider, IdpClient, Profile, Tokens},
     },
     request::{RequestMeta, Viewer},
     state::AppState,
@@ -107,7 +107,7 @@ struct Grant {
 }
 
 impl Grant {
-    fn from_response(token: &BasicTokenResponse) -> Self {
+    fn from_response(token: &Tokens) -> Self {
         Self {
             access: SecretString::from(token.access_token().secret().to_owned()),
             refresh: token
@@ -205,8 +205,9 @@ pub async fn start(
     };
     let client = provider.client(Some(redirect_uri))?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let csrf = CsrfToken::new_random_len(32);
     let mut request = client
-        .authorize_url(|| CsrfToken::new_random_len(32))
+        .authorize_url(|| csrf.clone())
         .set_pkce_challenge(challenge);
     for scope in kind.scopes() {
         request = request.add_scope(Scope::new((*scope).to_owned()));
@@ -214,7 +215,11 @@ pub async fn start(
     for (name, value) in kind.extra_auth_params() {
         request = request.add_extra_param(*name, *value);
     }
-    let (url, csrf) = request.url();
+    if provider.uses_id_token() {
+        // OpenID Connect's replay guard, derived from the state (see `id_token::nonce_for`).
+        request = request.add_extra_param("nonce", id_token::nonce_for(csrf.secret()));
+    }
+    let (url, _) = request.url();
     // Stays in the browser that started the flow (the frontend keeps it in sessionStorage).
     let browser_binding = CsrfToken::new_random_len(32).secret().to_owned();
     let id = Uuid::now_v7();
@@ -427,7 +432,7 @@ pub async fn complete(
         .map_err(|e| token_endpoint_error(kind, classify(kind, e), "the authorization code"))?;
     let grant = Grant::from_response(&token);
     let profile = provider
-        .fetch_profile(&state.oauth_http, &grant.access)
+        .fetch_profile(&state.oauth_http, &token, &id_token::nonce_for(state_param))
         .await?;
     match (claimed.intent, claimed.user_id) {
         (Intent::Link, Some(user_id)) => link(state, meta, user_id, provider, profile, grant).await,
@@ -464,9 +469,15 @@ async fn login(
             return Ok(Completion { intent: Intent::Login, tokens: Some(tokens), account, created: false });
         }
         let Some(email) = profile.email.as_deref() else {
-            return Err(AppError::Conflict(format!(
-                "your {name} account has no verified email address: verify one at {name}, or sign up with a password and link {name} from your settings"
-            )));
+            return Err(AppError::Conflict(if kind == IdentityProvider::Microsoft {
+                // Microsoft accounts can carry any address, unverified: a new account from
+                // one would let anyone claim anyone's email.
+                "Agentry does not take email addresses from Microsoft, which does not verify them: sign up with a password, link Microsoft from your settings, then sign in with Microsoft".to_owned()
+            } else {
+                format!(
+                    "your {name} account has no verified email address: verify one at {name}, or sign up with a password and link {name} from your settings"
+                )
+            }));
         };
         if users::model::find_user_by_email(conn, email).await?.is_some() {
             return Err(AppError::Conflict(format!(

@@ -7,7 +7,7 @@ use crate::common;
 mod fake;
 
 use common::{PASSWORD, Session, TestApp, code, field, id_at};
-use fake::{CLIENT_ID, CLIENT_SECRET, FakeOAuth, Identity};
+use fake::{CLIENT_ID, CLIENT_SECRET, FakeOAuth, IdTokenFault, Identity};
 use serde_json::{Value, json};
 
 const CALLBACK: &str = "http://app.example.test/oauth/callback";
@@ -36,7 +36,8 @@ async fn app_with_fake() -> (TestApp, FakeOAuth) {
         o.microsoft_client_secret = Some(CLIENT_SECRET.to_owned().into());
         o.microsoft_auth_url = format!("{base}/authorize");
         o.microsoft_token_url = format!("{base}/token");
-        o.microsoft_userinfo_url = format!("{base}/ms/userinfo");
+        o.microsoft_jwks_url = format!("{base}/ms/keys");
+        o.microsoft_issuer = fake::FAKE_ISSUER_TEMPLATE.to_owned();
     })
     .await;
     (app, fake)
@@ -154,6 +155,30 @@ async fn oauth_login(
     let body = flow(app, fake, None, provider, "LOGIN", who).await;
     let session = Session::from_payload(&body["data"]["completeOAuth"]["auth"])
         .unwrap_or_else(|| panic!("OAuth login failed: {body}"));
+    (session, body)
+}
+
+/// A password account `email` with the Microsoft identity `who` linked to it (Microsoft never
+/// creates accounts: its email addresses are unverified), then signed in with Microsoft.
+async fn microsoft_login(
+    app: &TestApp,
+    fake: &FakeOAuth,
+    email: &str,
+    who: Identity,
+) -> (Session, Value) {
+    let owner = app.register(email).await;
+    let linked = flow(
+        app,
+        fake,
+        Some(&owner.access),
+        "MICROSOFT",
+        "LINK",
+        who.clone(),
+    )
+    .await;
+    assert_eq!(linked["data"]["completeOAuth"]["created"], true, "{linked}");
+    let (session, body) = oauth_login(app, fake, "MICROSOFT", who).await;
+    assert_eq!(session.user_id, owner.user_id, "{body}");
     (session, body)
 }
 
@@ -368,7 +393,7 @@ async fn github_and_microsoft_identify_people_by_their_stable_ids() {
     );
     let mut who = Identity::new("00000000-0000-0000-66f3-3332eca7ea81", "ms@example.com");
     who.tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47".into();
-    let (ms, _) = oauth_login(&app, &fake, "MICROSOFT", who).await;
+    let (ms, _) = microsoft_login(&app, &fake, "ms@example.com", who).await;
     assert_ne!(gh.user_id, ms.user_id);
     let db = app.db().await;
     let rows = db
@@ -393,7 +418,7 @@ async fn github_and_microsoft_identify_people_by_their_stable_ids() {
     // The same person in another tenant is another account.
     let mut other_tenant = Identity::new("00000000-0000-0000-66f3-3332eca7ea81", "ms2@example.com");
     other_tenant.tenant = "aaaaaaaa-0000-0000-0000-000000000000".into();
-    let (other, _) = oauth_login(&app, &fake, "MICROSOFT", other_tenant).await;
+    let (other, _) = microsoft_login(&app, &fake, "ms2@example.com", other_tenant).await;
     assert_ne!(other.user_id, ms.user_id);
 }
 
@@ -752,10 +777,10 @@ async fn the_last_way_to_sign_in_cannot_be_unlinked_until_a_password_is_set() {
 #[tokio::test]
 async fn refreshing_rotates_the_tokens_and_a_revoked_grant_disconnects_the_account() {
     let (app, fake) = app_with_fake().await;
-    let (session, body) = oauth_login(
+    let (session, body) = microsoft_login(
         &app,
         &fake,
-        "MICROSOFT",
+        "r@example.com",
         Identity::new("oid-refresh", "r@example.com"),
     )
     .await;
@@ -1005,4 +1030,90 @@ async fn rotating_the_encryption_key_rewraps_oauth_tokens_and_verifiers() {
         body["data"]["refreshOAuthAccount"]["isConnected"], true,
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn microsoft_never_creates_an_account_and_its_email_is_never_trusted() {
+    let (app, fake) = app_with_fake().await;
+    let victim = app.register("victim@example.com").await;
+    let users_before = app.count("SELECT count(*) FROM users").await;
+    // A Microsoft account can carry anyone's address, unverified (the "nOAuth" attack), even
+    // claiming it is verified.
+    for email in ["victim@example.com", "newcomer@example.com"] {
+        let mut who = Identity::new("oid-attacker", email);
+        who.email_verified = true;
+        let body = flow(&app, &fake, None, "MICROSOFT", "LOGIN", who).await;
+        assert_eq!(code(&body), "CONFLICT", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("link Microsoft"), "{message}");
+        assert!(body["data"]["completeOAuth"].is_null(), "{body}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM users").await, users_before);
+    assert_eq!(app.count("SELECT count(*) FROM oauth_accounts").await, 0);
+    // The victim's sessions are only their own.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM sessions WHERE user_id = '{}'",
+            victim.user_id
+        ))
+        .await,
+        1
+    );
+    // Linked from the account itself, Microsoft signs in, and stores no email for the account.
+    let (session, body) = microsoft_login(
+        &app,
+        &fake,
+        "owner@example.com",
+        Identity::new("oid-owner", "someone-else@example.com"),
+    )
+    .await;
+    assert_ne!(session.user_id, victim.user_id);
+    assert!(
+        body["data"]["completeOAuth"]["account"]["email"].is_null(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_microsoft_id_token_that_fails_any_check_signs_nobody_in() {
+    let (app, fake) = app_with_fake().await;
+    let who = Identity::new("oid-checked", "checked@example.com");
+    let (owner, _) = microsoft_login(&app, &fake, "checked@example.com", who.clone()).await;
+    // The flow sends a nonce bound to its state; the token must carry it back.
+    let (url, state) = started(&app, None, "MICROSOFT", "LOGIN").await;
+    let query: std::collections::HashMap<String, String> = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let nonce = query.get("nonce").cloned().unwrap_or_default();
+    assert_eq!(nonce.len(), 43, "{url}");
+    assert_eq!(query.get("state"), Some(&state));
+    assert_ne!(
+        nonce, state,
+        "the nonce is derived from the state, not a copy of it"
+    );
+    let (google, _) = started(&app, None, "GOOGLE", "LOGIN").await;
+    assert!(!google.contains("nonce="), "{google}");
+
+    let sessions = app.count("SELECT count(*) FROM sessions").await;
+    for fault in [
+        IdTokenFault::Missing,
+        IdTokenFault::ForgedSignature,
+        IdTokenFault::WrongAudience,
+        IdTokenFault::WrongNonce,
+        IdTokenFault::WrongIssuer,
+        IdTokenFault::Expired,
+    ] {
+        fake.fault_id_tokens(Some(fault));
+        let body = flow(&app, &fake, None, "MICROSOFT", "LOGIN", who.clone()).await;
+        assert_eq!(code(&body), "PROVIDER_ERROR", "{fault:?}: {body}");
+        assert!(body["data"]["completeOAuth"].is_null(), "{fault:?}: {body}");
+        assert_no_token(&fake, &body.to_string());
+    }
+    assert_eq!(app.count("SELECT count(*) FROM sessions").await, sessions);
+    // The same person with a sound token signs in again.
+    fake.fault_id_tokens(None);
+    let (again, _) = oauth_login(&app, &fake, "MICROSOFT", who).await;
+    assert_eq!(again.user_id, owner.user_id);
 }

@@ -4,7 +4,10 @@
 //! (client authentication by HTTP Basic or body; the code grant verifies the S256 verifier and
 //! the redirect URI like a real server; the refresh grant rotates; revoked grants answer
 //! `invalid_grant`), Google-shaped `/userinfo`, GitHub-shaped `/user` and `/user/emails`, and
-//! Microsoft-shaped `/ms/userinfo`.
+//! Microsoft's OpenID Connect side: an RS256 `id_token` in the token response when the flow sent
+//! a `nonce` (claims as Microsoft's v2.0 tokens: `iss` per tenant, `aud`, `tid`, `oid`,
+//! `nonce`, `email`, `name`), its signing keys at `/ms/keys`, and faults a test can ask for
+//! ([`IdTokenFault`]).
 
 use std::{
     collections::HashMap,
@@ -26,6 +29,32 @@ use sha2::{Digest, Sha256};
 pub const CLIENT_ID: &str = "agentry-test-client";
 /// The client secret the fake knows.
 pub const CLIENT_SECRET: &str = "fake-client-secret-0123456789";
+
+/// The fake's RSA signing key (PKCS#1 DER, base64), made for these tests only.
+const SIGNING_KEY_DER: &str = "MIIEogIBAAKCAQEAuSFZtDecJKwK4h5THk0ovWpmVyuREXNuRyNX4aFx7bGCCzMvRHONGAcb8uOQaykLbgKxQwthgM0iWiAHD3wy5ulyFNh4ghrKjlTpN8/EZOdO3xcklAhXlMLf3qklZvnj21DCEsHWlq98ctT9Mx5Hl7KO3jnGHXSmZprezAO3FjtPllY/v64DeuLu+sQI5mmZ5yBdIYp75wBDJzLzzasR8xwKLEMBWVnDWDUMOCqIHES1YibbnyuvJovYTywMQzM03pkpY/jAIPgI7VAgGvHvdQtZ3SfRdoyA/gJEMyhuTSQQm9k8Rr7Cyw8xRHZhwrhYcjLmpfqprXcz6MKg7ZcA6wIDAQABAoIBABDjA+W2dN27e7qofXh0HVU50V/+L1tiJhsDFE8WhOfjmzMeVh9uUt5wN5JuQ4wi0FIWmMi+zwQKsil6Zmp5L8N0Y92W6VckznkxMZzPrOBvYPhkigeewy5koDsVPr4n6SrmMO25FLPmCfoHh5kUF/+0X+fRaUriixMs6Um+xQKX+nbt72SqJmG9uzHYpTOsjou73+cDnAMmb9FPxdjwnwa3ADAflfPU5LIg7q7KpHVVBymaqCUFGaIXFmawYsz5qlNH/+x3uU9lELz75Sbca/B2v80unK5ooXQhrF8UaeDSwflHOavONt+KXWYaIpHafS5tZubipZ8rwWbtRqzMcvECgYEA8ku0RIHmYoZVx4p/+8AKNWQM/WvTJ+e+vgMrvnXxwYBRzoYz2LmAC0/dT9gEkIMIpNo+23PUheC+yRvV2yAzjhaOrKcRg+cSOGmJQ+JIUaK+wSN24cJIbN76kclREpFtV9kGhNKhgY8Cblc6Xf62oo9vpnBugJqGFGR8rdB2JVUCgYEAw5ns0spC1Jr1mpETW9idekEGB0ifTYp/1HYCnpKhE9anVfrcHA8n5HCXbDixmsIGV61BmTwo4jhS0c0KPpxXTHfyXmYSaTqRGoMQgtvWzdTsvu1Rnd4Bc2oCR5Qz/N5fq3vw/sDx42Aj2JNTHFjRBLpP6Zt8uOI8NhkvWxYkjT8CgYBAsBeDxs6UdVsHeCGtO9s93+Vb72Kjn8qb/kq6gdC2oaS1p7zF2tilrH/gpkKptmIjaSUo/+a4i4VEOgtBgnphMAKNc9lIRvPlXb/JAOvf57xX4jkGExG1B18MdxwPAgaYUpfb9EQsS9sRTHaHy85E3linrhLCgP7VCPMEkMhKNQKBgAn1p3pgNCDxNvpE0tCFahdUgkMSrpHbMIEX9TAv1SXWczTMjjKbjvNxzDQFev2fTYVfXAy6ZHaIWac3IoNnoIZTQTMPTXawNb082TVgjkJyyg86tEIukLJYvn74i+EfTY3ExNOj7W0fcxPPBJdX6mSsO+9wLFyZoGk8xQ2FRh0vAoGAMQA8nEJdKj3yjTtkR/OlKMzd3IXHTGXzP94e9ctgmAzte2yONE8Y5Zy6jJTIBZg9q5IxNW6SLZDn5VT78nfanpnIt4JVSI3TZF6BBQQp4N7Yg3MElaLlPjQ7cM6n7JNsoXYR6yp6+lYXIh4NEOeels3wyaEqaJ7wxNWOS21tDpE=";
+/// Its modulus, base64url (the JWK `n`).
+const SIGNING_KEY_N: &str = "uSFZtDecJKwK4h5THk0ovWpmVyuREXNuRyNX4aFx7bGCCzMvRHONGAcb8uOQaykLbgKxQwthgM0iWiAHD3wy5ulyFNh4ghrKjlTpN8_EZOdO3xcklAhXlMLf3qklZvnj21DCEsHWlq98ctT9Mx5Hl7KO3jnGHXSmZprezAO3FjtPllY_v64DeuLu-sQI5mmZ5yBdIYp75wBDJzLzzasR8xwKLEMBWVnDWDUMOCqIHES1YibbnyuvJovYTywMQzM03pkpY_jAIPgI7VAgGvHvdQtZ3SfRdoyA_gJEMyhuTSQQm9k8Rr7Cyw8xRHZhwrhYcjLmpfqprXcz6MKg7ZcA6w";
+/// The key id the fake publishes and puts in its ID tokens' headers.
+pub const SIGNING_KEY_ID: &str = "fake-ms-key-1";
+/// Another RSA key, which the fake does not publish (for forged tokens).
+const FORGER_KEY_DER: &str = "MIIEpQIBAAKCAQEAwY5qN8qJHblKacF9RWKcNQCELp5RwS0G8T0rsyeycGLQUNHnNVaoOC6q6Y2EmP2hSwYP7SLdWwlLXHI9kxBenmBWElLNtmHNlF26q24D9aT/k6/DWkpHyhmR7e6hXJvoGHbVd4r1Ckxmrv98jRPNN/XlLlCxyk76ZSjemuf1HxSYHzx29JLyO4NWWg5kh8KiSecBDb2AgLEVoFdJqkKOI+FxNU8lfIEq3BeBdeDrTq1byuOe2Y0Xx3QCGUoyFF4m1l9DacuowklP/1mzGdorIyztPOjZA0CKZEEnnCzmYTEilUnxAccUnfwCADuDaiWLvp6XOfDYP1MYbRW3/ho7YwIDAQABAoIBAF3zpoxhQ/BJJh0yff+lj4RMtVy5nZ6CoDmOAz3JuZxC4rIwSSYDY9EtmemXN3NZvaagkS9+umq7lriPfWL60arXwT/QsKjkTXlEi901oDdm+WXzLYSQxMsNYV/Ycrv0s5LYb+LAcRQoJLmyKv+Byp3svmueYMZ+Up2y2mbfzARizbWtWXYhoMORA+qVS6ByD0/rgpUWNUudFr/WZmTJ+lomukVME8pkCgQbGR8mKu/8zW2ddB8m9cRIYy8OUvwMTQ6JgPJ3JRYAfc76pCZICJ4WE4WIZR6GMs7giMqxHYcdqCAebNmic4YyxV81PDyyQj/5d9FBegh7sl1dI4uDyDUCgYEA+Zey3WUZ3aIu6DAHZvlyp0/zZl30+PjaqOVPuQMpHJIJAnpOFMRWh4rCqyPHd0st93np9DegTZ+IGzqnr7Crf93CZs2LNIXbzZ00fGoFczElVgmbQSQDhrFLZh5R4QZKtItBZeOx70N0tlZaG2nndEFKyGrgGrn1h55up30s3yUCgYEAxoZzXBcq5pkx3OM6gyQQqETzZy2vx9OoOs4Zx0sHsq4irKvQ32rP77j9NQligLcaCA2xHgX9YEMg5v2nSP8TKO4S/V8ggWRyZ1YXO/dwdOz5bSPHw4F1meMc5qw+3QDnjfYF6YRg95+AG9Fja6m+u+VqLmoLQPGFUCE4DBeoDecCgYEAoUxQ8lTw91NlfvXzArA4UToQ8VnNA81G+hlfgRAy1Fzn56sEpNURmnypO5JeyJBUP3eRIxuDxEZR3k70qUzCOFsm0+sHiETtfJ6YmcKmjP/4wfZpWBqfEL+pG3CCt6qqQq0v8VnJ1vdACMobZ1X0lyPO4WB4Pa1pqGBR4Hm7suUCgYEAgXJ31AtzOMuZXMt5grtIdUAIajW7EZQsdLOg0XdV/KdZCrg5yQRPs6Muz59f8Ef0HF45KDeFoHgFAzlQE+PmrWCXV0jo3BYQFttm6P4OAN/oP8b94bgPY5lYZfzYPKjzU3ihIEPmKnCBSyI8Lp6PNNuBYeRZlC4n3Djc392pAe8CgYEAmLfDK9kQaVxgyDqsIE47rkI0HG5zzO+JTDw+nNfgcUqxnN8GpIIYQ1epU40Oxzkujf/23/Gq+eNIaOgIWngbB7Mdb23pjbHIbyEJpb8KTL6Kmq4hZWI6xptDYMUfpnRTE0cToi8y/6nMO9dhlTqvvmF+YBDRPvLZqoEzhixmQrg=";
+
+/// Something wrong with the next ID tokens, as an attacker or a misconfiguration would make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFault {
+    /// No `id_token` in the token response.
+    Missing,
+    /// Signed by a key the fake does not publish (under the published key id).
+    ForgedSignature,
+    /// Issued to another application.
+    WrongAudience,
+    /// Minted for another flow (another nonce): a replayed token.
+    WrongNonce,
+    /// From another tenant's issuer than the token's `tid`.
+    WrongIssuer,
+    /// Expired an hour ago.
+    Expired,
+}
 
 /// A person at the provider.
 #[derive(Debug, Clone)]
@@ -59,6 +88,8 @@ struct PendingCode {
     challenge: String,
     redirect_uri: String,
     identity: Identity,
+    /// The OpenID Connect nonce of the authorization request, if it sent one.
+    nonce: Option<String>,
 }
 
 #[derive(Default)]
@@ -74,6 +105,8 @@ struct Inner {
     /// Query of the last `/authorize` request.
     last_authorize: HashMap<String, String>,
     counter: u64,
+    /// What to get wrong in the ID tokens issued from now on.
+    id_token_fault: Option<IdTokenFault>,
 }
 
 /// The running fake.
@@ -93,7 +126,7 @@ impl FakeOAuth {
             .route("/userinfo", get(google_userinfo))
             .route("/user", get(github_user))
             .route("/user/emails", get(github_emails))
-            .route("/ms/userinfo", get(microsoft_userinfo))
+            .route("/ms/keys", get(microsoft_keys))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -103,6 +136,11 @@ impl FakeOAuth {
             let _ = axum::serve(listener, app).await;
         });
         Self { base, inner }
+    }
+
+    /// Gets the next ID tokens wrong this way (`None`: right again).
+    pub fn fault_id_tokens(&self, fault: Option<IdTokenFault>) {
+        self.lock().id_token_fault = fault;
     }
 
     /// `http://addr`.
@@ -212,6 +250,7 @@ async fn authorize(
             challenge: param("code_challenge"),
             redirect_uri: redirect_uri.clone(),
             identity,
+            nonce: query.get("nonce").cloned(),
         },
     );
     let mut target = url::Url::parse(&redirect_uri).expect("checked above");
@@ -249,7 +288,7 @@ async fn token(
     }
     let mut inner = inner.lock().unwrap_or_else(PoisonError::into_inner);
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    let identity = match field("grant_type").as_str() {
+    let (identity, nonce) = match field("grant_type").as_str() {
         "authorization_code" => {
             // One-time: the code is gone whether or not the exchange succeeds.
             let Some(pending) = inner.codes.remove(&field("code")) else {
@@ -262,10 +301,10 @@ async fn token(
             if challenge != pending.challenge || field("redirect_uri") != pending.redirect_uri {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            pending.identity
+            (pending.identity, pending.nonce)
         }
         "refresh_token" => match inner.refresh.remove(&field("refresh_token")) {
-            Some(identity) => identity,
+            Some(identity) => (identity, None),
             None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
         },
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
@@ -274,18 +313,24 @@ async fn token(
     let n = inner.counter;
     let access = format!("fake-access-{n}-{}", uuid::Uuid::new_v4().simple());
     let refresh = format!("fake-refresh-{n}-{}", uuid::Uuid::new_v4().simple());
+    let id_token = nonce
+        .filter(|_| inner.id_token_fault != Some(IdTokenFault::Missing))
+        .map(|nonce| id_token(&identity, &nonce, inner.id_token_fault));
     inner.access.insert(access.clone(), identity.clone());
     inner.refresh.insert(refresh.clone(), identity);
     inner.issued.push(access.clone());
     inner.issued.push(refresh.clone());
-    Json(json!({
+    let mut body = json!({
         "access_token": access,
         "token_type": "Bearer",
         "expires_in": 3600,
         "refresh_token": refresh,
         "scope": "openid email profile",
-    }))
-    .into_response()
+    });
+    if let Some(id_token) = id_token {
+        body["id_token"] = json!(id_token);
+    }
+    Json(body).into_response()
 }
 
 fn bearer_identity(inner: &Arc<Mutex<Inner>>, headers: &HeaderMap) -> Option<Identity> {
@@ -341,17 +386,60 @@ async fn github_emails(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMa
     })
 }
 
-async fn microsoft_userinfo(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-) -> Response {
-    userinfo(&inner, &headers, |id| {
-        json!({
-            "sub": format!("pairwise-{}", id.subject),
-            "oid": id.subject,
-            "tid": id.tenant,
-            "email": id.email,
-            "name": id.name,
-        })
-    })
+/// The issuer of the fake's ID tokens for tenant `tid` (tests configure
+/// `AGENTRY_OAUTH_MICROSOFT_ISSUER` as `FAKE_ISSUER_TEMPLATE`).
+pub const FAKE_ISSUER_TEMPLATE: &str = "https://login.fake.test/{tenantid}/v2.0";
+
+/// An ID token for `identity`, shaped like Microsoft's v2.0 tokens, with `fault` applied.
+fn id_token(identity: &Identity, nonce: &str, fault: Option<IdTokenFault>) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let tenant = if fault == Some(IdTokenFault::WrongIssuer) {
+        "ffffffff-0000-0000-0000-000000000000"
+    } else {
+        identity.tenant.as_str()
+    };
+    let claims = json!({
+        "iss": FAKE_ISSUER_TEMPLATE.replace("{tenantid}", tenant),
+        "aud": if fault == Some(IdTokenFault::WrongAudience) { "another-app" } else { CLIENT_ID },
+        "sub": format!("pairwise-{}", identity.subject),
+        "oid": identity.subject,
+        "tid": identity.tenant,
+        "nonce": if fault == Some(IdTokenFault::WrongNonce) { "a-nonce-of-another-flow" } else { nonce },
+        "email": identity.email,
+        "name": identity.name,
+        "iat": now,
+        "nbf": now,
+        "exp": if fault == Some(IdTokenFault::Expired) { now - 3600 } else { now + 3600 },
+    });
+    let der = if fault == Some(IdTokenFault::ForgedSignature) {
+        FORGER_KEY_DER
+    } else {
+        SIGNING_KEY_DER
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(der)
+        .expect("test key is base64");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(SIGNING_KEY_ID.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_der(&der),
+    )
+    .expect("sign the fake ID token")
+}
+
+/// The published signing keys (JWKS), as Microsoft's `discovery/v2.0/keys`.
+async fn microsoft_keys() -> Response {
+    Json(json!({
+        "keys": [{
+            "kty": "RSA",
+            "use": "sig",
+            "alg": "RS256",
+            "kid": SIGNING_KEY_ID,
+            "n": SIGNING_KEY_N,
+            "e": "AQAB",
+        }]
+    }))
+    .into_response()
 }
