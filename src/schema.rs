@@ -2,7 +2,12 @@
 //! schema, with the limits that apply to every operation. The transport (`http`) serves it; the
 //! domains do not know it exists.
 
-use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
+use std::sync::Arc;
+
+use async_graphql::{
+    Data, Executor, MergedObject, MergedSubscription, Request, Response, Schema, SchemaBuilder,
+};
+use futures_util::{StreamExt, stream::BoxStream};
 
 use crate::{
     agents::graphql::{AgentsMutation, AgentsQuery},
@@ -39,8 +44,43 @@ pub struct Mutation(
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(ExecutionsSubscription);
 
-/// The executable schema.
-pub type AppSchema = Schema<Query, Mutation, Subscription>;
+/// The executable schema, with the checks async-graphql lacks applied around execution (see
+/// [`limits`]). It is what both transports run: HTTP through [`Executor::execute_batch`], the
+/// WebSocket protocols through [`Executor::execute_stream`].
+#[derive(Clone)]
+pub struct AppSchema {
+    schema: Schema<Query, Mutation, Subscription>,
+    max_aliases: usize,
+}
+
+impl Executor for AppSchema {
+    async fn execute(&self, mut request: Request) -> Response {
+        if let Err(error) = limits::check(&mut request, self.max_aliases) {
+            return Response::from_errors(vec![error]);
+        }
+        let mut response = self.schema.execute(request).await;
+        limits::code_request_errors(&mut response);
+        response
+    }
+
+    fn execute_stream(
+        &self,
+        mut request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        if let Err(error) = limits::check(&mut request, self.max_aliases) {
+            return futures_util::stream::once(async move { Response::from_errors(vec![error]) })
+                .boxed();
+        }
+        self.schema
+            .execute_stream_with_session_data(request, session_data.unwrap_or_default())
+            .map(|mut response| {
+                limits::code_request_errors(&mut response);
+                response
+            })
+            .boxed()
+    }
+}
 
 /// The schema's shape with its limits, without server state (enough to export the SDL).
 pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscription> {
@@ -51,10 +91,7 @@ pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscri
     )
     .limit_depth(config.max_query_depth)
     .limit_complexity(config.max_query_complexity)
-    .limit_directives(config.max_directives)
-    .extension(limits::Limits {
-        max_aliases: config.max_aliases,
-    });
+    .limit_directives(config.max_directives);
     if !config.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }
@@ -63,7 +100,10 @@ pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscri
 
 /// The schema a server executes, holding the shared state.
 pub fn build_schema(state: &AppState) -> AppSchema {
-    schema_builder(&state.config).data(state.clone()).finish()
+    AppSchema {
+        schema: schema_builder(&state.config).data(state.clone()).finish(),
+        max_aliases: state.config.max_aliases,
+    }
 }
 
 /// The SDL of the schema, as committed in `schema.graphql`.

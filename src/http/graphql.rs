@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use async_graphql::{BatchRequest, BatchResponse, ServerError, parser::types::OperationType};
+use async_graphql::{
+    BatchRequest, BatchResponse, Executor, ServerError, parser::types::OperationType,
+};
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, FromRequest, Request, State, ws::WebSocketUpgrade},
@@ -127,11 +129,11 @@ pub async fn get(
         }
     };
     // A persisted query resolves to its text here, so the mutation check below sees it.
-    let request = match http.persisted.resolve(request) {
+    let mut request = match http.persisted.resolve(request) {
         Ok(request) => request,
         Err(err) => return persisted_error(media, &request_id, err),
     };
-    if operation_kind(&request).is_some_and(|kind| kind != OperationType::Query) {
+    if operation_kind(&mut request).is_some_and(|kind| kind != OperationType::Query) {
         let mut response = media.error(
             StatusCode::METHOD_NOT_ALLOWED,
             &request_id,
@@ -563,10 +565,13 @@ fn parse_query_string(query: &str) -> Result<async_graphql::Request, String> {
 /// The kind of the operation a GET request would run: the one named by `operationName`, or
 /// the only one. `None` when the query does not parse or names no single operation (execution
 /// then fails with the usual error).
-fn operation_kind(request: &async_graphql::Request) -> Option<OperationType> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+/// The kind of operation the request runs, if its document parses (the parse is kept in the
+/// request, so execution does not parse again).
+fn operation_kind(request: &mut async_graphql::Request) -> Option<OperationType> {
+    let operation_name = request.operation_name.clone();
+    let document = request.parsed_query().ok()?;
     let mut operations = document.operations.iter();
-    match request.operation_name.as_deref() {
+    match operation_name.as_deref() {
         Some(name) => operations
             .find(|(op_name, _)| op_name.map(|n| n.as_str()) == Some(name))
             .map(|(_, op)| op.node.ty),

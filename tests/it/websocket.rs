@@ -270,3 +270,54 @@ async fn subscriptions_spend_the_rate_limit_and_too_many_close_with_4429() {
     let reason = assert_closed(ws.next(5).await, 4429);
     assert!(reason.contains("Too many requests"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_subscription_that_breaks_a_limit_or_does_not_parse_gets_the_coded_error() {
+    let app = TestApp::spawn().await;
+    let session = app.register("limits-ws@example.com").await;
+    let mut ws = app
+        .ws("graphql-transport-ws", Some(ALLOWED_ORIGIN))
+        .await
+        .expect("connect");
+    assert_ack(ws.init(bearer(&session.access)).await);
+    let aliased: String = (0..16)
+        .map(|i| format!("a{i}: executionEvents(executionId: \"00000000-0000-0000-0000-000000000000\") {{ sequence }} "))
+        .collect();
+    for (id, query, code) in [
+        (
+            "aliases",
+            format!("subscription {{ {aliased} }}"),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "unknown",
+            "subscription { noSuchField }".to_owned(),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "syntax",
+            "subscription { executionEvents(".to_owned(),
+            "GRAPHQL_PARSE_FAILED",
+        ),
+    ] {
+        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": query}}))
+            .await;
+        // async-graphql answers a request error as one `next` with no data, then `complete`.
+        match ws.next(5).await {
+            WsEvent::Json(message) => {
+                assert_eq!(message["type"], "next", "{id}: {message}");
+                assert_eq!(message["id"], id, "{message}");
+                assert!(message["payload"]["data"].is_null(), "{id}: {message}");
+                assert_eq!(
+                    message["payload"]["errors"][0]["extensions"]["code"], code,
+                    "{id}: {message}"
+                );
+            }
+            other => panic!("{id}: expected an error message, got {other:?}"),
+        }
+        match ws.next(5).await {
+            WsEvent::Json(message) => assert_eq!(message["type"], "complete", "{message}"),
+            other => panic!("{id}: expected complete, got {other:?}"),
+        }
+    }
+}
