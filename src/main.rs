@@ -250,7 +250,7 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             let state = AppState::new(config.clone())?;
             let mut conn = state.pool.get().await?;
             let keys = api_keys::service::rewrap_all(&mut conn, &state.vault, 100).await?;
-            let oauth = oauth::service::rewrap_all(&mut conn, &state.vault, 100).await?;
+            let oauth = oauth::accounts::rewrap_all(&mut conn, &state.vault, 100).await?;
             println!(
                 "rewrapped {} secrets ({keys} api_keys, {oauth} oauth_accounts/oauth_states) under key `{}`",
                 keys + oauth,

@@ -8,6 +8,7 @@ use crate::{
     error::AppError,
     graphql::{guards::RoleGuard, parse_id, request_context, state},
     oauth::{
+        accounts,
         model::OAuthAccountRow,
         providers::IdentityProvider,
         service::{self, Intent},
@@ -273,7 +274,7 @@ impl OAuthMutation {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
         Ok(OAuthAccount(
-            service::refresh(state(ctx)?, viewer, id).await?,
+            accounts::refresh(state(ctx)?, viewer, id).await?,
         ))
     }
 
@@ -287,6 +288,6 @@ impl OAuthMutation {
     ) -> async_graphql::Result<bool> {
         let request = request_context(ctx)?;
         let id = parse_id("id", &id)?;
-        Ok(service::disconnect(state(ctx)?, &request.meta, request.viewer()?, id).await?)
+        Ok(accounts::disconnect(state(ctx)?, &request.meta, request.viewer()?, id).await?)
     }
 }

@@ -69,7 +69,7 @@ impl User {
             )
             .into());
         }
-        let rows = crate::oauth::service::list(state(ctx)?, viewer.id()).await?;
+        let rows = crate::oauth::accounts::list(state(ctx)?, viewer.id()).await?;
         Ok(rows.into_iter().map(OAuthAccount).collect())
     }
 

@@ -1,0 +1,318 @@
+//! Runs as the API lists and guards them: idempotency, the concurrency cap, listing and filters, another user's runs, bad input, and a constant statement count.
+
+use super::*;
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_run() {
+    let w = world().await;
+    w.fake.set_stream(slow(&["once"], 0));
+    let run = |input: &'static str| {
+        let (app, token, agent) = (&w.app, w.user.access.clone(), w.agent_id.clone());
+        async move {
+            app.gql_as(
+                Some(&token),
+                "mutation($a: ID!, $i: String!) { executeAgent(agentId: $a, input: $i, idempotencyKey: \"order-42\") { id } }",
+                json!({"a": agent, "i": input}),
+            )
+            .await
+        }
+    };
+    let first = run("same input").await;
+    let second = run("same input").await;
+    assert_eq!(
+        first["data"]["executeAgent"]["id"], second["data"]["executeAgent"]["id"],
+        "{first} {second}"
+    );
+    let different = run("other input").await;
+    assert_eq!(code(&different), "CONFLICT", "{different}");
+    w.finished(first["data"]["executeAgent"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(w.app.count("SELECT count(*) FROM executions").await, 1);
+    assert_eq!(
+        w.fake
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_cap_refuses_extra_runs_until_one_finishes() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| c.max_concurrent_executions = 2).await;
+    w.fake.set_stream(slow(&["z"; 20], 20));
+    let a = w.start("one").await;
+    w.start("two").await;
+    let third = w.execute("three").await;
+    assert_eq!(code(&third), "RATE_LIMITED", "{third}");
+    assert!(
+        third["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("runs in progress")
+    );
+    assert_eq!(w.app.count("SELECT count(*) FROM executions").await, 2);
+    w.finished(&a).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fourth = w.execute("four").await;
+    assert!(fourth["data"]["executeAgent"]["id"].is_string(), "{fourth}");
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_and_filtered() {
+    let w = world().await;
+    w.fake.set_stream(slow(&["r"], 0));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = w.start(&format!("run {i}")).await;
+        w.finished(&id).await;
+        ids.push(id);
+    }
+    w.fake.set_mode(Mode::Status {
+        status: 401,
+        retry_after_secs: None,
+    });
+    let failed = w.start("fails").await;
+    w.finished(&failed).await;
+    let list = |vars: Value| {
+        w.app.gql_as(
+            Some(&w.user.access),
+            "query($a: ID, $s: ExecutionStatus, $f: Int, $after: String) { executions(agentId: $a, status: $s, first: $f, after: $after) { edges { node { id status agent { id name } } } pageInfo { hasNextPage endCursor } } }",
+            vars,
+        )
+    };
+    let body = list(json!({"f": 2})).await;
+    let page: Vec<&str> = body["data"]["executions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, [failed.as_str(), ids[2].as_str()], "{body}");
+    assert_eq!(
+        body["data"]["executions"]["edges"][0]["node"]["agent"]["name"],
+        "Helper"
+    );
+    let next =
+        list(json!({"f": 2, "after": body["data"]["executions"]["pageInfo"]["endCursor"]})).await;
+    let page: Vec<&str> = next["data"]["executions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, [ids[1].as_str(), ids[0].as_str()]);
+    assert_eq!(next["data"]["executions"]["pageInfo"]["hasNextPage"], false);
+    let only_failed = list(json!({"s": "FAILED", "a": w.agent_id})).await;
+    assert_eq!(
+        only_failed["data"]["executions"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let bad = list(json!({"a": "nope"})).await;
+    assert_eq!((code(&bad), field(&bad)), ("BAD_USER_INPUT", "agentId"));
+}
+
+#[tokio::test]
+async fn another_users_run_is_not_found_for_every_operation_and_subscription() {
+    let w = world().await;
+    w.fake.set_stream(slow(&["secret"], 0));
+    let id = w.start("private").await;
+    w.finished(&id).await;
+    let mallory = w.app.register("mallory@example.com").await;
+    let get = w
+        .app
+        .gql_as(
+            Some(&mallory.access),
+            "query($id: ID!) { execution(id: $id) { id output } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert!(get["data"]["execution"].is_null(), "{get}");
+    let cancel = w
+        .app
+        .gql_as(
+            Some(&mallory.access),
+            "mutation($id: ID!) { cancelExecution(id: $id) { id } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(code(&cancel), "NOT_FOUND");
+    let run = w
+        .app
+        .gql_as(
+            Some(&mallory.access),
+            "mutation($a: ID!) { executeAgent(agentId: $a, input: \"x\") { id } }",
+            json!({"a": w.agent_id}),
+        )
+        .await;
+    assert_eq!(code(&run), "NOT_FOUND", "{run}");
+    let list = w
+        .app
+        .gql_as(
+            Some(&mallory.access),
+            "{ executions { edges { node { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        list["data"]["executions"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let errors = subscribe(&w.app, &mallory.access, &id, None)
+        .await
+        .expect_err("refused");
+    assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND", "{errors}");
+    assert!(!errors.to_string().contains("secret"));
+}
+
+#[tokio::test]
+async fn bad_run_input_is_named_and_starts_nothing() {
+    let w = world().await;
+    for (agent, input, expected_code, expected_field) in [
+        (
+            w.agent_id.clone(),
+            "   ".to_owned(),
+            "BAD_USER_INPUT",
+            Some("input"),
+        ),
+        (
+            w.agent_id.clone(),
+            "x".repeat(32_001),
+            "BAD_USER_INPUT",
+            Some("input"),
+        ),
+        (
+            "not-an-id".to_owned(),
+            "hi".to_owned(),
+            "BAD_USER_INPUT",
+            Some("agentId"),
+        ),
+        (
+            uuid::Uuid::now_v7().to_string(),
+            "hi".to_owned(),
+            "NOT_FOUND",
+            None,
+        ),
+    ] {
+        let body = w
+            .app
+            .gql_as(
+                Some(&w.user.access),
+                "mutation($a: ID!, $i: String!) { executeAgent(agentId: $a, input: $i) { id } }",
+                json!({"a": agent, "i": input}),
+            )
+            .await;
+        assert_eq!(code(&body), expected_code, "{body}");
+        if let Some(f) = expected_field {
+            assert_eq!(field(&body), f);
+        }
+    }
+    // An inactive agent or key cannot run.
+    w.app
+        .gql_as(
+            Some(&w.user.access),
+            "mutation($id: ID!) { setApiKeyActive(id: $id, active: false) { id } }",
+            json!({"id": w.key_id}),
+        )
+        .await;
+    let body = w.execute("hi").await;
+    assert_eq!(
+        (code(&body), field(&body)),
+        ("BAD_USER_INPUT", "agentId"),
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inactive")
+    );
+    w.app
+        .gql_as(
+            Some(&w.user.access),
+            "mutation($id: ID!) { setApiKeyActive(id: $id, active: true) { id } }",
+            json!({"id": w.key_id}),
+        )
+        .await;
+    w.app
+        .gql_as(
+            Some(&w.user.access),
+            "mutation($id: ID!) { setAgentActive(id: $id, active: false) { id } }",
+            json!({"id": w.agent_id}),
+        )
+        .await;
+    let body = w.execute("hi").await;
+    assert_eq!(
+        (code(&body), field(&body)),
+        ("BAD_USER_INPUT", "agentId"),
+        "{body}"
+    );
+    assert_eq!(w.app.count("SELECT count(*) FROM executions").await, 0);
+    assert!(w.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn statements_per_request_do_not_grow_with_the_number_of_agents() {
+    // No background recovery pass may land inside a measurement (heartbeats far apart), and an
+    // unoptimised test build needs a wider batching window to gather 50 nodes in one batch.
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 3600;
+        c.dataloader_delay_ms = 20;
+    })
+    .await;
+    w.fake.set_stream(slow(&["s"], 0));
+    // 50 agents, each with two runs.
+    for i in 0..49 {
+        w.app
+            .gql_as(
+                Some(&w.user.access),
+                "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+                json!({"i": {"name": format!("agent {i}"), "role": "r", "goal": "g", "apiKeyId": w.key_id, "model": "gpt-4o-mini"}}),
+            )
+            .await;
+    }
+    w.app
+        .sql(&format!(
+            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input) \
+             SELECT gen_random_uuid(), user_id, id, api_key_id, 'OPENAI', model, 'SUCCEEDED', 'seed' FROM agents, generate_series(1, 2) WHERE user_id = '{}'",
+            w.user.user_id
+        ))
+        .await;
+    let query = |n: i32| {
+        format!(
+            "{{ agents(first: {n}) {{ edges {{ node {{ id name provider apiKey {{ id name maskedKey usage {{ executions costUsd }} }} executions(first: 5) {{ edges {{ node {{ id status agent {{ name }} }} }} }} }} }} }} }}"
+        )
+    };
+    let count = |n: i32| {
+        let (app, token, q) = (&w.app, w.user.access.clone(), query(n));
+        async move {
+            let before = app.state.query_counter.get();
+            let body = app.gql_as(Some(&token), &q, json!({})).await;
+            let after = app.state.query_counter.get();
+            let edges = body["data"]["agents"]["edges"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"))
+                .len();
+            assert_eq!(edges, n as usize);
+            assert_eq!(
+                body["data"]["agents"]["edges"][0]["node"]["executions"]["edges"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+            after - before
+        }
+    };
+    let one = count(1).await;
+    let fifty = count(50).await;
+    assert_eq!(one, fifty, "statements for 1 agent: {one}, for 50: {fifty}");
+    assert!(fifty <= 8, "{fifty} statements");
+}
