@@ -308,7 +308,13 @@ impl Default for LogThrottle {
 fn is_transient(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match err {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        // diesel-async reports every error without an SQLSTATE — the socket closed, an I/O
+        // error, a timeout — as `UnableToSendCommand`: the statement may or may not have run,
+        // and every patient operation is written to be repeated safely.
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
         Error::DatabaseError(DatabaseErrorKind::Unknown, info) => {
             // tokio-postgres reports a dropped socket or a server restart as plain text.
             let message = info.message().to_ascii_lowercase();

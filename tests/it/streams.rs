@@ -163,6 +163,40 @@ async fn a_subscriber_that_falls_behind_the_feed_still_gets_every_event_exactly_
 }
 
 #[tokio::test]
+async fn a_statement_cut_in_flight_is_retried_on_a_fresh_connection() {
+    // The runner's writes and the subscribers' reads go through `patient`: a connection cut
+    // while its statement runs (a restart, a failover) must cost a retry, never the run.
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let direct = TestApp::spawn().await;
+    let proxy = DbProxy::start(&direct.database_url).await;
+    let pool = agentry::db::pool(
+        &proxy.url_for(&direct.database_url),
+        2,
+        agentry::db::QueryCounter::default(),
+    )
+    .unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let statement = agentry::db::patient(&pool, Duration::from_secs(10), "a test", move |conn| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let sleep = diesel::sql_query("SELECT pg_sleep(0.6)");
+        Box::pin(diesel_async::RunQueryDsl::execute(sleep, conn))
+    });
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.down(); // the statement is running: its connection is cut under it
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.up();
+    };
+    let (result, ()) = tokio::join!(statement, outage);
+    assert!(result.is_ok(), "the cut statement was retried: {result:?}");
+    assert!(attempts.load(Ordering::SeqCst) >= 2, "it ran again");
+}
+
+#[tokio::test]
 async fn a_database_restart_mid_stream_loses_no_token_and_the_run_finishes() {
     let direct = TestApp::spawn().await;
     let proxy = DbProxy::start(&direct.database_url).await;
