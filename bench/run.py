@@ -6,6 +6,8 @@ in the same run on the same machine. See bench/README.md.
                          bench/results/<date>.{json,md,svg} and the table in bench/README.md
     bench/run --smoke    seconds of tiny load on every workload (debug build), for CI; writes
                          into bench/.work/ only and fails (exit 1) when any workload fails
+    bench/run --profile  flamegraphs of W1, W2 and W3 (perf + inferno) into bench/profiles/<w>-<date>.svg;
+                         no figures, no table (profiling costs CPU, so it never runs beside a measurement)
     bench/run --streams  only the streaming workloads (W7 idle, W7; W7b with --w7b) at full size, printed
                          and written to bench/.work/streams.json (for iterating on the stream
                          path, e.g. under `perf record -p <agentry pid>`); no table, no checks
@@ -40,6 +42,7 @@ ROOT = BENCH.parent
 WORK = BENCH / ".work"
 SMOKE = "--smoke" in sys.argv
 STREAMS_ONLY = "--streams" in sys.argv
+PROFILE = "--profile" in sys.argv
 # Smoke mode reuses the debug build `cargo test` already made; `--release` forces an optimised one.
 RELEASE = not SMOKE or "--release" in sys.argv
 CORES = os.cpu_count() or 1
@@ -439,8 +442,11 @@ class Lines:
 
 
 def subscribers(name, args, env=None, stdin=None):
-    """Starts bench/js/subscribers.mjs (stderr to .work/<name>.log); returns (proc, Lines)."""
-    proc = subprocess.Popen(["node", str(BENCH / "js" / "subscribers.mjs"), *args], stdin=stdin,
+    """Starts bench/js/subscribers.mjs (stderr to .work/<name>.log); returns (proc, Lines).
+    BENCH_NODE_FLAGS adds flags to its node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see
+    where the load generator's own CPU goes (node refuses those in NODE_OPTIONS)."""
+    flags = os.environ.get("BENCH_NODE_FLAGS", "").split()
+    proc = subprocess.Popen(["node", *flags, str(BENCH / "js" / "subscribers.mjs"), *args], stdin=stdin,
                             stdout=subprocess.PIPE, stderr=open(WORK / f"{name}.log", "w"), text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
     PROCS.append(proc)
@@ -750,6 +756,8 @@ def main():
 
     if STREAMS_ONLY:
         return streams_only(results, ports, c, users, agent0, agentry, db_url)
+    if PROFILE:
+        return profile_http(ports, c, tokens, agentry, db_url)
 
     # --- baselines ---------------------------------------------------------------------------
     log("baselines")
@@ -895,6 +903,42 @@ def streams_only(results, ports, c, users, agent0, agentry, db_url):
                           P["fanout_b_deadline_seconds"], agentry.pid)
     (WORK / "streams.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {WORK / 'streams.json'}")
+    return 0
+
+
+def profile_http(ports, c, tokens, agentry, db_url):
+    """`--profile`: W1, W2 and W3 each under wrk while `perf record` samples Agentry (software
+    clock, DWARF unwinding: release builds keep no frame pointers); folded stacks go to .work/,
+    flamegraphs to bench/profiles/<workload>-<date>.svg."""
+    for tool in ("perf", "inferno-collapse-perf", "inferno-flamegraph"):
+        if not shutil.which(tool):
+            raise RuntimeError(f"--profile needs {tool} (apt-get install linux-perf; cargo install inferno)")
+    psql(db_url, "VACUUM ANALYZE")
+    time.sleep(2)
+    day = dt.date.today().isoformat()
+    w3 = lambda n: {"query": W3_QUERY, "variables": {"first": n}}
+    loads = [
+        ("w1", {"query": "{ __typename }"}, []),
+        ("w2", {"query": "{ me { id email } }"}, tokens),
+        ("w3", w3(50), [tokens[0]]),
+    ]
+    seconds = 8
+    for name, body, toks in loads:
+        log(f"profiling {name.upper()} for {seconds} s")
+        proc, out = wrk_background(f"profile-{name}", ports["agentry"], body, toks, seconds + 4, P["wrk_connections"])
+        time.sleep(2)
+        data = WORK / f"{name}.perf.data"
+        sh(["perf", "record", "-q", "-e", "cpu-clock", "-F", "199", "--call-graph", "dwarf,16384",
+            "-p", str(agentry.pid), "-o", str(data), "--", "sleep", str(seconds)], stderr=subprocess.DEVNULL)
+        proc.wait()
+        folded = WORK / f"{name}.folded"
+        script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, check=True)
+        folded.write_bytes(subprocess.run(["inferno-collapse-perf"], input=script.stdout, capture_output=True,
+                                          check=True).stdout)
+        svg = BENCH / "profiles" / f"{name}-{day}.svg"
+        svg.write_bytes(subprocess.run(["inferno-flamegraph", "--title", f"{name.upper()} {json.dumps(body)[:80]}"],
+                                       input=folded.read_bytes(), capture_output=True, check=True).stdout)
+        log(f"  {wrk_parse(out, P['wrk_connections'], seconds + 4)['rps']:.0f} req/s under the profiler; wrote {svg}")
     return 0
 
 

@@ -2,8 +2,8 @@
 // `POST /v1/chat/completions` with `stream: true` answers with OpenAI Chat Completions
 // server-sent events at a fixed token rate.
 //
-// Every token's content is `<index>@<emit time in ms>;` (the emit time is
-// performance.timeOrigin + performance.now(), the same clock the subscriber client reads), so a
+// Every token's content is `<index>@<emit time in ms>;` (the emit time is the machine's
+// monotonic clock, the same clock the subscriber client reads), so a
 // subscriber can compute provider-emit → client-receive latency and detect lost or reordered
 // tokens without any side channel.
 //
@@ -31,12 +31,14 @@
 // Prints `LISTENING <port>` once ready.
 
 import http from 'node:http';
-import { performance } from 'node:perf_hooks';
 
 const [port = '18090', rateArg = '200', countArg = '1000'] = process.argv.slice(2);
 const defaultRate = Number(rateArg);
 const defaultCount = Number(countArg);
-const now = () => performance.timeOrigin + performance.now();
+// CLOCK_MONOTONIC in ms: one clock for every process on the machine. (performance.timeOrigin is
+// each process's own reading of the wall clock at start, and two processes' readings were seen
+// to differ by ~5 ms, which showed as negative latencies.)
+const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 /** name → { released, waiters: Set<resolve> } */
 const gates = new Map();

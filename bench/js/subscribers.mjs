@@ -23,7 +23,6 @@
 // <tokensFile> holds access tokens, one per line; sockets use them round-robin.
 
 import fs from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import readline from 'node:readline';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
@@ -33,7 +32,10 @@ const TERMINAL = ['COMPLETED', 'FAILED', 'CANCELLED', 'TIMED_OUT'];
 const EVENTS = 'subscription($id: ID!) { executionEvents(executionId: $id) { sequence kind delta data } }';
 const tokens = fs.readFileSync(tokensFile, 'utf8').split('\n').filter(Boolean);
 const connections = Number(connectionsArg);
-const now = () => performance.timeOrigin + performance.now();
+// CLOCK_MONOTONIC in ms: one clock for every process on the machine. (performance.timeOrigin is
+// each process's own reading of the wall clock at start, and two processes' readings were seen
+// to differ by ~5 ms, which showed as negative latencies.)
+const now = () => Number(process.hrtime.bigint()) / 1e6;
 const OPEN_CONCURRENCY = 100; // sockets being opened at once
 const DEADLINE_MS = Number(process.env.BENCH_FANOUT_DEADLINE_MS ?? 120_000);
 
