@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{
     agents::model::{self, AgentRow, AgentValues},
     api_keys,
-    db::schema::agents,
+    db::{Pool, schema::agents},
     error::{AppError, AppResult, unique_or},
     request::Viewer,
     state::AppState,
@@ -324,6 +324,13 @@ pub async fn delete(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<bo
         .execute(&mut conn)
         .await?;
     Ok(true)
+}
+
+/// Agents by id, for the request's DataLoader. No owner filter: the ids come from rows the
+/// viewer was already allowed to read (a run's agent), never from a client.
+pub async fn by_ids(pool: &Pool, ids: &[Uuid]) -> AppResult<Vec<AgentRow>> {
+    let mut conn = pool.get().await?;
+    Ok(model::by_ids(&mut conn, ids).await?)
 }
 
 /// The system prompt built from an agent's role, goal and backstory.

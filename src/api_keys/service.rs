@@ -14,7 +14,7 @@ use crate::{
         validate,
     },
     crypto::vault::{SecretSlot, Vault},
-    db::schema::api_keys,
+    db::{Pool, schema::api_keys},
     error::{AppError, AppResult, unique_or},
     llm::{ProviderKind, probe},
     request::Viewer,
@@ -322,4 +322,11 @@ pub async fn rewrap_all(
         },
     )
     .await
+}
+
+/// Keys by id, for the request's DataLoader. No owner filter: the ids come from rows the viewer
+/// was already allowed to read (an agent's key), never from a client.
+pub async fn by_ids(pool: &Pool, ids: &[Uuid]) -> AppResult<Vec<ApiKeyRow>> {
+    let mut conn = pool.get().await?;
+    Ok(model::find_many(&mut conn, ids).await?)
 }

@@ -1,8 +1,9 @@
 //! Run rules: starting a run (ownership, active agent and key, idempotency, the per-user
 //! concurrency cap), cancelling, and listing.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use sha2::{Digest, Sha256};
@@ -10,11 +11,14 @@ use uuid::Uuid;
 
 use crate::{
     agents, api_keys,
-    db::schema::{executions, idempotency_keys},
+    db::{
+        Pool,
+        schema::{executions, idempotency_keys},
+    },
     error::{AppError, AppResult},
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
-        model::{self, EventRow, ExecutionRow, ExecutionStatus},
+        model::{self, EventRow, ExecutionRow, ExecutionStatus, UsageRow},
         runner,
     },
     request::Viewer,
@@ -222,4 +226,64 @@ pub async fn events_of(
 ) -> AppResult<Vec<EventRow>> {
     let mut conn = state.pool.get().await?;
     Ok(model::events_after(&mut conn, run.id, after, i64::from(first)).await?)
+}
+
+/// The newest runs of many agents at once, keyed by (agent id, how many), for the request's
+/// DataLoader: one statement per distinct page size (usually one for the whole batch). No
+/// owner filter: the agent ids come from agents the viewer was already allowed to read.
+pub async fn recent_by_agents(
+    pool: &Pool,
+    keys: &[(Uuid, i64)],
+) -> AppResult<HashMap<(Uuid, i64), Vec<ExecutionRow>>> {
+    let mut conn = pool.get().await?;
+    let mut by_limit: HashMap<i64, Vec<Uuid>> = HashMap::new();
+    for (agent, limit) in keys {
+        by_limit.entry(*limit).or_default().push(*agent);
+    }
+    let mut out: HashMap<(Uuid, i64), Vec<ExecutionRow>> = HashMap::new();
+    for (limit, agent_ids) in by_limit {
+        let rows = model::recent_by_agents(&mut conn, &agent_ids, limit).await?;
+        for agent in &agent_ids {
+            out.insert((*agent, limit), Vec::new());
+        }
+        for row in rows {
+            out.entry((row.agent_id, limit)).or_default().push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// A half-open period `[since, until)`, either end open when `None`.
+pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// Key of a usage lookup: the API key and the half-open period.
+pub type UsageKey = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The runs, tokens and cost of many API keys at once, each over its period, for the request's
+/// DataLoader: one statement per distinct period; a key without runs sums to zero. No owner
+/// filter: the key ids come from keys the viewer was already allowed to read.
+pub async fn usage_by_keys(
+    pool: &Pool,
+    keys: &[UsageKey],
+) -> AppResult<HashMap<UsageKey, UsageRow>> {
+    let mut conn = pool.get().await?;
+    let mut by_period: HashMap<Period, Vec<Uuid>> = HashMap::new();
+    for (key, since, until) in keys {
+        by_period.entry((*since, *until)).or_default().push(*key);
+    }
+    let mut out = HashMap::new();
+    for ((since, until), ids) in by_period {
+        let rows = model::usage_by_keys(&mut conn, &ids, since, until).await?;
+        for id in &ids {
+            let zero = UsageRow {
+                api_key_id: *id,
+                ..UsageRow::default()
+            };
+            out.insert((*id, since, until), zero);
+        }
+        for row in rows {
+            out.insert((row.api_key_id, since, until), row);
+        }
+    }
+    Ok(out)
 }

@@ -1,19 +1,22 @@
 //! DataLoaders: relations are loaded in one statement per batch, so the number of SQL
-//! statements per request does not grow with the length of a list. A fresh set is attached to
-//! every request (and WebSocket connection), so caches never outlive it.
+//! statements per request does not grow with the length of a list. The batch reads themselves
+//! are the domains' service functions; a loader only adapts them to async-graphql. A fresh
+//! set is attached to every request (and WebSocket connection), so caches never outlive it.
 
 use std::collections::HashMap;
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    agents::model::{self as agents, AgentRow},
-    api_keys::model::ApiKeyRow,
+    agents::{model::AgentRow, service as agents},
+    api_keys::{model::ApiKeyRow, service as api_keys},
     db::Pool,
     error::AppError,
-    executions::model::{self as executions, ExecutionRow, UsageRow},
+    executions::{
+        model::{ExecutionRow, UsageRow},
+        service::{self as executions, UsageKey},
+    },
     state::AppState,
 };
 
@@ -63,8 +66,8 @@ impl Loaders {
 /// A loader error (cloned to every field waiting on the batch).
 type LoadError = async_graphql::Error;
 
-fn load_error(e: impl Into<AppError>) -> LoadError {
-    e.into().into()
+fn load_error(e: AppError) -> LoadError {
+    e.into()
 }
 
 /// Loads API keys by id.
@@ -75,10 +78,7 @@ impl Loader<Uuid> for ApiKeyLoader {
     type Error = LoadError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, ApiKeyRow>, LoadError> {
-        let mut conn = self.0.get().await.map_err(load_error)?;
-        let rows = crate::api_keys::model::find_many(&mut conn, keys)
-            .await
-            .map_err(load_error)?;
+        let rows = api_keys::by_ids(&self.0, keys).await.map_err(load_error)?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())
     }
 }
@@ -91,13 +91,12 @@ impl Loader<Uuid> for AgentLoader {
     type Error = LoadError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, AgentRow>, LoadError> {
-        let mut conn = self.0.get().await.map_err(load_error)?;
-        let rows = agents::by_ids(&mut conn, keys).await.map_err(load_error)?;
+        let rows = agents::by_ids(&self.0, keys).await.map_err(load_error)?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())
     }
 }
 
-/// Loads the newest runs of many agents at once.
+/// Loads the newest runs of many agents at once, keyed by (agent id, how many).
 pub struct RecentExecutionsLoader(Pool);
 
 impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
@@ -108,35 +107,13 @@ impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
         &self,
         keys: &[(Uuid, i64)],
     ) -> Result<HashMap<(Uuid, i64), Vec<ExecutionRow>>, LoadError> {
-        let mut conn = self.0.get().await.map_err(load_error)?;
-        let mut out: HashMap<(Uuid, i64), Vec<ExecutionRow>> = HashMap::new();
-        // Usually one page size for the whole batch: one statement per distinct size.
-        let mut by_limit: HashMap<i64, Vec<Uuid>> = HashMap::new();
-        for (agent, limit) in keys {
-            by_limit.entry(*limit).or_default().push(*agent);
-        }
-        for (limit, agent_ids) in by_limit {
-            let rows = executions::recent_by_agents(&mut conn, &agent_ids, limit)
-                .await
-                .map_err(load_error)?;
-            for agent in &agent_ids {
-                out.insert((*agent, limit), Vec::new());
-            }
-            for row in rows {
-                out.entry((row.agent_id, limit)).or_default().push(row);
-            }
-        }
-        Ok(out)
+        executions::recent_by_agents(&self.0, keys)
+            .await
+            .map_err(load_error)
     }
 }
 
-/// A half-open period `[since, until)`, either end open when `None`.
-pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
-/// Key of a usage lookup: the key and the half-open period.
-pub type UsageKey = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
-/// Sums the runs of many keys at once.
+/// Sums the runs of many keys at once, each over its period.
 pub struct UsageLoader(Pool);
 
 impl Loader<UsageKey> for UsageLoader {
@@ -144,29 +121,8 @@ impl Loader<UsageKey> for UsageLoader {
     type Error = LoadError;
 
     async fn load(&self, keys: &[UsageKey]) -> Result<HashMap<UsageKey, UsageRow>, LoadError> {
-        let mut conn = self.0.get().await.map_err(load_error)?;
-        let mut by_period: HashMap<Period, Vec<Uuid>> = HashMap::new();
-        for (key, since, until) in keys {
-            by_period.entry((*since, *until)).or_default().push(*key);
-        }
-        let mut out = HashMap::new();
-        for ((since, until), ids) in by_period {
-            let rows = executions::usage_by_keys(&mut conn, &ids, since, until)
-                .await
-                .map_err(load_error)?;
-            for id in &ids {
-                out.insert(
-                    (*id, since, until),
-                    UsageRow {
-                        api_key_id: *id,
-                        ..UsageRow::default()
-                    },
-                );
-            }
-            for row in rows {
-                out.insert((row.api_key_id, since, until), row);
-            }
-        }
-        Ok(out)
+        executions::usage_by_keys(&self.0, keys)
+            .await
+            .map_err(load_error)
     }
 }

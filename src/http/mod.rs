@@ -3,9 +3,11 @@
 //! persisted queries, and operation metrics. It serves [`crate::schema`]; nothing below it
 //! imports anything from here.
 
+mod body;
 pub mod graphql;
 pub mod observe;
 pub mod persisted;
+mod response;
 pub mod router;
 pub mod ws;
 
