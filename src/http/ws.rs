@@ -43,6 +43,10 @@ use crate::{
     users::sessions,
 };
 
+mod operations;
+
+use operations::{Admission, OperationMessage, Operations, lock_ops, operation_message, refusal};
+
 /// Close codes of the graphql-transport-ws protocol (and two of our own meaning).
 mod close {
     /// The client sent something that is not a protocol message.
@@ -139,101 +143,6 @@ pub async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| serve(socket, http, protocol, meta, slot))
-}
-
-/// The operations a connection has open, holding their owner's per-user slots.
-struct Operations {
-    app: crate::state::AppState,
-    active: HashSet<String>,
-    /// Whose per-user slots `active` holds (none for anonymous connections).
-    user: Option<uuid::Uuid>,
-}
-
-/// What became of a `subscribe`.
-enum Admission {
-    /// Counted; pass it on.
-    Admitted,
-    /// Already open under this id: pass it on (the protocol answers 4409).
-    Duplicate,
-    /// Over a bound: answer this error for the operation instead.
-    Refused(String),
-}
-
-impl Operations {
-    fn admit(&mut self, id: &str, user: Option<uuid::Uuid>) -> Admission {
-        if self.active.contains(id) {
-            return Admission::Duplicate;
-        }
-        let config = &self.app.config;
-        if self.active.len() >= config.ws_max_subscriptions {
-            return Admission::Refused(format!(
-                "this connection has {} subscriptions open, the most allowed \
-                 (AGENTRY_WS_MAX_SUBSCRIPTIONS): complete one first",
-                self.active.len()
-            ));
-        }
-        if let Some(user) = user {
-            if self.user.is_some_and(|held| held != user) {
-                return Admission::Refused("the connection's user changed".into());
-            }
-            if !self
-                .app
-                .sockets
-                .try_subscribe(user, config.ws_max_subscriptions_per_user)
-            {
-                return Admission::Refused(format!(
-                    "you have {} subscriptions open across your connections, the most allowed \
-                     (AGENTRY_WS_MAX_SUBSCRIPTIONS_PER_USER): complete some first",
-                    config.ws_max_subscriptions_per_user
-                ));
-            }
-            self.user = Some(user);
-        }
-        self.active.insert(id.to_owned());
-        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).increment(1.0);
-        Admission::Admitted
-    }
-
-    fn release(&mut self, id: &str) {
-        if self.active.remove(id) {
-            metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(1.0);
-            if let Some(user) = self.user {
-                self.app.sockets.unsubscribe(user, 1);
-            }
-        }
-    }
-}
-
-impl Drop for Operations {
-    fn drop(&mut self) {
-        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(self.active.len() as f64);
-        if let Some(user) = self.user {
-            self.app.sockets.unsubscribe(user, self.active.len());
-        }
-    }
-}
-
-fn lock_ops(operations: &Mutex<Operations>) -> std::sync::MutexGuard<'_, Operations> {
-    operations
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The error message that refuses operation `id`, in the connection's protocol.
-fn refusal(protocol: WebSocketProtocols, id: &str, message: &str, request_id: &str) -> String {
-    let error = serde_json::json!({
-        "message": message,
-        "extensions": {
-            "code": crate::error::ErrorCode::RateLimited.as_str(),
-            "retryAfter": 1,
-            "requestId": request_id,
-        },
-    });
-    let payload = match protocol {
-        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
-        _ => error,
-    };
-    serde_json::json!({ "id": id, "type": "error", "payload": payload }).to_string()
 }
 
 /// Why a write to the client did not happen.
@@ -535,34 +444,6 @@ async fn serve(
         let _ = sink.close().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
-}
-
-/// What a client message does to the set of open operations.
-enum OperationMessage {
-    /// `subscribe` (graphql-transport-ws) or `start` (legacy).
-    Start,
-    /// `complete` (graphql-transport-ws) or `stop` (legacy), or the server's `complete`.
-    Stop,
-}
-
-/// The kind and id of a message that starts or ends an operation. Parsed into owned values,
-/// exactly as leniently as the protocol library parses it (escapes such as `subscrib\u0065`
-/// included), so no operation slips past the count.
-fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, String)> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        id: Option<String>,
-    }
-    let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
-    let kind = match envelope.kind.as_str() {
-        "subscribe" | "start" => OperationMessage::Start,
-        "complete" | "stop" => OperationMessage::Stop,
-        _ => return None,
-    };
-    Some((kind, envelope.id.unwrap_or_default()))
 }
 
 fn set(state: &Mutex<InitState>, value: InitState) {

@@ -1,0 +1,138 @@
+//! The operations one connection has open: counted against the per-connection and per-user
+//! bounds as the client starts and stops them, refused with a coded error over a bound, and
+//! released when they end or the connection closes.
+
+use std::{collections::HashSet, sync::Mutex};
+
+use async_graphql::http::WebSocketProtocols;
+
+/// The operations a connection has open, holding their owner's per-user slots.
+pub(super) struct Operations {
+    pub(super) app: crate::state::AppState,
+    pub(super) active: HashSet<String>,
+    /// Whose per-user slots `active` holds (none for anonymous connections).
+    pub(super) user: Option<uuid::Uuid>,
+}
+
+/// What became of a `subscribe`.
+pub(super) enum Admission {
+    /// Counted; pass it on.
+    Admitted,
+    /// Already open under this id: pass it on (the protocol answers 4409).
+    Duplicate,
+    /// Over a bound: answer this error for the operation instead.
+    Refused(String),
+}
+
+impl Operations {
+    /// Counts a starting operation against the connection's and the user's bounds.
+    pub(super) fn admit(&mut self, id: &str, user: Option<uuid::Uuid>) -> Admission {
+        if self.active.contains(id) {
+            return Admission::Duplicate;
+        }
+        let config = &self.app.config;
+        if self.active.len() >= config.ws_max_subscriptions {
+            return Admission::Refused(format!(
+                "this connection has {} subscriptions open, the most allowed \
+                 (AGENTRY_WS_MAX_SUBSCRIPTIONS): complete one first",
+                self.active.len()
+            ));
+        }
+        if let Some(user) = user {
+            if self.user.is_some_and(|held| held != user) {
+                return Admission::Refused("the connection's user changed".into());
+            }
+            if !self
+                .app
+                .sockets
+                .try_subscribe(user, config.ws_max_subscriptions_per_user)
+            {
+                return Admission::Refused(format!(
+                    "you have {} subscriptions open across your connections, the most allowed \
+                     (AGENTRY_WS_MAX_SUBSCRIPTIONS_PER_USER): complete some first",
+                    config.ws_max_subscriptions_per_user
+                ));
+            }
+            self.user = Some(user);
+        }
+        self.active.insert(id.to_owned());
+        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).increment(1.0);
+        Admission::Admitted
+    }
+
+    /// Frees the slots of an operation that ended (a no-op for an id not open).
+    pub(super) fn release(&mut self, id: &str) {
+        if self.active.remove(id) {
+            metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(1.0);
+            if let Some(user) = self.user {
+                self.app.sockets.unsubscribe(user, 1);
+            }
+        }
+    }
+}
+
+impl Drop for Operations {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(self.active.len() as f64);
+        if let Some(user) = self.user {
+            self.app.sockets.unsubscribe(user, self.active.len());
+        }
+    }
+}
+
+/// The connection's operations, even after a panic elsewhere (the set stays consistent).
+pub(super) fn lock_ops(operations: &Mutex<Operations>) -> std::sync::MutexGuard<'_, Operations> {
+    operations
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The error message that refuses operation `id`, in the connection's protocol.
+pub(super) fn refusal(
+    protocol: WebSocketProtocols,
+    id: &str,
+    message: &str,
+    request_id: &str,
+) -> String {
+    let error = serde_json::json!({
+        "message": message,
+        "extensions": {
+            "code": crate::error::ErrorCode::RateLimited.as_str(),
+            "retryAfter": 1,
+            "requestId": request_id,
+        },
+    });
+    let payload = match protocol {
+        WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+        _ => error,
+    };
+    serde_json::json!({ "id": id, "type": "error", "payload": payload }).to_string()
+}
+
+/// What a client message does to the set of open operations.
+pub(super) enum OperationMessage {
+    /// `subscribe` (graphql-transport-ws) or `start` (legacy).
+    Start,
+    /// `complete` (graphql-transport-ws) or `stop` (legacy), or the server's `complete`.
+    Stop,
+}
+
+/// The kind and id of a message that starts or ends an operation. Parsed into owned values,
+/// exactly as leniently as the protocol library parses it (escapes such as `subscrib\u0065`
+/// included), so no operation slips past the count.
+pub(super) fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, String)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        id: Option<String>,
+    }
+    let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
+    let kind = match envelope.kind.as_str() {
+        "subscribe" | "start" => OperationMessage::Start,
+        "complete" | "stop" => OperationMessage::Stop,
+        _ => return None,
+    };
+    Some((kind, envelope.id.unwrap_or_default()))
+}
