@@ -757,7 +757,7 @@ def main():
     if STREAMS_ONLY:
         return streams_only(results, ports, c, users, agent0, agentry, db_url)
     if PROFILE:
-        return profile_http(ports, c, tokens, agentry, db_url)
+        return profile_http(ports, tokens, agentry, db_url)
 
     # --- baselines ---------------------------------------------------------------------------
     log("baselines")
@@ -906,7 +906,7 @@ def streams_only(results, ports, c, users, agent0, agentry, db_url):
     return 0
 
 
-def profile_http(ports, c, tokens, agentry, db_url):
+def profile_http(ports, tokens, agentry, db_url):
     """`--profile`: W1, W2 and W3 each under wrk while `perf record` samples Agentry (software
     clock, DWARF unwinding: release builds keep no frame pointers); folded stacks go to .work/,
     flamegraphs to bench/profiles/<workload>-<date>.svg."""
@@ -916,11 +916,10 @@ def profile_http(ports, c, tokens, agentry, db_url):
     psql(db_url, "VACUUM ANALYZE")
     time.sleep(2)
     day = dt.date.today().isoformat()
-    w3 = lambda n: {"query": W3_QUERY, "variables": {"first": n}}
     loads = [
         ("w1", {"query": "{ __typename }"}, []),
         ("w2", {"query": "{ me { id email } }"}, tokens),
-        ("w3", w3(50), [tokens[0]]),
+        ("w3", {"query": W3_QUERY, "variables": {"first": 50}}, [tokens[0]]),
     ]
     seconds = 8
     for name, body, toks in loads:

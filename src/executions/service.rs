@@ -254,7 +254,7 @@ pub async fn recent_by_agents(
 }
 
 /// A half-open period `[since, until)`, either end open when `None`.
-pub type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// Key of a usage lookup: the API key and the half-open period.
 pub type UsageKey = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);

@@ -83,9 +83,7 @@ pub(super) fn parse_body(bytes: &Bytes) -> Result<BatchRequest, String> {
 /// HTTP requires: `query` a string (it may be left out only when
 /// `extensions.persistedQuery` names it), `operationName` a string, `variables` and
 /// `extensions` maps; any of the last three may be null.
-pub(super) fn request_from_json(
-    value: serde_json::Value,
-) -> Result<async_graphql::Request, String> {
+fn request_from_json(value: serde_json::Value) -> Result<async_graphql::Request, String> {
     use serde_json::Value;
     let Value::Object(mut object) = value else {
         return Err("a GraphQL request must be a JSON object: {\"query\": \"...\"}".into());

@@ -136,7 +136,7 @@ impl MediaType {
     }
 
     /// `body` as JSON with this media type.
-    pub(super) fn respond(self, status: StatusCode, body: &impl serde::Serialize) -> Response {
+    fn respond(self, status: StatusCode, body: &impl serde::Serialize) -> Response {
         let mut response = json_response(status, body);
         response
             .headers_mut()
@@ -214,7 +214,7 @@ pub(super) fn app_error_response(media: MediaType, request_id: &str, err: AppErr
     response
 }
 
-pub(super) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             status,

@@ -14,7 +14,6 @@
 //! client that does not read never holds memory or other clients back).
 
 use std::{
-    collections::HashSet,
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -199,11 +198,7 @@ async fn serve(
     let init_state = Arc::new(Mutex::new(InitState::Pending));
     let mut revocations = http.app.revocations.subscribe();
     let mut shutdown = http.app.shutdown.subscribe();
-    let operations = Arc::new(Mutex::new(Operations {
-        app: http.app.clone(),
-        active: HashSet::new(),
-        user: None,
-    }));
+    let operations = Arc::new(Mutex::new(Operations::new(http.app.clone())));
     // Milliseconds since `opened` at which the client last sent anything (pongs included).
     let opened = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
@@ -316,7 +311,7 @@ async fn serve(
         // An anonymous connection following nothing is closed after a while.
         let idle_deadline = match identity {
             Some(Identity::Anonymous) => {
-                if !lock_ops(&operations).active.is_empty() {
+                if !lock_ops(&operations).is_empty() {
                     idle_since = Instant::now();
                 }
                 Some(idle_since + anonymous_idle)
@@ -386,7 +381,7 @@ async fn serve(
                 break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
             () = sleep_until_opt(idle_deadline) => {
-                if lock_ops(&operations).active.is_empty() {
+                if lock_ops(&operations).is_empty() {
                     metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "anonymous_idle").increment(1);
                     break Some((close::INIT_TIMEOUT, "Idle anonymous connection closed: sign in or subscribe".into()));
                 }

@@ -8,10 +8,10 @@ use async_graphql::http::WebSocketProtocols;
 
 /// The operations a connection has open, holding their owner's per-user slots.
 pub(super) struct Operations {
-    pub(super) app: crate::state::AppState,
-    pub(super) active: HashSet<String>,
+    app: crate::state::AppState,
+    active: HashSet<String>,
     /// Whose per-user slots `active` holds (none for anonymous connections).
-    pub(super) user: Option<uuid::Uuid>,
+    user: Option<uuid::Uuid>,
 }
 
 /// What became of a `subscribe`.
@@ -25,6 +25,20 @@ pub(super) enum Admission {
 }
 
 impl Operations {
+    /// A connection's empty set.
+    pub(super) fn new(app: crate::state::AppState) -> Self {
+        Self {
+            app,
+            active: HashSet::new(),
+            user: None,
+        }
+    }
+
+    /// Whether no operation is open.
+    pub(super) fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
     /// Counts a starting operation against the connection's and the user's bounds.
     pub(super) fn admit(&mut self, id: &str, user: Option<uuid::Uuid>) -> Admission {
         if self.active.contains(id) {
