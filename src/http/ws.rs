@@ -32,13 +32,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::{FutureExt, SinkExt, StreamExt, future};
-use tokio::{sync::broadcast, time::Instant};
+use tokio::{
+    sync::{broadcast, mpsc, watch},
+    time::Instant,
+};
 
 use crate::{
     http::HttpState,
     rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
-    state::{Revocation, SocketGuard, SocketRefusal},
+    state::{AppState, Revocation, SocketGuard, SocketRefusal},
     users::sessions,
 };
 
@@ -128,8 +131,7 @@ pub async fn upgrade(
                     "per_ip",
                 ),
             };
-            metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => reason)
-                .increment(1);
+            closed_by_limit(reason);
             return (status, [(http::header::RETRY_AFTER, "5")], message).into_response();
         }
     };
@@ -185,7 +187,201 @@ async fn send_all_within(
     }
 }
 
-/// Runs one connection until either side ends it.
+/// What the reading half checks on every client message before async-graphql sees it: that
+/// the peer is alive, the client's rate limit, and the bounds on open operations.
+struct Gate {
+    app: AppState,
+    protocol: WebSocketProtocols,
+    meta: RequestMeta,
+    init_state: Arc<Mutex<InitState>>,
+    operations: Arc<Mutex<Operations>>,
+    /// Milliseconds since `opened` at which the client last sent anything (pongs included).
+    last_heard: Arc<AtomicU64>,
+    opened: Instant,
+    /// Errors for refused operations, written by the main loop.
+    refusals: mpsc::Sender<String>,
+    /// Set when the client goes over its rate limit (the connection closes with 4429).
+    over_limit: watch::Sender<bool>,
+}
+
+impl Gate {
+    /// Notes that the client is alive; the message's bytes if they may pass on to the protocol.
+    fn pass(&self, message: Result<Message, axum::Error>) -> Option<Vec<u8>> {
+        self.last_heard.store(
+            u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let bytes = match message {
+            Ok(Message::Text(text)) => text.as_bytes().to_vec(),
+            Ok(Message::Binary(bytes)) => bytes.to_vec(),
+            _ => return None,
+        };
+        self.admits(&bytes).then_some(bytes)
+    }
+
+    /// Whether a message may reach the protocol. Every subscription spends a unit of the
+    /// client's rate limit, like an HTTP operation, and holds a slot of the connection's and the
+    /// user's bounds until it ends; a refused one is answered with a coded error instead.
+    fn admits(&self, bytes: &[u8]) -> bool {
+        let Some((kind, id)) = operation_message(bytes) else {
+            return true;
+        };
+        let user = match get(&self.init_state) {
+            InitState::Ready(Identity::User(viewer)) => Some(viewer.id()),
+            _ => None,
+        };
+        match kind {
+            OperationMessage::Stop => {
+                lock_ops(&self.operations).release(&id);
+                true
+            }
+            OperationMessage::Start => {
+                let key = user.map_or(ClientKey::Ip(self.meta.ip), ClientKey::User);
+                if self.app.limiters.check_client(key, 1).is_err() {
+                    self.over_limit.send_replace(true);
+                    return false;
+                }
+                match lock_ops(&self.operations).admit(&id, user) {
+                    Admission::Admitted | Admission::Duplicate => true,
+                    Admission::Refused(message) => {
+                        let answer = refusal(self.protocol, &id, &message, &self.meta.request_id);
+                        // Bounded: a client that provokes more refusals at once than the main
+                        // loop can write is over any sane rate, and is closed.
+                        if self.refusals.try_send(answer).is_err() {
+                            self.over_limit.send_replace(true);
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers `connection_init`: authenticates the payload's token (none: anonymous) and gives
+/// the connection's operations their request context and DataLoaders.
+async fn connection_init(
+    app: AppState,
+    init_state: Arc<Mutex<InitState>>,
+    meta: RequestMeta,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
+    let identity = match init_token(&payload) {
+        None => Identity::Anonymous,
+        Some(token) => match sessions::authenticate(&app, &token).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                set(&init_state, InitState::Refused);
+                return Err(e.into());
+            }
+        },
+    };
+    if let Identity::Rejected(reason) = &identity {
+        set(&init_state, InitState::Refused);
+        return Err(async_graphql::Error::new(format!("Forbidden: {reason}")));
+    }
+    set(&init_state, InitState::Ready(identity.clone()));
+    let mut data = Data::default();
+    data.insert(RequestContext { meta, identity });
+    data.insert(crate::graphql::loaders::Loaders::new(&app));
+    Ok(data)
+}
+
+/// The protocol's messages ready after `first` (up to [`MAX_BURST`] in all), to write at once,
+/// and what ended the burst if it was not a text message (`Some(None)`: the protocol ended).
+fn take_burst(
+    first: String,
+    connection: &mut (impl futures_util::Stream<Item = WsMessage> + Unpin),
+) -> (Vec<String>, Option<Option<WsMessage>>) {
+    let mut burst = vec![first];
+    while burst.len() < MAX_BURST {
+        match connection.next().now_or_never() {
+            Some(Some(WsMessage::Text(more))) => burst.push(more),
+            Some(other) => return (burst, Some(other)),
+            None => break,
+        }
+    }
+    (burst, None)
+}
+
+/// The protocol's side of a connection: async-graphql reading the client's messages through
+/// `gate` and answering `connection_init` with [`connection_init`].
+fn speak_protocol(
+    http: &HttpState,
+    client: futures_util::stream::SplitStream<WebSocket>,
+    gate: Gate,
+) -> impl futures_util::Stream<Item = WsMessage> + Send + use<> {
+    let protocol = gate.protocol;
+    let on_init = {
+        let app = gate.app.clone();
+        let init_state = gate.init_state.clone();
+        let meta = gate.meta.clone();
+        move |payload| connection_init(app, init_state, meta, payload)
+    };
+    let input = client
+        .take_while(|message| future::ready(message.is_ok()))
+        .filter_map(move |message| future::ready(gate.pass(message)));
+    async_graphql::http::WebSocket::new(http.schema.clone(), input, protocol)
+        .on_connection_init(on_init)
+}
+
+/// Writes a burst of the protocol's messages within the send limit, first releasing the slots
+/// of the operations it completes.
+async fn write_burst(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    burst: Vec<String>,
+    operations: &Mutex<Operations>,
+    limit: Duration,
+) -> Result<(), SendFailure> {
+    for text in &burst {
+        if text.starts_with(r#"{"type":"complete""#)
+            && let Some((_, id)) = operation_message(text.as_bytes())
+        {
+            lock_ops(operations).release(&id);
+        }
+    }
+    let messages = burst.into_iter().map(|text| Message::Text(text.into()));
+    send_all_within(sink, messages, limit).await
+}
+
+/// What a revocation notice means for a connection.
+enum Revoked {
+    /// Nothing: the connection goes on.
+    No,
+    /// Its session or user was revoked: close with 4403.
+    Yes,
+    /// The notices ended (the server is stopping).
+    Closed,
+}
+
+/// Whether a revocation notice (or a gap in them) revokes this connection's session.
+async fn revoked(
+    app: &AppState,
+    identity: Option<&Identity>,
+    notice: Result<Revocation, broadcast::error::RecvError>,
+) -> Revoked {
+    match notice {
+        Ok(revocation) if concerns(identity, revocation) => Revoked::Yes,
+        // Revocations were (or may have been) missed: check this socket's session now.
+        Ok(Revocation::Recheck) | Err(broadcast::error::RecvError::Lagged(_)) => match identity {
+            Some(Identity::User(viewer)) if !sessions::still_valid(app, viewer).await => {
+                Revoked::Yes
+            }
+            _ => Revoked::No,
+        },
+        Ok(_) => Revoked::No,
+        Err(broadcast::error::RecvError::Closed) => Revoked::Closed,
+    }
+}
+
+/// Counts a connection closed by one of the bounds, by reason.
+fn closed_by_limit(reason: &'static str) {
+    metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => reason).increment(1);
+}
+
+/// Runs one connection until either side ends it: the protocol's messages out (in bursts, each
+/// within the send limit), refusals, pings, and every reason to close (init deadline, idle
+/// anonymous, token expiry, rate limit, revocation, shutdown, slow reader, dead peer).
 async fn serve(
     socket: WebSocket,
     http: HttpState,
@@ -193,107 +389,30 @@ async fn serve(
     meta: RequestMeta,
     _slot: SocketGuard,
 ) {
-    let config = http.app.config.clone();
+    let app = http.app.clone();
+    let config = app.config.clone();
     let (mut sink, stream) = socket.split();
     let init_state = Arc::new(Mutex::new(InitState::Pending));
-    let mut revocations = http.app.revocations.subscribe();
-    let mut shutdown = http.app.shutdown.subscribe();
-    let operations = Arc::new(Mutex::new(Operations::new(http.app.clone())));
-    // Milliseconds since `opened` at which the client last sent anything (pongs included).
+    let mut revocations = app.revocations.subscribe();
+    let mut shutdown = app.shutdown.subscribe();
+    let operations = Arc::new(Mutex::new(Operations::new(app.clone())));
     let opened = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
-    // Errors for refused operations, written by the main loop (bounded: a client that
-    // provokes more than this many at once is over any sane rate and is closed).
-    let (refusals_tx, mut refusals) = tokio::sync::mpsc::channel::<String>(32);
+    let (refusals_tx, mut refusals) = mpsc::channel::<String>(32);
+    let (over_limit_tx, mut over_limit) = watch::channel(false);
 
-    // Every subscription spends a unit of the client's rate limit, like an HTTP operation;
-    // over the limit the connection closes with 4429.
-    let (over_limit_tx, mut over_limit) = tokio::sync::watch::channel(false);
-    let input = {
-        let limiters = http.app.limiters.clone();
-        let init_state = init_state.clone();
-        let operations = operations.clone();
-        let last_heard = last_heard.clone();
-        let request_id = meta.request_id.clone();
-        let ip = meta.ip;
-        stream
-            .take_while(|message| future::ready(message.is_ok()))
-            .filter_map(move |message| {
-                last_heard.store(
-                    u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
-                );
-                let bytes = match message {
-                    Ok(Message::Text(text)) => Some(text.as_bytes().to_vec()),
-                    Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
-                    _ => None,
-                };
-                let bytes = bytes.filter(|bytes| {
-                    let Some((kind, id)) = operation_message(bytes) else {
-                        return true;
-                    };
-                    let user = match get(&init_state) {
-                        InitState::Ready(Identity::User(viewer)) => Some(viewer.id()),
-                        _ => None,
-                    };
-                    match kind {
-                        OperationMessage::Stop => {
-                            lock_ops(&operations).release(&id);
-                            true
-                        }
-                        OperationMessage::Start => {
-                            let key = user.map_or(ClientKey::Ip(ip), ClientKey::User);
-                            if limiters.check_client(key, 1).is_err() {
-                                over_limit_tx.send_replace(true);
-                                return false;
-                            }
-                            match lock_ops(&operations).admit(&id, user) {
-                                Admission::Admitted | Admission::Duplicate => true,
-                                Admission::Refused(message) => {
-                                    let answer = refusal(protocol, &id, &message, &request_id);
-                                    if refusals_tx.try_send(answer).is_err() {
-                                        over_limit_tx.send_replace(true);
-                                    }
-                                    false
-                                }
-                            }
-                        }
-                    }
-                });
-                future::ready(bytes)
-            })
+    let gate = Gate {
+        app: app.clone(),
+        protocol,
+        meta: meta.clone(),
+        init_state: init_state.clone(),
+        operations: operations.clone(),
+        last_heard: last_heard.clone(),
+        opened,
+        refusals: refusals_tx,
+        over_limit: over_limit_tx,
     };
-
-    let on_init = {
-        let app = http.app.clone();
-        let init_state = init_state.clone();
-        let meta = meta.clone();
-        move |payload: serde_json::Value| async move {
-            let identity = match init_token(&payload) {
-                None => Identity::Anonymous,
-                Some(token) => match sessions::authenticate(&app, &token).await {
-                    Ok(identity) => identity,
-                    Err(e) => {
-                        let gql: async_graphql::Error = e.into();
-                        set(&init_state, InitState::Refused);
-                        return Err(gql);
-                    }
-                },
-            };
-            if let Identity::Rejected(reason) = &identity {
-                set(&init_state, InitState::Refused);
-                return Err(async_graphql::Error::new(format!("Forbidden: {reason}")));
-            }
-            set(&init_state, InitState::Ready(identity.clone()));
-            let mut data = Data::default();
-            data.insert(RequestContext { meta, identity });
-            data.insert(crate::graphql::loaders::Loaders::new(&app));
-            Ok(data)
-        }
-    };
-
-    let connection = async_graphql::http::WebSocket::new(http.schema.clone(), input, protocol)
-        .on_connection_init(on_init);
+    let connection = speak_protocol(&http, stream, gate);
     futures_util::pin_mut!(connection);
 
     let send_limit = Duration::from_secs(config.ws_send_timeout_secs.max(1));
@@ -322,27 +441,8 @@ async fn serve(
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
                     // Take along what else is ready, to write the burst at once.
-                    let mut burst = vec![text];
-                    let mut then = None;
-                    while burst.len() < MAX_BURST {
-                        match connection.next().now_or_never() {
-                            Some(Some(WsMessage::Text(more))) => burst.push(more),
-                            Some(other) => {
-                                then = Some(other);
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    for text in &burst {
-                        if text.starts_with(r#"{"type":"complete""#)
-                            && let Some((_, id)) = operation_message(text.as_bytes())
-                        {
-                            lock_ops(&operations).release(&id);
-                        }
-                    }
-                    let messages = burst.into_iter().map(|text| Message::Text(text.into()));
-                    let sent = send_all_within(&mut sink, messages, send_limit).await;
+                    let (burst, then) = take_burst(text, &mut connection);
+                    let sent = write_burst(&mut sink, burst, &operations, send_limit).await;
                     if identity.is_none()
                         && let InitState::Ready(ready) = get(&init_state)
                     {
@@ -372,7 +472,7 @@ async fn serve(
                     last_heard.load(Ordering::Relaxed),
                 ));
                 if silent > keepalive * 2 {
-                    metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "dead_peer").increment(1);
+                    closed_by_limit("dead_peer");
                     break None; // nobody is there to read a close frame
                 }
                 send_within(&mut sink, Message::Ping(Vec::new().into()), send_limit).await
@@ -382,7 +482,7 @@ async fn serve(
             }
             () = sleep_until_opt(idle_deadline) => {
                 if lock_ops(&operations).is_empty() {
-                    metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "anonymous_idle").increment(1);
+                    closed_by_limit("anonymous_idle");
                     break Some((close::INIT_TIMEOUT, "Idle anonymous connection closed: sign in or subscribe".into()));
                 }
                 Ok(())
@@ -396,28 +496,17 @@ async fn serve(
             () = crate::state::until_set(&mut shutdown) => {
                 break Some((close::GOING_AWAY, "server shutting down".into()));
             }
-            revocation = revocations.recv() => match revocation {
-                Ok(revocation) if concerns(identity.as_ref(), revocation) => {
-                    break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
-                }
-                // Revocations were (or may have been) missed: check this socket's session now.
-                Ok(Revocation::Recheck) | Err(broadcast::error::RecvError::Lagged(_)) => match identity.as_ref() {
-                    Some(Identity::User(viewer))
-                        if !crate::users::sessions::still_valid(&http.app, viewer).await =>
-                    {
-                        break Some((close::FORBIDDEN, "Forbidden: session revoked".into()));
-                    }
-                    _ => Ok(()),
-                },
-                Ok(_) => Ok(()),
-                Err(broadcast::error::RecvError::Closed) => break None,
+            notice = revocations.recv() => match revoked(&app, identity.as_ref(), notice).await {
+                Revoked::No => Ok(()),
+                Revoked::Yes => break Some((close::FORBIDDEN, "Forbidden: session revoked".into())),
+                Revoked::Closed => break None,
             },
         };
         match sent {
             Ok(()) => {}
             Err(SendFailure::Closed) => break None,
             Err(SendFailure::SlowReader) => {
-                metrics::counter!(crate::telemetry::names::WS_CLOSED_BY_LIMIT, "reason" => "slow_reader").increment(1);
+                closed_by_limit("slow_reader");
                 tracing::info!(request_id = %meta.request_id, "WebSocket closed: the client stopped reading");
                 break Some((
                     close::SLOW_READER,

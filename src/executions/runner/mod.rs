@@ -1,0 +1,310 @@
+//! The runner: one task per run. It opens the provider stream, appends events (no gaps),
+//! keeps the assembled output, and ends the run with usage, cost and exactly one terminal
+//! event. Cancellation and the per-run timeout drop the provider stream, which aborts the
+//! upstream request: no more tokens are paid for.
+//!
+//! Three rules shape it:
+//! - **No connection is held while waiting.** Every write borrows a pooled connection for one
+//!   statement or one short transaction and gives it back, so slow providers cannot drain the
+//!   pool; a busy or restarting database delays a write ([`patient`]), it does not end the run.
+//! - **Adaptive batching.** A delta after a quiet spell is written at once (one token reaches
+//!   watchers within milliseconds), together with whatever the provider has already delivered
+//!   (a burst is one event); while tokens keep coming, they are coalesced into one write per
+//!   `AGENTRY_STREAM_FLUSH_MS`, so the database work and the messages per watcher stay flat
+//!   under load.
+//! - **The table first, then the feed.** Each event is published to the in-process hub right
+//!   after the commit that stored it; other processes learn of it by NOTIFY.
+//!
+//! Every write is conditional on the run still being RUNNING, so a run that recovery declared
+//! dead (or that ended otherwise) is never written to again.
+
+use std::{pin::Pin, time::Duration};
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, Sleep};
+
+use crate::{
+    agents::{model::AgentRow, service::system_prompt},
+    api_keys::{model::ApiKeyRow, service::reveal},
+    executions::model::ExecutionRow,
+    llm::{
+        ProviderKind, for_kind,
+        provider::{
+            ChatRequest, EventStream, Limits, ProviderError, StreamEvent, open_with_retries,
+        },
+    },
+    state::AppState,
+};
+
+mod ending;
+mod writer;
+
+use ending::finish;
+use writer::Writer;
+
+/// A delta buffer this large is written at once, whatever the batching window.
+const FLUSH_BYTES: usize = 4096;
+/// How long a runner's write waits for a busy or unavailable database before the run is
+/// abandoned to recovery.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How a run ended.
+#[derive(Debug)]
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+    TimedOut,
+    /// Someone else ended the run (recovery): write nothing more.
+    Lost,
+}
+
+/// Starts the runner task for a freshly created run.
+pub fn spawn(state: AppState, execution: ExecutionRow, agent: AgentRow, key: ApiKeyRow) {
+    tokio::spawn(async move {
+        let id = execution.id;
+        if let Err(e) = run(&state, execution, agent, key).await {
+            // The run could not be ended cleanly; recovery will end it when its heartbeat stops.
+            tracing::error!(execution.id = %id, error = ?e, "runner failed");
+        }
+        state.hub.unregister_runner(id);
+    });
+}
+
+/// Runs one run from QUEUED to its terminal event.
+async fn run(
+    state: &AppState,
+    execution: ExecutionRow,
+    agent: AgentRow,
+    key: ApiKeyRow,
+) -> anyhow::Result<()> {
+    let mut cancelled = state.hub.register_runner(execution.id);
+    let Some(cancel_requested) = writer::start(state, &execution).await? else {
+        return Ok(()); // ended by someone else before it started
+    };
+    let request = ChatRequest {
+        model: agent.model.clone(),
+        system: system_prompt(&agent),
+        user: execution.input.clone(),
+        temperature: agent.temperature,
+        max_output_tokens: agent.max_output_tokens.and_then(|n| u32::try_from(n).ok()),
+    };
+    let mut writer = Writer::new(state, execution);
+    let config = &state.config;
+    let deadline = tokio::time::sleep(Duration::from_secs(config.execution_timeout_secs));
+    tokio::pin!(deadline);
+    let mut usage: Option<(i64, i64)> = None;
+
+    let outcome = if cancel_requested || *cancelled.borrow() {
+        Outcome::Cancelled
+    } else {
+        match open_stream(&mut writer, &key, &request, &mut cancelled, &mut deadline).await? {
+            Err(outcome) => outcome,
+            Ok(stream) => {
+                let window = Duration::from_millis(config.stream_flush_ms);
+                stream_output(
+                    &mut writer,
+                    stream,
+                    &mut cancelled,
+                    &mut deadline,
+                    window,
+                    &mut usage,
+                )
+                .await?
+            }
+        }
+    };
+    // A stop during shutdown is not the user's cancel: the run failed, and says why.
+    let outcome = match outcome {
+        Outcome::Cancelled if state.shutting_down() => {
+            Outcome::Failed("the server shut down during the run: start it again".into())
+        }
+        other => other,
+    };
+    let outcome = match outcome {
+        Outcome::Lost => Outcome::Lost,
+        other => {
+            // Keep what was produced, whatever the ending.
+            if writer.flush().await? {
+                other
+            } else {
+                Outcome::Lost
+            }
+        }
+    };
+    finish(&mut writer, outcome, usage).await
+}
+
+/// Opens the provider stream with the run's key (retrying as configured, the heartbeat kept
+/// going meanwhile); the run's ending instead when the endpoint is refused, the provider
+/// fails, or the run is cancelled, times out or is lost first.
+async fn open_stream(
+    writer: &mut Writer<'_>,
+    key: &ApiKeyRow,
+    request: &ChatRequest,
+    cancelled: &mut tokio::sync::watch::Receiver<bool>,
+    deadline: &mut Pin<&mut Sleep>,
+) -> anyhow::Result<Result<EventStream, Outcome>> {
+    let state = writer.state;
+    let config = &state.config;
+    let provider_kind = ProviderKind::from_stored(&key.provider)
+        .ok_or_else(|| anyhow::anyhow!("unknown provider {}", key.provider))?;
+    let secret = reveal(&state.vault, key).map_err(|e| anyhow::anyhow!(e.message()))?;
+    let base_url = provider_kind
+        .base_url(config, key.endpoint.as_deref())
+        .to_owned();
+    if let Err(refused) = state.egress.check_url(&base_url) {
+        return Ok(Err(Outcome::Failed(refused)));
+    }
+    let provider = for_kind(
+        provider_kind,
+        state.http.clone(),
+        base_url,
+        secret,
+        Limits::from_config(config),
+    );
+    let opening = open_with_retries(
+        provider.as_ref(),
+        request,
+        config.provider_max_attempts,
+        Duration::from_millis(config.provider_retry_base_ms),
+    );
+    let opening_started = Instant::now();
+    tokio::pin!(opening);
+    // Retries may take a while: keep the heartbeat going meanwhile.
+    let mut beat = tokio::time::interval(Duration::from_secs(config.execution_heartbeat_secs));
+    let opened = loop {
+        tokio::select! {
+            opened = &mut opening => break opened.map_err(|e| Outcome::Failed(failure_message(&e))),
+            () = crate::state::until_set(cancelled) => break Err(Outcome::Cancelled),
+            () = deadline.as_mut() => break Err(Outcome::TimedOut),
+            _ = beat.tick() => {
+                if !writer.heartbeat(Duration::ZERO).await? {
+                    break Err(Outcome::Lost);
+                }
+            }
+        }
+    };
+    metrics::histogram!(crate::telemetry::names::PROVIDER_LATENCY, "provider" => provider_kind.as_str())
+        .record(opening_started.elapsed().as_secs_f64());
+    Ok(opened)
+}
+
+/// Reads the provider stream into the writer until it finishes, fails, is cancelled or times
+/// out. Dropping the stream on return closes the provider connection.
+async fn stream_output(
+    writer: &mut Writer<'_>,
+    mut stream: EventStream,
+    cancelled: &mut tokio::sync::watch::Receiver<bool>,
+    deadline: &mut Pin<&mut Sleep>,
+    window: Duration,
+    usage: &mut Option<(i64, i64)>,
+) -> anyhow::Result<Outcome> {
+    let config = &writer.state.config;
+    let heartbeat_every = Duration::from_secs(config.execution_heartbeat_secs);
+    let max_output = config.max_output_bytes;
+    let mut beat = tokio::time::interval(heartbeat_every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let flush_at = (!writer.pending.is_empty()).then(|| writer.flush_due(window));
+        tokio::select! {
+            biased;
+            () = crate::state::until_set(cancelled) => return Ok(Outcome::Cancelled),
+            () = deadline.as_mut() => return Ok(Outcome::TimedOut),
+            // Before the stream, so a fast stream cannot starve the batched writes.
+            () = sleep_until_opt(flush_at) => {
+                if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                    return Ok(outcome); // the caller writes the buffer first
+                }
+                if !writer.flush().await? {
+                    return Ok(Outcome::Lost);
+                }
+            }
+            _ = beat.tick() => {
+                if !writer.heartbeat(heartbeat_every).await? {
+                    return Ok(Outcome::Lost);
+                }
+            }
+            item = stream.next() => match item {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    let total = writer.output_len + writer.pending.len() + text.len();
+                    if total > max_output {
+                        return Ok(output_cap_reached(max_output));
+                    }
+                    writer.pending.push_str(&text);
+                    // After a quiet spell (or with a full buffer) write at once, taking along
+                    // what has already arrived: a burst becomes one event, not one plus a batch.
+                    if writer.flush_due(window) <= Instant::now() {
+                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                            return Ok(outcome); // the caller writes the buffer first
+                        }
+                        if !writer.flush().await? {
+                            return Ok(Outcome::Lost);
+                        }
+                    }
+                }
+                Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
+                    *usage = Some((input_tokens, output_tokens));
+                }
+                Some(Ok(StreamEvent::Finished { .. })) => return Ok(Outcome::Succeeded),
+                Some(Err(e)) => return Ok(Outcome::Failed(failure_message(&e))),
+                None => return Ok(ended_unfinished()),
+            },
+        }
+    }
+}
+
+/// Moves the deltas the provider has already delivered (without waiting) into the buffer, up
+/// to a full buffer. Returns how the run ends when one of those items ends it (the caller writes
+/// the buffer first: the output before the end is kept).
+fn take_ready(
+    writer: &mut Writer<'_>,
+    stream: &mut EventStream,
+    max_output: usize,
+    usage: &mut Option<(i64, i64)>,
+) -> Option<Outcome> {
+    use futures_util::FutureExt;
+    while writer.pending.len() < FLUSH_BYTES {
+        let item = stream.next().now_or_never()?;
+        match item {
+            Some(Ok(StreamEvent::Delta(text))) => {
+                if writer.output_len + writer.pending.len() + text.len() > max_output {
+                    return Some(output_cap_reached(max_output));
+                }
+                writer.pending.push_str(&text);
+            }
+            Some(Ok(StreamEvent::Usage {
+                input_tokens,
+                output_tokens,
+            })) => *usage = Some((input_tokens, output_tokens)),
+            Some(Ok(StreamEvent::Finished { .. })) => return Some(Outcome::Succeeded),
+            Some(Err(e)) => return Some(Outcome::Failed(failure_message(&e))),
+            None => return Some(ended_unfinished()),
+        }
+    }
+    None
+}
+
+/// The ending of a run whose output would pass `max_output` bytes.
+fn output_cap_reached(max_output: usize) -> Outcome {
+    Outcome::Failed(format!(
+        "the output reached the limit of {max_output} bytes (AGENTRY_MAX_OUTPUT_BYTES): \
+         the run was stopped and the output so far kept"
+    ))
+}
+
+/// The ending of a provider stream that stopped without its finishing event.
+fn ended_unfinished() -> Outcome {
+    Outcome::Failed("the provider stream ended without finishing".into())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn failure_message(e: &ProviderError) -> String {
+    e.to_string()
+}
