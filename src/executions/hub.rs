@@ -178,6 +178,14 @@ impl Hub {
         }
     }
 
+    /// Events of a run published here that some local subscriber has not taken yet (0 when
+    /// nobody here follows it): the runner's measure of back-pressure.
+    pub fn backlog(&self, execution_id: Uuid) -> usize {
+        lock(&self.runs)
+            .get(&execution_id)
+            .map_or(0, |feed| feed.tx.len())
+    }
+
     /// Publishes an event this process just stored (the runner, after its commit).
     pub fn publish(&self, event: EventRow) {
         let feed = lock(&self.runs).get(&event.execution_id).cloned();

@@ -435,3 +435,49 @@ async fn after_a_quiet_spell_a_token_is_written_at_once_whatever_the_batching_wi
     assert_eq!(deltas[1..].concat(), " second third");
     assert_eq!(deltas.len(), 2, "{deltas:?}");
 }
+
+#[tokio::test]
+async fn while_watchers_have_not_taken_the_last_event_the_runner_coalesces_more() {
+    // 100 tokens, one every 10 ms, with a 20 ms batching window.
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.stream_flush_ms = 20;
+        c.provider_timeout_secs = 10;
+    })
+    .await;
+    let tokens: Vec<String> = (0..100).map(|i| format!("t{i} ")).collect();
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let whole = tokens.concat();
+    let deltas = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "OUTPUT_DELTA")
+            .count()
+    };
+
+    // Watchers that keep up: an event per window.
+    w.fake.set_stream(slow(&tokens, 10));
+    let free = w.start("free").await;
+    assert_eq!(w.finished(&free).await["status"], "SUCCEEDED");
+    let free_events = w.events(&free).await;
+    assert_eq!(text(&free_events), whole);
+
+    // A watcher of this server that takes nothing: every event stays queued for it, so the
+    // runner waits (up to its cap) before writing the next, and the run is fewer, larger events.
+    w.fake.set_stream(slow(&tokens, 10));
+    let stalled = w.start("stalled").await;
+    let follow = w.app.state.hub.follow_run(stalled.parse().unwrap());
+    assert_eq!(w.finished(&stalled).await["status"], "SUCCEEDED");
+    drop(follow);
+    let stalled_events = w.events(&stalled).await;
+    assert_eq!(text(&stalled_events), whole, "nothing is lost by waiting");
+
+    let (free, stalled) = (deltas(&free_events), deltas(&stalled_events));
+    assert!(
+        free >= 25,
+        "watchers keeping up get an event per window: {free}"
+    );
+    assert!(
+        stalled <= 12,
+        "a backlog coalesces up to 200 ms of tokens per event: {stalled} events (free: {free})"
+    );
+}

@@ -6,12 +6,13 @@
 //! Three rules shape it:
 //! - **No connection is held while waiting.** Every write borrows a pooled connection for one
 //!   statement or one short transaction and gives it back, so slow providers cannot drain the
-//!   pool; a busy or restarting database delays a write ([`patient`]), it does not end the run.
+//!   pool; a busy or restarting database delays a write ([`crate::db::patient`]), it does not end the run.
 //! - **Adaptive batching.** A delta after a quiet spell is written at once (one token reaches
 //!   watchers within milliseconds), together with whatever the provider has already delivered
 //!   (a burst is one event); while tokens keep coming, they are coalesced into one write per
 //!   `AGENTRY_STREAM_FLUSH_MS`, so the database work and the messages per watcher stay flat
-//!   under load.
+//!   under load; and while this server's watchers have not all taken the last event, the next
+//!   waits for them (200 ms at most), so back-pressure makes events larger, not queues longer.
 //! - **The table first, then the feed.** Each event is published to the in-process hub right
 //!   after the commit that stored it; other processes learn of it by NOTIFY.
 //!
@@ -213,6 +214,9 @@ async fn stream_output(
             () = deadline.as_mut() => return Ok(Outcome::TimedOut),
             // Before the stream, so a fast stream cannot starve the batched writes.
             () = sleep_until_opt(flush_at) => {
+                if writer.flush_due(window) > Instant::now() {
+                    continue; // held back by watchers that have not taken the last event
+                }
                 if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
                     return Ok(outcome); // the caller writes the buffer first
                 }

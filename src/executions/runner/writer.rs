@@ -12,6 +12,11 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{FLUSH_BYTES, WRITE_PATIENCE};
+
+/// The longest a delta waits for watchers that have not taken the last event.
+const MAX_COALESCE: Duration = Duration::from_millis(200);
+/// How often a writer held back by such watchers looks again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(5);
 use crate::{
     db::{PatientError, patient, schema::executions},
     executions::{
@@ -121,13 +126,26 @@ impl<'a> Writer<'a> {
         Ok(true)
     }
 
-    /// When the buffered deltas should be written: now after a quiet spell, else when the
-    /// batching window since the last write closes.
+    /// When the buffered deltas should be written: now after a quiet spell (or with a full
+    /// buffer), else when the batching window since the last write closes — and, while this
+    /// server's watchers have not all taken the last event, not before they have (re-checked
+    /// every [`BACKLOG_RECHECK`]) or [`MAX_COALESCE`] has passed since the last write. Under a
+    /// load the server cannot deliver at full rate, fewer and larger events then reach every
+    /// watcher sooner than a growing queue of small ones; the output is the same.
     pub(super) fn flush_due(&self, window: Duration) -> Instant {
-        match self.last_flush {
-            Some(last) if self.pending.len() < FLUSH_BYTES => last + window,
-            _ => Instant::now(),
+        let now = Instant::now();
+        let Some(last) = self.last_flush else {
+            return now;
+        };
+        if self.pending.len() >= FLUSH_BYTES {
+            return now;
         }
+        let due = last + window;
+        let cap = last + MAX_COALESCE;
+        if due <= now && now < cap && self.state.hub.backlog(self.execution.id) > 0 {
+            return (now + BACKLOG_RECHECK).min(cap);
+        }
+        due
     }
 
     /// Refreshes the heartbeat when nothing was written for `every`; false when the run is no
