@@ -3,11 +3,11 @@
 //!
 //! - **No redirects.** The client that carries such requests follows none, so a server cannot
 //!   bounce a request (and its key) to another host.
-//! - **Checked addresses.** Host names are resolved by [`Resolver`], which drops every address
+//! - **Checked addresses.** Host names are resolved by [`Resolver`](crate::egress::Resolver), which drops every address
 //!   the policy forbids — loopback, private, link-local (cloud metadata lives there), CGNAT,
 //!   multicast, unspecified, and IPv4 addresses hidden in IPv6 (mapped, NAT64) — and the
 //!   connection is made to an address that passed, so a second DNS answer (rebinding) cannot
-//!   switch it. Hosts written as IP addresses are checked with [`Egress::check_url`] before a
+//!   switch it. Hosts written as IP addresses are checked with [`Egress::check_url`](crate::egress::Egress::check_url) before a
 //!   request is made.
 //! - **Operator allowlist.** `AGENTRY_EGRESS_ALLOW` lists CIDRs and host names that may be
 //!   reached anyway (e.g. `127.0.0.1/32` for an Ollama beside the server). Development also

@@ -3,7 +3,7 @@
 //! Every GraphQL operation spends one unit of its client's quota (a batch of ten spends ten).
 //! Sign-in mutations (`login`, `register`, `refreshSession`) also spend from a per-IP and a
 //! per-email quota inside the resolver, so aliases and batches cannot multiply attempts.
-//! Keyed limiters remember every key until pruned: [`RateLimiters::prune`] runs periodically.
+//! Keyed limiters remember every key until pruned: [`RateLimiters::prune`](crate::rate_limit::RateLimiters::prune) runs periodically.
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 

@@ -1,7 +1,7 @@
 //! GraphQL over HTTP: `POST /graphql` (JSON, batches), `GET /graphql` (queries, GraphiQL, and
 //! the WebSocket upgrade). Authentication, CSRF, batch and rate limits happen here, before
 //! anything executes; every error leaves with `extensions.requestId`. Reading the request is
-//! in [`body`](super::body), shaping the response in [`response`](super::response).
+//! in `body.rs`, shaping the response in `response.rs`.
 
 use std::net::SocketAddr;
 
