@@ -129,17 +129,13 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
     match command {
         Command::ExportSchema => {
             print!("{}", schema::export_sdl(config));
-            return Ok(());
+            Ok(())
         }
-        Command::Healthcheck => return healthcheck(config).await,
-        Command::Backup(args) => return backup(config, args).await,
-        Command::Restore { file, database } => return restore(config, &file, &database).await,
-        _ => {}
-    }
-    config.validate()?;
-    db::bootstrap(&config.database_url).await?;
-    match command {
+        Command::Healthcheck => healthcheck(config).await,
+        Command::Backup(args) => backup(config, args).await,
+        Command::Restore { file, database } => restore(config, &file, &database).await,
         Command::Migrate => {
+            prepare(config).await?;
             println!(
                 "database {} is up to date",
                 db::redact_url(&config.database_url)
@@ -152,10 +148,12 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             display_name,
             promote_existing,
         } => {
+            prepare(config).await?;
             let password = SecretString::from(password);
             create_owner(config, &email, password, display_name, promote_existing).await
         }
         Command::Serve => {
+            prepare(config).await?;
             let state = AppState::new(config.clone())?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             tracing::info!(
@@ -165,12 +163,18 @@ async fn run(command: Command, config: &mut Config) -> anyhow::Result<()> {
             );
             http::serve(state, listener, http::shutdown_signal()).await
         }
-        Command::RotateEncryptionKey => rotate_encryption_key(config).await,
-        Command::ExportSchema
-        | Command::Healthcheck
-        | Command::Backup(_)
-        | Command::Restore { .. } => Ok(()),
+        Command::RotateEncryptionKey => {
+            prepare(config).await?;
+            rotate_encryption_key(config).await
+        }
     }
+}
+
+/// What every command that runs the application needs first: a valid configuration, and the
+/// database created if missing and migrated.
+async fn prepare(config: &mut Config) -> anyhow::Result<()> {
+    config.validate()?;
+    db::bootstrap(&config.database_url).await
 }
 
 /// `healthcheck`: whether the server at the listen address answers `/healthz`.

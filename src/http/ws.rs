@@ -190,13 +190,19 @@ async fn send_all_within(
 /// What the reading half checks on every client message before async-graphql sees it: that
 /// the peer is alive, the client's rate limit, and the bounds on open operations.
 struct Gate {
+    /// The limiters (and, through `operations`, the per-user bounds).
     app: AppState,
+    /// The protocol refusals are written in.
     protocol: WebSocketProtocols,
+    /// The upgrade request's id and client address.
     meta: RequestMeta,
+    /// Who the connection is, once `connection_init` was answered.
     init_state: Arc<Mutex<InitState>>,
+    /// The connection's open operations.
     operations: Arc<Mutex<Operations>>,
     /// Milliseconds since `opened` at which the client last sent anything (pongs included).
     last_heard: Arc<AtomicU64>,
+    /// When the connection opened.
     opened: Instant,
     /// Errors for refused operations, written by the main loop.
     refusals: mpsc::Sender<String>,
@@ -480,14 +486,14 @@ async fn serve(
             () = tokio::time::sleep_until(init_deadline), if waiting_for_init => {
                 break Some((close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
             }
-            () = sleep_until_opt(idle_deadline) => {
+            () = crate::state::sleep_until_opt(idle_deadline) => {
                 if lock_ops(&operations).is_empty() {
                     closed_by_limit("anonymous_idle");
                     break Some((close::INIT_TIMEOUT, "Idle anonymous connection closed: sign in or subscribe".into()));
                 }
                 Ok(())
             }
-            () = sleep_until_opt(expiry) => {
+            () = crate::state::sleep_until_opt(expiry) => {
                 break Some((close::UNAUTHORIZED, "Unauthorized: access token expired".into()));
             }
             () = crate::state::until_set(&mut over_limit) => {
@@ -574,13 +580,6 @@ fn token_deadline(identity: &Identity) -> Option<Instant> {
         .to_std()
         .unwrap_or(Duration::ZERO);
     Some(Instant::now() + left)
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => future::pending().await,
-    }
 }
 
 fn concerns(identity: Option<&Identity>, revocation: Revocation) -> bool {

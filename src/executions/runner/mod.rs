@@ -213,7 +213,7 @@ async fn stream_output(
             () = crate::state::until_set(cancelled) => return Ok(Outcome::Cancelled),
             () = deadline.as_mut() => return Ok(Outcome::TimedOut),
             // Before the stream, so a fast stream cannot starve the batched writes.
-            () = sleep_until_opt(flush_at) => {
+            () = crate::state::sleep_until_opt(flush_at) => {
                 if writer.flush_due(window) > Instant::now() {
                     continue; // held back by watchers that have not taken the last event
                 }
@@ -300,13 +300,6 @@ fn output_cap_reached(max_output: usize) -> Outcome {
 /// The ending of a provider stream that stopped without its finishing event.
 fn ended_unfinished() -> Outcome {
     Outcome::Failed("the provider stream ended without finishing".into())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn failure_message(e: &ProviderError) -> String {

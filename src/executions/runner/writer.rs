@@ -13,10 +13,6 @@ use uuid::Uuid;
 
 use super::{FLUSH_BYTES, WRITE_PATIENCE};
 
-/// The longest a delta waits for watchers that have not taken the last event.
-const MAX_COALESCE: Duration = Duration::from_millis(200);
-/// How often a writer held back by such watchers looks again.
-const BACKLOG_RECHECK: Duration = Duration::from_millis(5);
 use crate::{
     db::{PatientError, patient, schema::executions},
     executions::{
@@ -25,6 +21,11 @@ use crate::{
     },
     state::AppState,
 };
+
+/// The longest a delta waits for watchers that have not taken the last event.
+const MAX_COALESCE: Duration = Duration::from_millis(200);
+/// How often a writer held back by such watchers looks again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(5);
 
 /// Whether a failed write was in fact committed by an earlier attempt whose answer was lost
 /// (the retry then collides with the event it already inserted).
