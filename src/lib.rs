@@ -30,6 +30,8 @@ pub mod api_keys;
 pub mod executions;
 /// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
 pub mod oauth;
+/// Agent tools: web search, Wikipedia, calculator, HTTP GET, run by the runner's tool loop.
+pub mod tools;
 /// Accounts, sessions, roles, admin actions, audit log.
 pub mod users;
 

@@ -21,6 +21,7 @@ use crate::{
     graphql::limits,
     oauth::graphql::{OAuthMutation, OAuthQuery},
     state::AppState,
+    tools::graphql::ToolsQuery,
     users::graphql::{UsersMutation, UsersQuery},
 };
 
@@ -32,6 +33,7 @@ pub struct Query(
     ApiKeysQuery,
     AgentsQuery,
     ExecutionsQuery,
+    ToolsQuery,
 );
 
 /// Every mutation field, one object per domain.

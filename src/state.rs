@@ -102,8 +102,10 @@ pub struct Shared {
     pub sockets: Arc<SocketTracker>,
     /// The configured OAuth providers and redirect allowlist.
     pub oauth: Arc<crate::oauth::providers::Registry>,
-    /// Outbound HTTP to OAuth providers: redirects are never followed (SSRF safety).
-    pub oauth_http: reqwest::Client,
+    /// Outbound HTTP to endpoints the operator configured (OAuth providers, the tools'
+    /// search and Wikipedia backends): redirects are never followed (SSRF safety); no address
+    /// check, as such a backend may live on a private network. Never for a user-given URL.
+    pub operator_http: reqwest::Client,
 }
 
 /// Counts open WebSocket connections (in total and per client IP) and subscriptions per user,
@@ -250,6 +252,7 @@ impl AppState {
             ] {
                 egress.allow_host_of(base);
             }
+
             Arc::new(egress)
         };
         // Requests users can steer: no redirects, and only addresses the egress policy permits.
@@ -259,7 +262,7 @@ impl AppState {
             .dns_resolver(egress.resolver())
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
             .build()?;
-        let oauth_http = reqwest::Client::builder()
+        let operator_http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
@@ -283,7 +286,7 @@ impl AppState {
             http,
             egress,
             oauth: Arc::new(oauth),
-            oauth_http,
+            operator_http,
             hub: crate::executions::hub::Hub::new(pool.clone(), revocations.clone()),
             shutdown: Arc::new(watch::channel(false).0),
             sockets: Arc::new(SocketTracker::default()),

@@ -2,7 +2,7 @@
 //! go through the request's DataLoaders.
 
 use async_graphql::{
-    Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, connection::Connection,
+    Context, ID, InputObject, Json, MaybeUndefined, Object, connection::Connection,
 };
 use chrono::{DateTime, Utc};
 
@@ -21,42 +21,8 @@ use crate::{
         guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
     },
     llm::ProviderKind,
+    tools::AgentTool,
 };
-
-/// Tools an agent can be given (running them comes in a later version).
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum AgentTool {
-    /// Search the web.
-    WebSearch,
-    /// Call an HTTP API.
-    HttpRequest,
-    /// Run code in a sandbox.
-    CodeInterpreter,
-    /// Evaluate arithmetic.
-    Calculator,
-}
-
-impl AgentTool {
-    fn as_stored(self) -> &'static str {
-        match self {
-            Self::WebSearch => "WEB_SEARCH",
-            Self::HttpRequest => "HTTP_REQUEST",
-            Self::CodeInterpreter => "CODE_INTERPRETER",
-            Self::Calculator => "CALCULATOR",
-        }
-    }
-
-    fn from_stored(name: &str) -> Option<Self> {
-        [
-            Self::WebSearch,
-            Self::HttpRequest,
-            Self::CodeInterpreter,
-            Self::Calculator,
-        ]
-        .into_iter()
-        .find(|t| t.as_stored() == name)
-    }
-}
 
 /// An agent: who it is (role, goal, backstory), which model and key it runs on, and its runs.
 pub struct Agent(pub AgentRow);
@@ -116,7 +82,7 @@ impl Agent {
             .tools
             .iter()
             .flatten()
-            .filter_map(|t| AgentTool::from_stored(t))
+            .filter_map(|t| AgentTool::from_name(t))
             .collect()
     }
     /// Free JSON configuration.
@@ -311,11 +277,7 @@ impl AgentsMutation {
             model: input.model,
             temperature: input.temperature,
             max_output_tokens: input.max_output_tokens,
-            tools: input
-                .tools
-                .iter()
-                .map(|t| t.as_stored().to_owned())
-                .collect(),
+            tools: input.tools.iter().map(|t| t.as_str().to_owned()).collect(),
             config: input.config.map(|c| c.0),
         };
         Ok(Agent(service::create(state(ctx)?, viewer, input).await?))
@@ -343,7 +305,7 @@ impl AgentsMutation {
             max_output_tokens: maybe(input.max_output_tokens),
             tools: input
                 .tools
-                .map(|tools| tools.iter().map(|t| t.as_stored().to_owned()).collect()),
+                .map(|tools| tools.iter().map(|t| t.as_str().to_owned()).collect()),
             config: input.config.map(|c| c.0),
         };
         Ok(Agent(

@@ -14,13 +14,6 @@ use crate::{
     state::AppState,
 };
 
-/// Tools an agent may be given. Running them is a later capability; the list is validated now.
-pub const TOOLS: [&str; 4] = [
-    "WEB_SEARCH",
-    "HTTP_REQUEST",
-    "CODE_INTERPRETER",
-    "CALCULATOR",
-];
 /// Largest `config`, serialised.
 pub const MAX_CONFIG_BYTES: usize = 16 * 1024;
 
@@ -150,7 +143,7 @@ async fn validate(
     }
     let mut tools: Vec<Option<String>> = Vec::new();
     for tool in &input.tools {
-        if !TOOLS.contains(&tool.as_str()) {
+        if crate::tools::AgentTool::from_name(tool).is_none() {
             return Err(AppError::bad_input(
                 "input.tools",
                 format!("unknown tool {tool}"),
@@ -168,6 +161,8 @@ async fn validate(
     if !config.is_object() {
         return Err(AppError::bad_input("input.config", "must be a JSON object"));
     }
+    crate::tools::check_settings(&config)
+        .map_err(|(field, rule)| AppError::bad_input(field, rule))?;
     let size = config.to_string().len();
     if size > MAX_CONFIG_BYTES {
         return Err(AppError::bad_input(

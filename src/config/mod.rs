@@ -203,6 +203,34 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_STREAM_FLUSH_MS", default_value_t = 40)]
     pub stream_flush_ms: u64,
 
+    /// Tools: most model turns of one run's tool loop (an agent's `config.maxToolSteps` may
+    /// lower it); a model still calling tools after that many ends the run FAILED.
+    #[arg(long, env = "AGENTRY_TOOL_MAX_STEPS", default_value_t = 8)]
+    pub tool_max_steps: u32,
+
+    /// Tools: seconds one tool call may take before it answers the model with a timeout error.
+    #[arg(long, env = "AGENTRY_TOOL_TIMEOUT_SECS", default_value_t = 20)]
+    pub tool_timeout_secs: u64,
+
+    /// Tools: largest result of one tool call handed to the model (and shown in its TOOL_RESULT
+    /// event), in bytes; longer results are cut and say so.
+    #[arg(long, env = "AGENTRY_TOOL_RESULT_MAX_BYTES", default_value_t = 16 * 1024)]
+    pub tool_result_max_bytes: usize,
+
+    /// Tools: the SearXNG instance WEB_SEARCH queries (its JSON API, `format=json` enabled),
+    /// e.g. `http://searxng:8080`. Unset: WEB_SEARCH is unavailable.
+    #[arg(long, env = "AGENTRY_SEARXNG_URL")]
+    pub searxng_url: Option<String>,
+
+    /// Tools: the MediaWiki API WIKIPEDIA calls; `{lang}` becomes the agent's
+    /// `config.wikipediaLanguage` (default `en`).
+    #[arg(
+        long,
+        env = "AGENTRY_WIKIPEDIA_URL",
+        default_value = "https://{lang}.wikipedia.org/w/api.php"
+    )]
+    pub wikipedia_url: String,
+
     /// Largest output of one run, in bytes; past it the run ends FAILED (output so far kept).
     #[arg(long, env = "AGENTRY_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: usize,
@@ -360,6 +388,9 @@ impl Config {
                 self.auth_rate_limit_per_minute as usize,
             ),
             ("AGENTRY_MAX_BATCH", self.max_batch),
+            ("AGENTRY_TOOL_MAX_STEPS", self.tool_max_steps as usize),
+            ("AGENTRY_TOOL_TIMEOUT_SECS", self.tool_timeout_secs as usize),
+            ("AGENTRY_TOOL_RESULT_MAX_BYTES", self.tool_result_max_bytes),
             (
                 "AGENTRY_ACCESS_TOKEN_TTL_SECS",
                 self.access_token_ttl_secs as usize,
@@ -381,6 +412,14 @@ impl Config {
             ("AGENTRY_OPENAI_BASE_URL", &self.openai_base_url),
             ("AGENTRY_ANTHROPIC_BASE_URL", &self.anthropic_base_url),
             ("AGENTRY_HUGGINGFACE_BASE_URL", &self.huggingface_base_url),
+            (
+                "AGENTRY_SEARXNG_URL",
+                self.searxng_url.as_ref().unwrap_or(&self.openai_base_url),
+            ),
+            (
+                "AGENTRY_WIKIPEDIA_URL",
+                &self.wikipedia_url.replace("{lang}", "en"),
+            ),
         ] {
             match url::Url::parse(url) {
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
@@ -438,6 +477,7 @@ impl Config {
         secret(&mut self.encryption_keys);
         secret(&mut self.metrics_token);
         secret(&mut self.sentry_dsn);
+        text(&mut self.searxng_url);
         let oauth = &mut self.oauth;
         for id in [
             &mut oauth.google_client_id,

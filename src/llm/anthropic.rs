@@ -1,6 +1,8 @@
 //! Anthropic Messages streaming: named SSE events `message_start` (input tokens),
 //! `content_block_delta` (`text_delta`), `message_delta` (output tokens, `stop_reason`),
-//! `message_stop`, with `ping` at any time and `error` mid-stream.
+//! `message_stop`, with `ping` at any time and `error` mid-stream. A tool call is a `tool_use`
+//! content block: `content_block_start` names it, `input_json_delta`s carry its input's JSON
+//! text, and `content_block_stop` completes it.
 
 use std::collections::VecDeque;
 
@@ -10,7 +12,9 @@ use serde_json::{Value, json};
 
 use crate::llm::{
     ANTHROPIC_VERSION,
-    provider::{ChatRequest, EventStream, Limits, Provider, ProviderError, StreamEvent},
+    provider::{
+        ChatRequest, EventStream, Limits, Message, Provider, ProviderError, StreamEvent, ToolCall,
+    },
     scrub,
     wire::{SseParser, ended_early, send, sse_stream},
 };
@@ -44,15 +48,81 @@ impl Anthropic {
     }
 }
 
+/// Most tool calls taken from one turn.
+const MAX_CALLS: usize = 16;
+
+/// The conversation in Messages form: tool results go back as `tool_result` blocks of a user
+/// message (consecutive results share one), and a call's input must be a JSON object (a
+/// malformed one is sent as `{}`; the model was told of the error in its result).
+fn messages(request: &ChatRequest) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for message in &request.messages {
+        match message {
+            Message::User(text) => out.push(json!({"role": "user", "content": text})),
+            Message::Assistant { text, tool_calls } => {
+                let mut content = Vec::new();
+                if !text.is_empty() {
+                    content.push(json!({"type": "text", "text": text}));
+                }
+                for call in tool_calls {
+                    let input = serde_json::from_str::<Value>(&call.arguments)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    content.push(json!({
+                        "type": "tool_use", "id": call.id, "name": call.name, "input": input,
+                    }));
+                }
+                out.push(json!({"role": "assistant", "content": content}));
+            }
+            Message::ToolResult {
+                call_id,
+                content,
+                is_error,
+            } => {
+                let block = json!({
+                    "type": "tool_result", "tool_use_id": call_id, "content": content,
+                    "is_error": is_error,
+                });
+                match out.last_mut() {
+                    Some(last)
+                        if last["role"] == "user"
+                            && last["content"][0]["type"] == "tool_result" =>
+                    {
+                        if let Some(blocks) = last["content"].as_array_mut() {
+                            blocks.push(block);
+                        }
+                    }
+                    _ => out.push(json!({"role": "user", "content": [block]})),
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The JSON body of a streamed message.
 fn request_body(request: &ChatRequest) -> Value {
     let mut body = json!({
         "model": request.model,
         "max_tokens": request.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         "system": request.system,
-        "messages": [{"role": "user", "content": request.user}],
+        "messages": messages(request),
         "stream": true,
     });
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|tool| {
+                json!({
+                    "name": tool.name,
+                    "description": tool.description,
+                    "input_schema": tool.parameters,
+                })
+            })
+            .collect();
+    }
     if let Some(temperature) = request.temperature {
         body["temperature"] = json!(temperature);
     }
@@ -78,6 +148,7 @@ impl Provider for Anthropic {
             input_tokens: None,
             output_tokens: None,
             stop_reason: None,
+            calls: Vec::new(),
         };
         Ok(sse_stream(response, self.limits, parser))
     }
@@ -93,6 +164,8 @@ struct EventParser {
     output_tokens: Option<i64>,
     /// From `message_delta`.
     stop_reason: Option<String>,
+    /// `tool_use` blocks being assembled: (block index, the call so far).
+    calls: Vec<(u64, ToolCall)>,
 }
 
 impl EventParser {
@@ -113,9 +186,11 @@ impl EventParser {
 
 impl SseParser for EventParser {
     fn event(&mut self, event: Event, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
-        const KNOWN: [&str; 5] = [
+        const KNOWN: [&str; 7] = [
             "message_start",
+            "content_block_start",
             "content_block_delta",
+            "content_block_stop",
             "message_delta",
             "message_stop",
             "error",
@@ -123,7 +198,7 @@ impl SseParser for EventParser {
         // Events are named; a nameless one says what it is in its `type`.
         let named = event.event != "message";
         if named && !KNOWN.contains(&event.event.as_str()) {
-            return; // ping, content_block_start/stop, and event types added later
+            return; // ping, and event types added later
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             out.push_back(Err(ProviderError::Malformed(format!(
@@ -150,6 +225,27 @@ impl SseParser for EventParser {
                     self.input_tokens = Some(input);
                 }
             }
+            "content_block_start" => {
+                let block = &data["content_block"];
+                if block["type"] == "tool_use" {
+                    if self.calls.len() >= MAX_CALLS {
+                        out.push_back(Err(ProviderError::Malformed(format!(
+                            "the model made more than {MAX_CALLS} tool calls in one turn"
+                        ))));
+                        return;
+                    }
+                    let index = data["index"].as_u64().unwrap_or_default();
+                    let text = |name: &str| block[name].as_str().unwrap_or_default().to_owned();
+                    self.calls.push((
+                        index,
+                        ToolCall {
+                            id: text("id"),
+                            name: text("name"),
+                            arguments: String::new(),
+                        },
+                    ));
+                }
+            }
             "content_block_delta" => {
                 let delta = &data["delta"];
                 if delta["type"] == "text_delta"
@@ -157,6 +253,24 @@ impl SseParser for EventParser {
                     && !text.is_empty()
                 {
                     out.push_back(Ok(StreamEvent::Delta(text.to_owned())));
+                } else if delta["type"] == "input_json_delta"
+                    && let Some(json) = delta["partial_json"].as_str()
+                    && let Some((_, call)) = self
+                        .calls
+                        .iter_mut()
+                        .find(|(i, _)| Some(*i) == data["index"].as_u64())
+                {
+                    call.arguments.push_str(json);
+                }
+            }
+            "content_block_stop" => {
+                let index = data["index"].as_u64();
+                if let Some(at) = self.calls.iter().position(|(i, _)| Some(*i) == index) {
+                    let (_, mut call) = self.calls.remove(at);
+                    if call.arguments.trim().is_empty() {
+                        "{}".clone_into(&mut call.arguments); // a call without input
+                    }
+                    out.push_back(Ok(StreamEvent::ToolCall(call)));
                 }
             }
             "message_delta" => {
@@ -202,6 +316,7 @@ mod tests {
             input_tokens: None,
             output_tokens: None,
             stop_reason: None,
+            calls: Vec::new(),
         }
     }
 
@@ -222,6 +337,55 @@ mod tests {
         assert!(out.is_empty());
         parser.end(&mut out);
         assert_eq!(Vec::from(out), vec![Err(ended_early())]);
+    }
+
+    #[test]
+    fn a_tool_use_block_is_assembled_from_its_input_json_deltas() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        for (name, data) in [
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me check."}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"calculator","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"expression\": "}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"6*7\"}"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":1}"#,
+            ),
+        ] {
+            parser.event(event(name, data), &mut out);
+        }
+        assert_eq!(
+            Vec::from(out),
+            vec![
+                Ok(StreamEvent::Delta("Let me check.".into())),
+                Ok(StreamEvent::ToolCall(ToolCall {
+                    id: "toolu_1".into(),
+                    name: "calculator".into(),
+                    arguments: r#"{"expression": "6*7"}"#.into(),
+                })),
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! OpenAI Chat Completions streaming, also spoken by Hugging Face's router and OpenAI-compatible
 //! servers (Ollama, vLLM, llama.cpp): SSE `data:` chunks with `choices[0].delta.content`, a final
 //! usage chunk with empty `choices` (asked for with `stream_options.include_usage`), and
-//! `data: [DONE]`.
+//! `data: [DONE]`. Tool calls arrive as `choices[0].delta.tool_calls` pieces keyed by `index`
+//! (the id and name in the first, the arguments' JSON text spread over the rest); they are
+//! assembled and yielded when the turn finishes.
 
 use std::collections::VecDeque;
 
@@ -10,7 +12,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::llm::{
-    provider::{ChatRequest, EventStream, Limits, Provider, ProviderError, StreamEvent},
+    provider::{
+        ChatRequest, EventStream, Limits, Message, Provider, ProviderError, StreamEvent, ToolCall,
+    },
     scrub,
     wire::{SseParser, ended_early, error_message, send, sse_stream},
 };
@@ -41,17 +45,70 @@ impl OpenAiCompatible {
     }
 }
 
+/// Most tool calls taken from one turn.
+const MAX_CALLS: usize = 16;
+
+/// A message in Chat Completions form.
+fn message(message: &Message) -> Value {
+    match message {
+        Message::User(text) => json!({"role": "user", "content": text}),
+        Message::Assistant { text, tool_calls } => {
+            let mut m = json!({"role": "assistant", "content": text});
+            if !tool_calls.is_empty() {
+                m["tool_calls"] = tool_calls
+                    .iter()
+                    .map(|call| {
+                        json!({
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        })
+                    })
+                    .collect();
+            }
+            m
+        }
+        Message::ToolResult {
+            call_id,
+            content,
+            is_error,
+        } => {
+            let content = if *is_error {
+                format!("Error: {content}")
+            } else {
+                content.clone()
+            };
+            json!({"role": "tool", "tool_call_id": call_id, "content": content})
+        }
+    }
+}
+
 /// The JSON body of a streamed chat completion.
 fn request_body(request: &ChatRequest) -> Value {
+    let mut messages = vec![json!({"role": "system", "content": request.system})];
+    messages.extend(request.messages.iter().map(message));
     let mut body = json!({
         "model": request.model,
-        "messages": [
-            {"role": "system", "content": request.system},
-            {"role": "user", "content": request.user},
-        ],
+        "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|tool| {
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": tool.parameters,
+                    },
+                })
+            })
+            .collect();
+    }
     if let Some(temperature) = request.temperature {
         body["temperature"] = json!(temperature);
     }
@@ -78,6 +135,7 @@ impl Provider for OpenAiCompatible {
             secret: self.secret.clone(),
             stop_reason: None,
             usage: None,
+            calls: Vec::new(),
         };
         Ok(sse_stream(response, self.limits, parser))
     }
@@ -91,11 +149,56 @@ struct ChunkParser {
     stop_reason: Option<String>,
     /// The last usage seen (input, output), yielded just before `Finished`.
     usage: Option<(i64, i64)>,
+    /// Tool calls being assembled, by their `index`.
+    calls: Vec<ToolCall>,
 }
 
 impl ChunkParser {
-    /// Usage (if reported) then `Finished`.
+    /// Adds the `delta.tool_calls` pieces of a chunk to the calls being assembled.
+    fn tool_calls(&mut self, pieces: &[Value]) -> Result<(), ProviderError> {
+        for (position, piece) in pieces.iter().enumerate() {
+            // Some compatible servers send whole calls without `index`: their position then.
+            let index = piece
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or(position);
+            if index >= MAX_CALLS {
+                return Err(ProviderError::Malformed(format!(
+                    "the model made more than {MAX_CALLS} tool calls in one turn"
+                )));
+            }
+            while self.calls.len() <= index {
+                let n = self.calls.len();
+                self.calls.push(ToolCall {
+                    id: format!("call_{n}"),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            }
+            let call = &mut self.calls[index];
+            if let Some(id) = piece
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+            {
+                id.clone_into(&mut call.id);
+            }
+            if let Some(name) = piece.pointer("/function/name").and_then(Value::as_str) {
+                call.name.push_str(name);
+            }
+            if let Some(arguments) = piece.pointer("/function/arguments").and_then(Value::as_str) {
+                call.arguments.push_str(arguments);
+            }
+        }
+        Ok(())
+    }
+
+    /// The assembled tool calls, usage (if reported), then `Finished`.
     fn finish(&mut self, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
+        for call in self.calls.drain(..) {
+            out.push_back(Ok(StreamEvent::ToolCall(call)));
+        }
         if let Some((input_tokens, output_tokens)) = self.usage.take() {
             out.push_back(Ok(StreamEvent::Usage {
                 input_tokens,
@@ -144,6 +247,14 @@ impl SseParser for ChunkParser {
         {
             out.push_back(Ok(StreamEvent::Delta(content.to_owned())));
         }
+        if let Some(pieces) = choice
+            .pointer("/delta/tool_calls")
+            .and_then(Value::as_array)
+            && let Err(error) = self.tool_calls(pieces)
+        {
+            out.push_back(Err(error));
+            return;
+        }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             self.stop_reason = Some(reason.to_owned());
         }
@@ -168,6 +279,7 @@ mod tests {
             secret: SecretString::from("sk-unit-test-key"),
             stop_reason: None,
             usage: None,
+            calls: Vec::new(),
         }
     }
 
@@ -219,6 +331,40 @@ mod tests {
                 Ok(StreamEvent::Finished {
                     stop_reason: Some("length".into())
                 })
+            ]
+        );
+    }
+
+    #[test]
+    fn tool_call_pieces_are_assembled_by_index_and_yielded_before_finished() {
+        let mut parser = parser();
+        let mut out = VecDeque::new();
+        for chunk in [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"calculator","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","function":{"name":"wikipedia_search","arguments":"{\"query\""}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"expression\":\"2+2\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"function":{"arguments":":\"Rust\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ] {
+            parser.event(data(chunk), &mut out);
+        }
+        assert_eq!(
+            Vec::from(out),
+            vec![
+                Ok(StreamEvent::ToolCall(ToolCall {
+                    id: "call_a".into(),
+                    name: "calculator".into(),
+                    arguments: r#"{"expression":"2+2"}"#.into(),
+                })),
+                Ok(StreamEvent::ToolCall(ToolCall {
+                    id: "call_b".into(),
+                    name: "wikipedia_search".into(),
+                    arguments: r#"{"query":"Rust"}"#.into(),
+                })),
+                Ok(StreamEvent::Finished {
+                    stop_reason: Some("tool_calls".into())
+                }),
             ]
         );
     }

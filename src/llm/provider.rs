@@ -7,6 +7,51 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, stream::BoxStream};
 
+/// A tool the model may call: its name, what it does, and a JSON Schema of its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// The function name the model calls (`[a-z_]+`).
+    pub name: &'static str,
+    /// What it does, for the model.
+    pub description: &'static str,
+    /// JSON Schema (an object) of its arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The provider's id of the call (a result refers to it).
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments as the model wrote them: JSON text, possibly malformed.
+    pub arguments: String,
+}
+
+/// One message of the conversation after the system prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// The user's words.
+    User(String),
+    /// What the model said in an earlier step: its text and the tools it called.
+    Assistant {
+        /// Text of that step (may be empty).
+        text: String,
+        /// Its calls, in order.
+        tool_calls: Vec<ToolCall>,
+    },
+    /// The answer to one tool call.
+    ToolResult {
+        /// The call answered.
+        call_id: String,
+        /// The result, or the error, as text.
+        content: String,
+        /// Whether `content` is an error.
+        is_error: bool,
+    },
+}
+
 /// One chat turn to stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -14,8 +59,10 @@ pub struct ChatRequest {
     pub model: String,
     /// The system prompt.
     pub system: String,
-    /// The user's message.
-    pub user: String,
+    /// The conversation: the user's message, then the steps of a tool loop so far.
+    pub messages: Vec<Message>,
+    /// Tools the model may call (none: a plain completion).
+    pub tools: Vec<ToolSpec>,
     /// Sampling temperature; the provider's default when `None`.
     pub temperature: Option<f64>,
     /// Most tokens to generate; the provider's default when `None` (1024 for Anthropic, which
@@ -28,6 +75,8 @@ pub struct ChatRequest {
 pub enum StreamEvent {
     /// A piece of the answer, in order.
     Delta(String),
+    /// A complete tool call (its arguments assembled), before `Finished`.
+    ToolCall(ToolCall),
     /// The token counts the provider reported (at most once, just before `Finished`; absent when
     /// the provider reports none).
     Usage {

@@ -252,7 +252,7 @@ pub async fn refresh(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<O
     let result = provider
         .client(None)?
         .exchange_refresh_token(&refresh_token)
-        .request_async(&state.oauth_http)
+        .request_async(&state.operator_http)
         .await;
     let mut conn = state.pool.get().await?;
     match result {

@@ -434,12 +434,16 @@ pub async fn complete(
         .set_pkce_verifier(PkceCodeVerifier::new(
             claimed.verifier.expose_secret().to_owned(),
         ))
-        .request_async(&state.oauth_http)
+        .request_async(&state.operator_http)
         .await
         .map_err(|e| token_endpoint_error(kind, classify(kind, e), "the authorization code"))?;
     let grant = Grant::from_response(&token);
     let profile = provider
-        .fetch_profile(&state.oauth_http, &token, &id_token::nonce_for(state_param))
+        .fetch_profile(
+            &state.operator_http,
+            &token,
+            &id_token::nonce_for(state_param),
+        )
         .await?;
     match (claimed.intent, claimed.user_id) {
         (Intent::Link, Some(user_id)) => {

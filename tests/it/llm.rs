@@ -69,7 +69,8 @@ fn request(kind: ProviderKind) -> ChatRequest {
             "gpt-4o-mini".into()
         },
         system: "Be brief.".into(),
-        user: "Say hello".into(),
+        messages: vec![agentry::llm::provider::Message::User("Say hello".into())],
+        tools: Vec::new(),
         temperature: None,
         max_output_tokens: None,
     }

@@ -19,5 +19,6 @@ mod operations;
 mod packaging;
 mod rate_limit;
 mod streams;
+mod tools;
 mod transport;
 mod websocket;

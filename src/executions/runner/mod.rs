@@ -1,6 +1,8 @@
 //! The runner: one task per run. It opens the provider stream, appends events (no gaps),
 //! keeps the assembled output, and ends the run with usage, cost and exactly one terminal
-//! event. Cancellation and the per-run timeout drop the provider stream, which aborts the
+//! event. An agent with tools runs a tool loop: while the model answers a turn with tool
+//! calls, the runner records them (TOOL_CALL), runs them (`tool_calls`), records their results
+//! (TOOL_RESULT), and asks the model again with the results, up to the step limit. Cancellation and the per-run timeout drop the provider stream, which aborts the
 //! upstream request: no more tokens are paid for.
 //!
 //! Three rules shape it:
@@ -31,13 +33,16 @@ use crate::{
     llm::{
         ProviderKind, for_kind,
         provider::{
-            ChatRequest, EventStream, Limits, ProviderError, StreamEvent, open_with_retries,
+            ChatRequest, EventStream, Limits, Message, ProviderError, StreamEvent, ToolCall,
+            open_with_retries,
         },
     },
     state::AppState,
+    tools::Toolbox,
 };
 
 mod ending;
+mod tool_calls;
 mod writer;
 
 use ending::finish;
@@ -83,37 +88,32 @@ async fn run(
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
         return Ok(()); // ended by someone else before it started
     };
-    let request = ChatRequest {
+    let toolbox = Toolbox::for_agent(state, &agent);
+    let mut request = ChatRequest {
         model: agent.model.clone(),
         system: system_prompt(&agent),
-        user: execution.input.clone(),
+        messages: vec![Message::User(execution.input.clone())],
+        tools: toolbox.specs(),
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens.and_then(|n| u32::try_from(n).ok()),
     };
     let mut writer = Writer::new(state, execution);
-    let config = &state.config;
-    let deadline = tokio::time::sleep(Duration::from_secs(config.execution_timeout_secs));
+    let deadline = tokio::time::sleep(Duration::from_secs(state.config.execution_timeout_secs));
     tokio::pin!(deadline);
     let mut usage: Option<(i64, i64)> = None;
 
     let outcome = if cancel_requested || *cancelled.borrow() {
         Outcome::Cancelled
     } else {
-        match open_stream(&mut writer, &key, &request, &mut cancelled, &mut deadline).await? {
-            Err(outcome) => outcome,
-            Ok(stream) => {
-                let window = Duration::from_millis(config.stream_flush_ms);
-                stream_output(
-                    &mut writer,
-                    stream,
-                    &mut cancelled,
-                    &mut deadline,
-                    window,
-                    &mut usage,
-                )
-                .await?
-            }
-        }
+        let mut run = Steps {
+            writer: &mut writer,
+            key: &key,
+            toolbox: &toolbox,
+            cancelled: &mut cancelled,
+            deadline: &mut deadline,
+            usage: &mut usage,
+        };
+        run.converse(&mut request).await?
     };
     // A stop during shutdown is not the user's cancel: the run failed, and says why.
     let outcome = match outcome {
@@ -134,6 +134,98 @@ async fn run(
         }
     };
     finish(&mut writer, outcome, usage).await
+}
+
+/// What one model turn produced besides the output it streamed.
+#[derive(Default)]
+struct Turn {
+    /// Whether to keep the turn's text (a tool loop sends it back to the model).
+    keep_text: bool,
+    /// The turn's text, when kept.
+    text: String,
+    /// The tools the model called, in order.
+    calls: Vec<ToolCall>,
+    /// The tokens the provider reported for the turn.
+    usage: Option<(i64, i64)>,
+}
+
+/// A run under way: what every step of its conversation needs.
+struct Steps<'r, 'a, 'd> {
+    writer: &'r mut Writer<'a>,
+    key: &'r ApiKeyRow,
+    toolbox: &'r Toolbox,
+    cancelled: &'r mut tokio::sync::watch::Receiver<bool>,
+    deadline: &'r mut Pin<&'d mut Sleep>,
+    /// Tokens summed over the turns that reported them.
+    usage: &'r mut Option<(i64, i64)>,
+}
+
+impl Steps<'_, '_, '_> {
+    /// Streams model turns until one answers without calling a tool (or the run ends
+    /// otherwise), running the tools of each turn in between; at most the toolbox's step limit
+    /// of turns.
+    async fn converse(&mut self, request: &mut ChatRequest) -> anyhow::Result<Outcome> {
+        let window = Duration::from_millis(self.writer.state.config.stream_flush_ms);
+        let mut step = 1;
+        loop {
+            let stream = match open_stream(
+                self.writer,
+                self.key,
+                request,
+                self.cancelled,
+                self.deadline,
+            )
+            .await?
+            {
+                Err(outcome) => return Ok(outcome),
+                Ok(stream) => stream,
+            };
+            let mut turn = Turn {
+                keep_text: !self.toolbox.is_empty(),
+                ..Turn::default()
+            };
+            let outcome = stream_output(
+                self.writer,
+                stream,
+                self.cancelled,
+                self.deadline,
+                window,
+                &mut turn,
+            )
+            .await?;
+            if let Some((input, output)) = turn.usage {
+                let (i, o) = self.usage.unwrap_or_default();
+                *self.usage = Some((i + input, o + output));
+            }
+            // A model that calls tools it was not offered (none) has simply finished.
+            if !matches!(outcome, Outcome::Succeeded)
+                || turn.calls.is_empty()
+                || self.toolbox.is_empty()
+            {
+                return Ok(outcome);
+            }
+            let max_steps = self.toolbox.max_steps();
+            if step >= max_steps {
+                return Ok(Outcome::Failed(format!(
+                    "the agent was still calling tools after {max_steps} steps, its limit \
+                     (AGENTRY_TOOL_MAX_STEPS, or the agent's config.maxToolSteps)"
+                )));
+            }
+            if !self.writer.flush().await? {
+                return Ok(Outcome::Lost);
+            }
+            let results = match self.use_tools(&turn.calls).await? {
+                Ok(results) => results,
+                Err(outcome) => return Ok(outcome),
+            };
+            request.messages.push(Message::Assistant {
+                text: turn.text,
+                tool_calls: turn.calls,
+            });
+            request.messages.extend(results);
+            step += 1;
+        }
+    }
 }
 
 /// Opens the provider stream with the run's key (retrying as configured, the heartbeat kept
@@ -199,7 +291,7 @@ async fn stream_output(
     cancelled: &mut tokio::sync::watch::Receiver<bool>,
     deadline: &mut Pin<&mut Sleep>,
     window: Duration,
-    usage: &mut Option<(i64, i64)>,
+    turn: &mut Turn,
 ) -> anyhow::Result<Outcome> {
     let config = &writer.state.config;
     let heartbeat_every = Duration::from_secs(config.execution_heartbeat_secs);
@@ -217,7 +309,7 @@ async fn stream_output(
                 if writer.flush_due(window) > Instant::now() {
                     continue; // held back by watchers that have not taken the last event
                 }
-                if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn) {
                     return Ok(outcome); // the caller writes the buffer first
                 }
                 if !writer.flush().await? {
@@ -236,10 +328,13 @@ async fn stream_output(
                         return Ok(output_cap_reached(max_output));
                     }
                     writer.pending.push_str(&text);
+                    if turn.keep_text {
+                        turn.text.push_str(&text);
+                    }
                     // After a quiet spell (or with a full buffer) write at once, taking along
                     // what has already arrived: a burst becomes one event, not one plus a batch.
                     if writer.flush_due(window) <= Instant::now() {
-                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, usage) {
+                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn) {
                             return Ok(outcome); // the caller writes the buffer first
                         }
                         if !writer.flush().await? {
@@ -248,8 +343,9 @@ async fn stream_output(
                     }
                 }
                 Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
-                    *usage = Some((input_tokens, output_tokens));
+                    turn.usage = Some((input_tokens, output_tokens));
                 }
+                Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
                 Some(Ok(StreamEvent::Finished { .. })) => return Ok(Outcome::Succeeded),
                 Some(Err(e)) => return Ok(Outcome::Failed(failure_message(&e))),
                 None => return Ok(ended_unfinished()),
@@ -265,7 +361,7 @@ fn take_ready(
     writer: &mut Writer<'_>,
     stream: &mut EventStream,
     max_output: usize,
-    usage: &mut Option<(i64, i64)>,
+    turn: &mut Turn,
 ) -> Option<Outcome> {
     use futures_util::FutureExt;
     while writer.pending.len() < FLUSH_BYTES {
@@ -276,11 +372,15 @@ fn take_ready(
                     return Some(output_cap_reached(max_output));
                 }
                 writer.pending.push_str(&text);
+                if turn.keep_text {
+                    turn.text.push_str(&text);
+                }
             }
             Some(Ok(StreamEvent::Usage {
                 input_tokens,
                 output_tokens,
-            })) => *usage = Some((input_tokens, output_tokens)),
+            })) => turn.usage = Some((input_tokens, output_tokens)),
+            Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
             Some(Ok(StreamEvent::Finished { .. })) => return Some(Outcome::Succeeded),
             Some(Err(e)) => return Some(Outcome::Failed(failure_message(&e))),
             None => return Some(ended_unfinished()),

@@ -77,30 +77,62 @@ impl<'a> Writer<'a> {
             return Ok(true);
         }
         let delta = std::mem::take(&mut self.pending);
+        let len = delta.len();
+        let written = self
+            .append(EventKind::OutputDelta, Some(delta), None)
+            .await?;
+        if written {
+            self.output_len += len;
+            self.last_flush = Some(self.last_write);
+        }
+        Ok(written)
+    }
+
+    /// Appends one event with JSON data (a tool call or result); false when the run is no
+    /// longer ours.
+    pub(super) async fn record(
+        &mut self,
+        kind: EventKind,
+        data: serde_json::Value,
+    ) -> anyhow::Result<bool> {
+        self.append(kind, None, Some(data)).await
+    }
+
+    /// Appends the next event (an OUTPUT_DELTA's text also extends the run's output) in one
+    /// statement, then publishes it; false when the run is no longer RUNNING.
+    async fn append(
+        &mut self,
+        kind: EventKind,
+        delta: Option<String>,
+        data: Option<serde_json::Value>,
+    ) -> anyhow::Result<bool> {
         let sequence = self.sequence + 1;
         let id = self.execution.id;
         let at = Utc::now();
-        let text = delta.clone();
-        // One statement: append the event and the output, refresh the heartbeat and NOTIFY
+        let (text, json) = (delta.clone(), data.clone());
+        // One statement: append the event (and the output), refresh the heartbeat and NOTIFY
         // other processes, but only while the run is still RUNNING. One statement is one
         // transaction, so a retry after a lost answer either redoes it or collides with it.
-        let written = patient(&self.state.pool, WRITE_PATIENCE, "writing run output", move |conn| {
-            let text = text.clone();
+        let written = patient(&self.state.pool, WRITE_PATIENCE, "writing a run event", move |conn| {
+            let (text, json) = (text.clone(), json.clone());
             Box::pin(async move {
                 diesel::sql_query(
                     "WITH run AS ( \
                          UPDATE executions SET output = output || $2, last_sequence = $3, heartbeat_at = now() \
                          WHERE id = $1 AND status = 'RUNNING' RETURNING id), \
                      event AS ( \
-                         INSERT INTO execution_events (execution_id, sequence, kind, delta, at) \
-                         SELECT id, $3, 'OUTPUT_DELTA', $2, $4 FROM run RETURNING execution_id) \
+                         INSERT INTO execution_events (execution_id, sequence, kind, delta, data, at) \
+                         SELECT id, $3, $6, $7, $8, $4 FROM run RETURNING execution_id) \
                      SELECT pg_notify($5, execution_id::text || ':' || $3::text) FROM event",
                 )
                 .bind::<diesel::sql_types::Uuid, _>(id)
-                .bind::<diesel::sql_types::Text, _>(&text)
+                .bind::<diesel::sql_types::Text, _>(text.as_deref().unwrap_or_default())
                 .bind::<diesel::sql_types::Integer, _>(sequence)
                 .bind::<diesel::sql_types::Timestamptz, _>(at)
                 .bind::<diesel::sql_types::Text, _>(RUN_CHANNEL)
+                .bind::<diesel::sql_types::Text, _>(kind)
+                .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(text.as_deref())
+                .bind::<diesel::sql_types::Nullable<diesel::sql_types::Jsonb>, _>(json)
                 .execute(conn)
                 .await
             })
@@ -113,15 +145,13 @@ impl<'a> Writer<'a> {
             Err(e) => return Err(e.into()),
         }
         self.sequence = sequence;
-        self.output_len += delta.len();
         self.last_write = Instant::now();
-        self.last_flush = Some(self.last_write);
         self.state.hub.publish(EventRow {
             execution_id: id,
             sequence,
-            kind: EventKind::OutputDelta,
-            delta: Some(delta),
-            data: None,
+            kind,
+            delta,
+            data,
             at,
         });
         Ok(true)

@@ -104,6 +104,29 @@ impl Default for StreamScript {
     }
 }
 
+/// One scripted model turn that calls tools (instead of answering with the stream script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolTurn {
+    /// Text the model says before its calls (none when empty).
+    pub text: String,
+    /// The calls: function name and the arguments' JSON text (sent in two pieces, as
+    /// providers split them; it may be malformed on purpose).
+    pub calls: Vec<(String, String)>,
+}
+
+impl ToolTurn {
+    /// A turn making `calls` (name, arguments) without text.
+    pub fn calls(calls: &[(&str, &str)]) -> Self {
+        Self {
+            text: String::new(),
+            calls: calls
+                .iter()
+                .map(|(name, args)| ((*name).to_owned(), (*args).to_owned()))
+                .collect(),
+        }
+    }
+}
+
 /// One request the fake received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -141,6 +164,7 @@ struct Inner {
     keys: Mutex<HashSet<String>>,
     mode: Mutex<ModeState>,
     script: Mutex<StreamScript>,
+    turns: Mutex<std::collections::VecDeque<ToolTurn>>,
     requests: Mutex<Vec<Recorded>>,
     disconnects: AtomicUsize,
     chunks: AtomicUsize,
@@ -204,6 +228,12 @@ impl FakeProvider {
     /// Script for streamed completions (and the content of non-streamed ones).
     pub fn set_stream(&self, script: StreamScript) {
         *lock(&self.inner.script) = script;
+    }
+
+    /// Queues a model turn that calls tools: the next streamed completion (either flavor) plays
+    /// it instead of the stream script; turns are used in order, then the script answers.
+    pub fn queue_tool_turn(&self, turn: ToolTurn) {
+        lock(&self.inner.turns).push_back(turn);
     }
 
     /// Every request received so far, in arrival order.
@@ -315,8 +345,18 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
                 "last_id": "claude-sonnet-4-20250514"
             }),
         ),
-        (Flavor::OpenAi, "POST", "/v1/chat/completions") => openai_chat(&inner, &body, script),
-        (Flavor::Anthropic, "POST", "/v1/messages") => anthropic_messages(&inner, &body, script),
+        (Flavor::OpenAi, "POST", "/v1/chat/completions") => match lock(&inner.turns).pop_front() {
+            Some(turn) if body["stream"] == json!(true) => {
+                openai_tool_turn(&inner, &body, &turn, &script)
+            }
+            _ => openai_chat(&inner, &body, script),
+        },
+        (Flavor::Anthropic, "POST", "/v1/messages") => match lock(&inner.turns).pop_front() {
+            Some(turn) if body["stream"] == json!(true) => {
+                anthropic_tool_turn(&inner, &body, &turn, &script)
+            }
+            _ => anthropic_messages(&inner, &body, script),
+        },
         (Flavor::OpenAi, _, _) => json_response(
             StatusCode::NOT_FOUND,
             openai_error(
@@ -917,6 +957,158 @@ fn anthropic_messages(inner: &Arc<Inner>, body: &Value, script: StreamScript) ->
             .pings
             .then(|| Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")),
         ending,
+        tail,
+    };
+    sse_response(inner, plan, script.delay_per_token)
+}
+
+/// The arguments' text in two pieces (providers stream them in fragments).
+fn halves(text: &str) -> (String, String) {
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    (text[..mid].to_owned(), text[mid..].to_owned())
+}
+
+/// A streamed Chat Completions turn that calls tools: `delta.tool_calls` pieces by `index`,
+/// `finish_reason: "tool_calls"`, usage, `[DONE]`.
+fn openai_tool_turn(
+    inner: &Arc<Inner>,
+    body: &Value,
+    turn: &ToolTurn,
+    script: &StreamScript,
+) -> Response {
+    let id = new_id("chatcmpl-");
+    let created = unix_now();
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let chunk = |delta: Value, finish: Value| {
+        Event::data(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        }))
+    };
+    let head = vec![chunk(
+        json!({"role": "assistant", "content": null}),
+        Value::Null,
+    )];
+    let mut tokens = Vec::new();
+    if !turn.text.is_empty() {
+        tokens.push(chunk(json!({"content": turn.text}), Value::Null).content());
+    }
+    for (i, (name, arguments)) in turn.calls.iter().enumerate() {
+        tokens.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": new_id("call_"), "type": "function",
+                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        let (first, second) = halves(arguments);
+        for piece in [first, second] {
+            tokens.push(
+                chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                )
+                .content(),
+            );
+        }
+    }
+    let mut tail = vec![chunk(json!({}), json!("tool_calls"))];
+    if body["stream_options"]["include_usage"] == json!(true) {
+        tail.push(Event::data(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": script.input_tokens, "completion_tokens": 7,
+                      "total_tokens": script.input_tokens + 7},
+        })));
+    }
+    tail.push(Event::raw("data: [DONE]\n\n".to_owned(), false));
+    play_turn(inner, head, tokens, tail, script)
+}
+
+/// A streamed Messages turn that calls tools: `tool_use` blocks with `input_json_delta`s,
+/// `stop_reason: "tool_use"`.
+fn anthropic_tool_turn(
+    inner: &Arc<Inner>,
+    body: &Value,
+    turn: &ToolTurn,
+    script: &StreamScript,
+) -> Response {
+    let model = body["model"].as_str().unwrap_or_default();
+    let head = vec![Event::named(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": new_id("msg_"), "type": "message", "role": "assistant", "content": [],
+            "model": model, "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": script.input_tokens, "output_tokens": 1}}}),
+    )];
+    let mut tokens = Vec::new();
+    let mut index = 0;
+    if !turn.text.is_empty() {
+        tokens.push(Event::named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ));
+        tokens.push(
+            Event::named(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": turn.text}}),
+            )
+            .content(),
+        );
+        tokens.push(Event::named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+        index = 1;
+    }
+    for (name, arguments) in &turn.calls {
+        tokens.push(Event::named("content_block_start", &json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": name, "input": {}}})));
+        let (first, second) = halves(arguments);
+        for piece in [first, second] {
+            tokens.push(
+                Event::named(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                )
+                .content(),
+            );
+        }
+        tokens.push(Event::named(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+        index += 1;
+    }
+    let tail = vec![
+        Event::named(
+            "message_delta",
+            &json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+        ),
+        Event::named("message_stop", &json!({"type": "message_stop"})),
+    ];
+    play_turn(inner, head, tokens, tail, script)
+}
+
+/// Streams a tool turn's events (the script's delay before each of `tokens`).
+fn play_turn(
+    inner: &Arc<Inner>,
+    head: Vec<Event>,
+    tokens: Vec<Event>,
+    tail: Vec<Event>,
+    script: &StreamScript,
+) -> Response {
+    let plan = Plan {
+        head,
+        tokens,
+        ping: None,
+        ending: Ending::Finish,
         tail,
     };
     sse_response(inner, plan, script.delay_per_token)

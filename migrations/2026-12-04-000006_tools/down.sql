@@ -1,0 +1,2 @@
+-- Nothing to restore: the removed tool never ran.
+SELECT 1;

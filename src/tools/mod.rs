@@ -1,0 +1,325 @@
+//! Agent tools: what an agent given `tools` may call during a run, through its provider's
+//! native function calling (the runner's tool loop in `executions::runner`).
+//!
+//! A tool ([`AgentTool`], what users tick) offers the model one or more functions
+//! ([`ToolSpec`]): `web_search`, `wikipedia_search` / `wikipedia_page`, `calculator`,
+//! `http_get`. A run's [`Toolbox`] holds the functions of the agent's tools that this server
+//! can run, calls them with a time limit, and bounds what goes back to the model. A tool that
+//! fails answers the model with the error (it may try something else); it never ends the run.
+//!
+//! `http_get`, whose URL the model chooses, goes through the egress-checked HTTP client (no
+//! redirects, no internal addresses unless the operator allowed them), the same as provider
+//! calls; the search and Wikipedia backends are the operator's, reached without redirects.
+
+pub mod calculator;
+pub mod graphql;
+pub mod http_get;
+pub mod web_search;
+pub mod wikipedia;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{
+    agents::model::AgentRow,
+    config::Config,
+    llm::provider::{ToolCall, ToolSpec},
+    state::AppState,
+};
+
+crate::text_enum! {
+    /// Tools an agent can be given.
+    pub enum AgentTool {
+        /// Search the web (`web_search`) through the operator's SearXNG instance.
+        WebSearch => "WEB_SEARCH",
+        /// Search Wikipedia and read its articles (`wikipedia_search`, `wikipedia_page`).
+        Wikipedia => "WIKIPEDIA",
+        /// Evaluate arithmetic exactly (`calculator`).
+        Calculator => "CALCULATOR",
+        /// Read a public web page or API as text (`http_get`).
+        HttpRequest => "HTTP_REQUEST",
+    }
+}
+
+impl AgentTool {
+    /// Every tool, in the order they are listed.
+    pub const ALL: [Self; 4] = [
+        Self::WebSearch,
+        Self::Wikipedia,
+        Self::Calculator,
+        Self::HttpRequest,
+    ];
+
+    /// Why this server cannot run the tool, if it cannot.
+    pub fn unavailable(self, config: &Config) -> Option<&'static str> {
+        match self {
+            Self::WebSearch if config.searxng_url.is_none() => {
+                Some("no search backend is configured: the operator sets AGENTRY_SEARXNG_URL")
+            }
+            _ => None,
+        }
+    }
+
+    /// The functions the tool offers the model.
+    pub fn specs(self) -> Vec<ToolSpec> {
+        match self {
+            Self::WebSearch => vec![web_search::spec()],
+            Self::Wikipedia => vec![wikipedia::search_spec(), wikipedia::page_spec()],
+            Self::Calculator => vec![calculator::spec()],
+            Self::HttpRequest => vec![http_get::spec()],
+        }
+    }
+}
+
+/// Agent `config` keys the tools read.
+pub mod settings {
+    /// `config.maxToolSteps`: most model turns of the tool loop (at most the server's).
+    pub const MAX_STEPS: &str = "maxToolSteps";
+    /// `config.wikipediaLanguage`: the Wikipedia edition (`en`, `de`, `pt-br` …).
+    pub const WIKIPEDIA_LANGUAGE: &str = "wikipediaLanguage";
+}
+
+/// Checks the tool settings of an agent's `config`; the error names the key and the rule.
+pub fn check_settings(config: &Value) -> Result<(), (String, String)> {
+    if let Some(steps) = config.get(settings::MAX_STEPS) {
+        match steps.as_u64() {
+            Some(1..=64) => {}
+            _ => {
+                return Err((
+                    format!("input.config.{}", settings::MAX_STEPS),
+                    "must be a whole number from 1 to 64".into(),
+                ));
+            }
+        }
+    }
+    if let Some(language) = config.get(settings::WIKIPEDIA_LANGUAGE) {
+        let ok = language.as_str().is_some_and(|l| {
+            (2..=12).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
+        if !ok {
+            return Err((
+                format!("input.config.{}", settings::WIKIPEDIA_LANGUAGE),
+                "must be a Wikipedia language code such as `en` or `pt-br`".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a tool call produced: its text for the model, or an error it is told about.
+pub type Outcome = Result<String, String>;
+
+/// One finished tool call, as the TOOL_RESULT event and the model see it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The call.
+    pub call: ToolCall,
+    /// Its result (bounded), or the error.
+    pub outcome: Outcome,
+    /// Whether the result was cut at the bound.
+    pub truncated: bool,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// The tools one run may call.
+pub struct Toolbox {
+    tools: Vec<AgentTool>,
+    /// For user-given URLs (`http_get`): the egress-checked client.
+    http: reqwest::Client,
+    /// For the operator's backends (SearXNG, MediaWiki).
+    operator_http: reqwest::Client,
+    egress: std::sync::Arc<crate::egress::Egress>,
+    config: std::sync::Arc<Config>,
+    wikipedia_language: String,
+    max_steps: u32,
+}
+
+impl Toolbox {
+    /// The agent's tools that this server can run, with the agent's settings.
+    pub fn for_agent(state: &AppState, agent: &AgentRow) -> Self {
+        let config = state.config.clone();
+        let tools = agent
+            .tools
+            .iter()
+            .flatten()
+            .filter_map(|name| AgentTool::from_name(name))
+            .filter(|tool| tool.unavailable(&config).is_none())
+            .collect();
+        let setting = |key: &str| agent.config.get(key);
+        let max_steps = setting(settings::MAX_STEPS)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .map_or(config.tool_max_steps, |n| n.clamp(1, config.tool_max_steps));
+        let wikipedia_language = setting(settings::WIKIPEDIA_LANGUAGE)
+            .and_then(Value::as_str)
+            .unwrap_or("en")
+            .to_owned();
+        Self {
+            tools,
+            http: state.http.clone(),
+            operator_http: state.operator_http.clone(),
+            egress: state.egress.clone(),
+            config,
+            wikipedia_language,
+            max_steps,
+        }
+    }
+
+    /// Whether the run has no tools (a plain completion).
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Most model turns of the run's tool loop.
+    pub fn max_steps(&self) -> u32 {
+        self.max_steps
+    }
+
+    /// The functions offered to the model.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.iter().flat_map(|tool| tool.specs()).collect()
+    }
+
+    /// Runs one call within the tool time limit; the result is cut at the configured bound.
+    pub async fn call(&self, call: ToolCall) -> Finished {
+        let started = Instant::now();
+        let limit = Duration::from_secs(self.config.tool_timeout_secs);
+        let outcome = match tokio::time::timeout(limit, self.dispatch(&call)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "the tool did not answer within {} s",
+                limit.as_secs()
+            )),
+        };
+        let max = self.config.tool_result_max_bytes;
+        let (outcome, truncated) = match outcome {
+            Ok(text) if text.len() > max => (Ok(cut(&text, max)), true),
+            other => (other.map_err(|e| cut(&e, max)), false),
+        };
+        Finished {
+            call,
+            outcome,
+            truncated,
+            duration: started.elapsed(),
+        }
+    }
+
+    /// Calls the function `call` names, if the run has it.
+    async fn dispatch(&self, call: &ToolCall) -> Outcome {
+        let offered = self
+            .specs()
+            .iter()
+            .any(|spec| spec.name == call.name.as_str());
+        if !offered {
+            return Err(format!(
+                "there is no tool named `{}`; the tools are: {}",
+                call.name,
+                self.specs()
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let arguments: Value = serde_json::from_str(&call.arguments)
+            .map_err(|e| format!("the arguments are not valid JSON ({e}): send one JSON object"))?;
+        let text = |name: &str| -> Result<String, String> {
+            arguments
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("the argument `{name}` (a string) is missing"))
+        };
+        match call.name.as_str() {
+            "calculator" => calculator::evaluate(&text("expression")?),
+            "web_search" => match &self.config.searxng_url {
+                Some(base) => web_search::search(&self.operator_http, base, &text("query")?).await,
+                None => Err("web search is not configured on this server".into()),
+            },
+            "wikipedia_search" => {
+                wikipedia::search(&self.operator_http, &self.wikipedia_base(), &text("query")?)
+                    .await
+            }
+            "wikipedia_page" => {
+                wikipedia::page(&self.operator_http, &self.wikipedia_base(), &text("title")?).await
+            }
+            "http_get" => http_get::get(&self.http, &self.egress, &text("url")?).await,
+            other => Err(format!("there is no tool named `{other}`")),
+        }
+    }
+
+    /// The MediaWiki API of the agent's Wikipedia edition.
+    fn wikipedia_base(&self) -> String {
+        self.config
+            .wikipedia_url
+            .replace("{lang}", &self.wikipedia_language)
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, saying that it was cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[… cut at {max} bytes]", &text[..end])
+}
+
+/// Reads at most `max` bytes of a tool's HTTP response body as text.
+pub(crate) async fn read_body(response: reqwest::Response, max: usize) -> String {
+    crate::llm::wire::read_capped(response, max).await
+}
+
+/// The error a tool reports for an HTTP failure: the status, and where a redirect pointed.
+pub(crate) fn http_failure(response: &reqwest::Response) -> String {
+    let status = response.status();
+    match response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+    {
+        Some(location) if status.is_redirection() => format!(
+            "HTTP {status}: the server redirects to {location} (redirects are not followed; \
+             request that URL if it should be read)"
+        ),
+        _ => format!("HTTP {status}"),
+    }
+}
+
+/// The error a tool reports when its request got no response (no URL or internals).
+pub(crate) fn transport_failure(error: &reqwest::Error) -> String {
+    if error.is_connect() {
+        "could not connect (the address may be unreachable or not allowed from this server)"
+            .to_owned()
+    } else if error.is_timeout() {
+        "the request timed out".to_owned()
+    } else {
+        "the request failed".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_keeps_characters_whole_and_says_so() {
+        assert_eq!(cut("héllo", 10), "héllo");
+        assert_eq!(cut("héllo", 2), "h\n[… cut at 2 bytes]");
+    }
+
+    #[test]
+    fn settings_are_checked_with_the_key_named() {
+        assert!(check_settings(&serde_json::json!({"maxToolSteps": 3})).is_ok());
+        let (field, _) = check_settings(&serde_json::json!({"maxToolSteps": 0})).unwrap_err();
+        assert_eq!(field, "input.config.maxToolSteps");
+        let (field, _) =
+            check_settings(&serde_json::json!({"wikipediaLanguage": "../x"})).unwrap_err();
+        assert_eq!(field, "input.config.wikipediaLanguage");
+    }
+}
