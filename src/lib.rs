@@ -28,6 +28,8 @@ pub mod agents;
 pub mod api_keys;
 /// Runs: runner, event log, live hub, cancellation, recovery.
 pub mod executions;
+/// The file workspace: uploads, files runs write, downloads.
+pub mod files;
 /// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
 pub mod oauth;
 /// Agent tools: web search, Wikipedia, calculator, HTTP GET, run by the runner's tool loop.

@@ -18,6 +18,7 @@ use crate::{
     api_keys::graphql::{ApiKeysMutation, ApiKeysQuery},
     config::Config,
     executions::graphql::{ExecutionsMutation, ExecutionsQuery, ExecutionsSubscription},
+    files::graphql::{FilesMutation, FilesQuery},
     graphql::limits,
     oauth::graphql::{OAuthMutation, OAuthQuery},
     state::AppState,
@@ -34,6 +35,7 @@ pub struct Query(
     AgentsQuery,
     ExecutionsQuery,
     ToolsQuery,
+    FilesQuery,
 );
 
 /// Every mutation field, one object per domain.
@@ -44,6 +46,7 @@ pub struct Mutation(
     ApiKeysMutation,
     AgentsMutation,
     ExecutionsMutation,
+    FilesMutation,
 );
 
 /// Every subscription field, one object per domain.

@@ -94,6 +94,12 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Where outbound requests users can steer may go (check IP-literal URLs with it).
     pub egress: Arc<crate::egress::Egress>,
+    /// Outbound HTTP for URLs a model chooses (the `http_get` tool): like `http`, but under
+    /// `tool_egress`, which has none of the operator's allowlist (an allowed Ollama or proxy
+    /// host is for provider calls, not for pages read back to a user).
+    pub tool_http: reqwest::Client,
+    /// The policy of `tool_http`: public addresses only (and loopback in development).
+    pub tool_egress: Arc<crate::egress::Egress>,
     /// Live fan-out of run events and status changes, and local cancellation.
     pub hub: Arc<crate::executions::hub::Hub>,
     /// Turns true when the server starts shutting down (readiness fails, sockets close).
@@ -256,12 +262,23 @@ impl AppState {
             Arc::new(egress)
         };
         // Requests users can steer: no redirects, and only addresses the egress policy permits.
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(egress.resolver())
-            .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
-            .build()?;
+        // Requests users (or their models) can steer: no redirects, no proxy from the
+        // environment (a proxy would make the checked address the proxy's, not the target's),
+        // and only addresses the egress policy permits.
+        let checked_client = |egress: &Arc<crate::egress::Egress>| {
+            reqwest::Client::builder()
+                .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .dns_resolver(egress.resolver())
+                .connect_timeout(std::time::Duration::from_secs(config.provider_timeout_secs))
+                .build()
+        };
+        let http = checked_client(&egress)?;
+        let tool_egress = Arc::new(
+            crate::egress::Egress::new(&[], !config.is_production()).map_err(anyhow::Error::msg)?,
+        );
+        let tool_http = checked_client(&tool_egress)?;
         let operator_http = reqwest::Client::builder()
             .user_agent(concat!("agentry/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -285,6 +302,8 @@ impl AppState {
             pricing: Arc::new(pricing),
             http,
             egress,
+            tool_http,
+            tool_egress,
             oauth: Arc::new(oauth),
             operator_http,
             hub: crate::executions::hub::Hub::new(pool.clone(), revocations.clone()),

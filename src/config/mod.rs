@@ -231,6 +231,18 @@ pub struct Config {
     )]
     pub wikipedia_url: String,
 
+    /// Files: largest file uploaded or written by a run, in bytes.
+    #[arg(long, env = "AGENTRY_FILE_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub file_max_bytes: usize,
+
+    /// Files: most files one user may keep.
+    #[arg(long, env = "AGENTRY_FILES_MAX_PER_USER", default_value_t = 100)]
+    pub files_max_per_user: usize,
+
+    /// Files: most bytes one user's files may take together.
+    #[arg(long, env = "AGENTRY_FILES_MAX_TOTAL_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub files_max_total_bytes: usize,
+
     /// Largest output of one run, in bytes; past it the run ends FAILED (output so far kept).
     #[arg(long, env = "AGENTRY_MAX_OUTPUT_BYTES", default_value_t = 1024 * 1024)]
     pub max_output_bytes: usize,
@@ -391,6 +403,9 @@ impl Config {
             ("AGENTRY_TOOL_MAX_STEPS", self.tool_max_steps as usize),
             ("AGENTRY_TOOL_TIMEOUT_SECS", self.tool_timeout_secs as usize),
             ("AGENTRY_TOOL_RESULT_MAX_BYTES", self.tool_result_max_bytes),
+            ("AGENTRY_FILE_MAX_BYTES", self.file_max_bytes),
+            ("AGENTRY_FILES_MAX_PER_USER", self.files_max_per_user),
+            ("AGENTRY_FILES_MAX_TOTAL_BYTES", self.files_max_total_bytes),
             (
                 "AGENTRY_ACCESS_TOKEN_TTL_SECS",
                 self.access_token_ttl_secs as usize,

@@ -169,6 +169,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    files (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        execution_id -> Nullable<Uuid>,
+        name -> Text,
+        content_type -> Text,
+        size -> Int4,
+        sha256 -> Text,
+        content -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(agents -> api_keys (api_key_id));
 diesel::joinable!(agents -> users (user_id));
 diesel::joinable!(api_keys -> users (user_id));
@@ -176,6 +190,8 @@ diesel::joinable!(execution_events -> executions (execution_id));
 diesel::joinable!(executions -> agents (agent_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> users (user_id));
+diesel::joinable!(files -> executions (execution_id));
+diesel::joinable!(files -> users (user_id));
 diesel::joinable!(idempotency_keys -> executions (execution_id));
 diesel::joinable!(idempotency_keys -> users (user_id));
 diesel::joinable!(oauth_accounts -> users (user_id));
@@ -189,6 +205,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     execution_events,
     executions,
+    files,
     idempotency_keys,
     oauth_accounts,
     oauth_states,

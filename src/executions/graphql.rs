@@ -15,6 +15,7 @@ use crate::{
         model::{EventKind, EventRow, ExecutionRow, ExecutionStatus},
         service,
     },
+    files::graphql::File,
     graphql::{
         guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
     },
@@ -61,6 +62,11 @@ impl Execution {
     /// Stable id.
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
+    }
+    /// Files this run wrote with the FILES tool, oldest first.
+    async fn files(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<File>> {
+        let rows = crate::files::service::of_executions(&state(ctx)?.pool, &[self.0.id]).await?;
+        Ok(rows.into_iter().map(File).collect())
     }
     /// The agent that ran.
     async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {

@@ -1,9 +1,10 @@
 //! The transport: the axum router and its layers, the GraphQL-over-HTTP handlers (request
 //! parsing, responses, GraphiQL), the WebSocket protocols with their limits, automatic
-//! persisted queries, and operation metrics. It serves [`crate::schema`]; nothing below it
+//! persisted queries, file downloads, and operation metrics. It serves [`crate::schema`]; nothing below it
 //! imports anything from here.
 
 mod body;
+pub mod files;
 pub mod graphql;
 pub mod observe;
 pub mod persisted;

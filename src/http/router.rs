@@ -40,12 +40,14 @@ pub fn router(app: AppState) -> Router {
 
     Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/files/{id}", get(super::files::download))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .with_state(http)
         // POST /graphql enforces AGENTRY_MAX_BODY_BYTES itself (answering 413 after draining,
-        // not before reading); no other route reads a body.
+        // not before reading; a multipart upload may add its files' bound); no other route reads
+        // a body.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),

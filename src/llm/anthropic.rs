@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use crate::llm::{
     ANTHROPIC_VERSION,
     provider::{
-        ChatRequest, EventStream, Limits, Message, Provider, ProviderError, StreamEvent, ToolCall,
+        ChatRequest, EventStream, Limits, MAX_TOOL_ARGUMENTS_BYTES, MAX_TOOL_CALLS, Message,
+        Provider, ProviderError, StreamEvent, ToolCall, too_many_tool_calls,
     },
     scrub,
     wire::{SseParser, ended_early, send, sse_stream},
@@ -48,9 +49,6 @@ impl Anthropic {
     }
 }
 
-/// Most tool calls taken from one turn.
-const MAX_CALLS: usize = 16;
-
 /// The conversation in Messages form: tool results go back as `tool_result` blocks of a user
 /// message (consecutive results share one), and a call's input must be a JSON object (a
 /// malformed one is sent as `{}`; the model was told of the error in its result).
@@ -61,7 +59,8 @@ fn messages(request: &ChatRequest) -> Vec<Value> {
             Message::User(text) => out.push(json!({"role": "user", "content": text})),
             Message::Assistant { text, tool_calls } => {
                 let mut content = Vec::new();
-                if !text.is_empty() {
+                // Anthropic refuses text blocks of whitespace only.
+                if !text.trim().is_empty() {
                     content.push(json!({"type": "text", "text": text}));
                 }
                 for call in tool_calls {
@@ -149,6 +148,7 @@ impl Provider for Anthropic {
             output_tokens: None,
             stop_reason: None,
             calls: Vec::new(),
+            started: 0,
         };
         Ok(sse_stream(response, self.limits, parser))
     }
@@ -166,6 +166,8 @@ struct EventParser {
     stop_reason: Option<String>,
     /// `tool_use` blocks being assembled: (block index, the call so far).
     calls: Vec<(u64, ToolCall)>,
+    /// `tool_use` blocks started in this turn (bounded by [`MAX_TOOL_CALLS`]).
+    started: usize,
 }
 
 impl EventParser {
@@ -228,10 +230,9 @@ impl SseParser for EventParser {
             "content_block_start" => {
                 let block = &data["content_block"];
                 if block["type"] == "tool_use" {
-                    if self.calls.len() >= MAX_CALLS {
-                        out.push_back(Err(ProviderError::Malformed(format!(
-                            "the model made more than {MAX_CALLS} tool calls in one turn"
-                        ))));
+                    self.started += 1;
+                    if self.started > MAX_TOOL_CALLS {
+                        out.push_back(Err(too_many_tool_calls("too many calls")));
                         return;
                     }
                     let index = data["index"].as_u64().unwrap_or_default();
@@ -260,6 +261,10 @@ impl SseParser for EventParser {
                         .iter_mut()
                         .find(|(i, _)| Some(*i) == data["index"].as_u64())
                 {
+                    if call.arguments.len() + json.len() > MAX_TOOL_ARGUMENTS_BYTES {
+                        out.push_back(Err(too_many_tool_calls("arguments too long")));
+                        return;
+                    }
                     call.arguments.push_str(json);
                 }
             }
@@ -317,6 +322,7 @@ mod tests {
             output_tokens: None,
             stop_reason: None,
             calls: Vec::new(),
+            started: 0,
         }
     }
 

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::llm::{
     provider::{
-        ChatRequest, EventStream, Limits, Message, Provider, ProviderError, StreamEvent, ToolCall,
+        ChatRequest, EventStream, Limits, MAX_TOOL_ARGUMENTS_BYTES, MAX_TOOL_CALLS, Message,
+        Provider, ProviderError, StreamEvent, ToolCall, too_many_tool_calls,
     },
     scrub,
     wire::{SseParser, ended_early, error_message, send, sse_stream},
@@ -45,23 +46,32 @@ impl OpenAiCompatible {
     }
 }
 
-/// Most tool calls taken from one turn.
-const MAX_CALLS: usize = 16;
-
 /// A message in Chat Completions form.
 fn message(message: &Message) -> Value {
     match message {
         Message::User(text) => json!({"role": "user", "content": text}),
         Message::Assistant { text, tool_calls } => {
-            let mut m = json!({"role": "assistant", "content": text});
+            // With tool calls and no text, `content` is null (strict servers refuse "").
+            let content = if text.is_empty() && !tool_calls.is_empty() {
+                Value::Null
+            } else {
+                json!(text)
+            };
+            let mut m = json!({"role": "assistant", "content": content});
             if !tool_calls.is_empty() {
                 m["tool_calls"] = tool_calls
                     .iter()
                     .map(|call| {
+                        // Malformed arguments go back as `{}` (the model was told of the error
+                        // in the call's result); strict servers refuse them otherwise.
+                        let arguments = serde_json::from_str::<Value>(&call.arguments)
+                            .ok()
+                            .filter(Value::is_object)
+                            .map_or_else(|| "{}".to_owned(), |_| call.arguments.clone());
                         json!({
                             "id": call.id,
                             "type": "function",
-                            "function": {"name": call.name, "arguments": call.arguments},
+                            "function": {"name": call.name, "arguments": arguments},
                         })
                     })
                     .collect();
@@ -136,6 +146,7 @@ impl Provider for OpenAiCompatible {
             stop_reason: None,
             usage: None,
             calls: Vec::new(),
+            slots: Default::default(),
         };
         Ok(sse_stream(response, self.limits, parser))
     }
@@ -149,45 +160,55 @@ struct ChunkParser {
     stop_reason: Option<String>,
     /// The last usage seen (input, output), yielded just before `Finished`.
     usage: Option<(i64, i64)>,
-    /// Tool calls being assembled, by their `index`.
+    /// Tool calls being assembled, in order.
     calls: Vec<ToolCall>,
+    /// Which of `calls` a piece's `index` currently continues.
+    slots: std::collections::HashMap<usize, usize>,
 }
 
 impl ChunkParser {
-    /// Adds the `delta.tool_calls` pieces of a chunk to the calls being assembled.
+    /// Adds the `delta.tool_calls` pieces of a chunk to the calls being assembled. A piece
+    /// belongs to the call at its `index` (its position when a server sends none), unless it
+    /// carries another call's id: some servers (Ollama) number every call 0.
     fn tool_calls(&mut self, pieces: &[Value]) -> Result<(), ProviderError> {
         for (position, piece) in pieces.iter().enumerate() {
-            // Some compatible servers send whole calls without `index`: their position then.
             let index = piece
                 .get("index")
                 .and_then(Value::as_u64)
                 .and_then(|i| usize::try_from(i).ok())
                 .unwrap_or(position);
-            if index >= MAX_CALLS {
-                return Err(ProviderError::Malformed(format!(
-                    "the model made more than {MAX_CALLS} tool calls in one turn"
-                )));
-            }
-            while self.calls.len() <= index {
-                let n = self.calls.len();
-                self.calls.push(ToolCall {
-                    id: format!("call_{n}"),
-                    name: String::new(),
-                    arguments: String::new(),
-                });
-            }
-            let call = &mut self.calls[index];
-            if let Some(id) = piece
+            let id = piece
                 .get("id")
                 .and_then(Value::as_str)
-                .filter(|id| !id.is_empty())
-            {
-                id.clone_into(&mut call.id);
-            }
+                .filter(|id| !id.is_empty());
+            let continued = match (self.slots.get(&index), id) {
+                (Some(&slot), Some(id)) if self.calls[slot].id != id => None,
+                (slot, _) => slot.copied(),
+            };
+            let slot = match continued {
+                Some(slot) => slot,
+                None => {
+                    if self.calls.len() >= MAX_TOOL_CALLS {
+                        return Err(too_many_tool_calls("too many calls"));
+                    }
+                    let n = self.calls.len();
+                    self.calls.push(ToolCall {
+                        id: id.map_or_else(|| format!("call_{n}"), str::to_owned),
+                        name: String::new(),
+                        arguments: String::new(),
+                    });
+                    self.slots.insert(index, n);
+                    n
+                }
+            };
+            let call = &mut self.calls[slot];
             if let Some(name) = piece.pointer("/function/name").and_then(Value::as_str) {
                 call.name.push_str(name);
             }
             if let Some(arguments) = piece.pointer("/function/arguments").and_then(Value::as_str) {
+                if call.arguments.len() + arguments.len() > MAX_TOOL_ARGUMENTS_BYTES {
+                    return Err(too_many_tool_calls("arguments too long"));
+                }
                 call.arguments.push_str(arguments);
             }
         }
@@ -196,7 +217,10 @@ impl ChunkParser {
 
     /// The assembled tool calls, usage (if reported), then `Finished`.
     fn finish(&mut self, out: &mut VecDeque<Result<StreamEvent, ProviderError>>) {
-        for call in self.calls.drain(..) {
+        self.slots.clear();
+        // A piece that never named its function is no call (strict servers refuse a nameless
+        // call sent back).
+        for call in self.calls.drain(..).filter(|c| !c.name.is_empty()) {
             out.push_back(Ok(StreamEvent::ToolCall(call)));
         }
         if let Some((input_tokens, output_tokens)) = self.usage.take() {
@@ -280,6 +304,7 @@ mod tests {
             stop_reason: None,
             usage: None,
             calls: Vec::new(),
+            slots: Default::default(),
         }
     }
 
@@ -366,6 +391,54 @@ mod tests {
                     stop_reason: Some("tool_calls".into())
                 }),
             ]
+        );
+    }
+
+    #[test]
+    fn calls_that_all_say_index_zero_are_told_apart_by_their_ids_and_bounded() {
+        // Ollama sends each call whole, every one with `index: 0`.
+        let mut p = parser();
+        let mut out = VecDeque::new();
+        for chunk in [
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_x","function":{"name":"calculator","arguments":"{\"expression\":\"1+1\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_y","function":{"name":"calculator","arguments":"{\"expression\":\"2+2\"}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":3,"function":{"arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ] {
+            p.event(data(chunk), &mut out);
+        }
+        let calls: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|e| match e {
+                Ok(StreamEvent::ToolCall(c)) => Some((c.id.clone(), c.arguments.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("call_x".to_owned(), r#"{"expression":"1+1"}"#.to_owned()),
+                ("call_y".to_owned(), r#"{"expression":"2+2"}"#.to_owned())
+            ],
+            "the nameless piece is no call"
+        );
+
+        let mut p = parser();
+        let mut out = VecDeque::new();
+        let long = "x".repeat(MAX_TOOL_ARGUMENTS_BYTES);
+        p.event(
+            data(&format!(
+                r#"{{"choices":[{{"delta":{{"tool_calls":[{{"index":0,"id":"a","function":{{"name":"f","arguments":"{long}"}}}}]}}}}]}}"#
+            )),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        p.event(
+            data(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"y"}}]}}]}"#),
+            &mut out,
+        );
+        assert!(
+            matches!(out.pop_front(), Some(Err(ProviderError::Malformed(m))) if m.contains("arguments too long"))
         );
     }
 

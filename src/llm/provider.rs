@@ -18,6 +18,21 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
+/// Most tool calls taken from one model turn.
+pub const MAX_TOOL_CALLS: usize = 16;
+/// Largest arguments of one tool call, in bytes (they are stored in the TOOL_CALL event and sent
+/// back to the model with every later turn).
+pub const MAX_TOOL_ARGUMENTS_BYTES: usize = 64 * 1024;
+
+/// The error for a turn whose tool calls pass [`MAX_TOOL_CALLS`] or
+/// [`MAX_TOOL_ARGUMENTS_BYTES`].
+pub fn too_many_tool_calls(what: &str) -> ProviderError {
+    ProviderError::Malformed(format!(
+        "the model's tool calls exceed the bounds ({what}; at most {MAX_TOOL_CALLS} calls of \
+         {MAX_TOOL_ARGUMENTS_BYTES} bytes of arguments per turn)"
+    ))
+}
+
 /// A tool call the model made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {

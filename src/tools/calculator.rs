@@ -31,6 +31,15 @@ pub fn spec() -> ToolSpec {
     }
 }
 
+/// Evaluates `expression` on the blocking pool, where a panic inside the evaluator (some of
+/// its built-ins can panic on odd input) becomes an error for the model instead of ending the
+/// runner.
+pub async fn evaluate_apart(expression: String) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || evaluate(&expression))
+        .await
+        .unwrap_or_else(|_| Err("the expression could not be evaluated".into()))
+}
+
 /// Evaluates `expression`; the error says what is wrong with it.
 pub fn evaluate(expression: &str) -> Result<String, String> {
     let expression = expression.trim();
@@ -82,5 +91,12 @@ mod tests {
         );
         assert!(evaluate(&"(".repeat(100)).unwrap_err().contains("deeper"));
         assert!(evaluate("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_the_evaluator_is_an_error_not_a_crash() {
+        // evalexpr's `str::substring` slices by byte: inside a character it panics.
+        let result = evaluate_apart(r#"str::substring("é", 0, 1)"#.into()).await;
+        assert!(result.is_err(), "{result:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! egress-checked client: no redirects followed (the model is told where one points, and a
 //! request there is checked again), host names resolved and every internal address (private,
 //! loopback, link-local and metadata ranges) refused, the connection made to the address that
-//! passed; addresses written in the URL are checked before anything is sent.
+//! passed; addresses written in the URL are checked before anything is sent. The tools' policy
+//! has none of the operator's allowlist, and outside development only ports 80 and 443.
 
 use serde_json::json;
 
@@ -14,7 +15,7 @@ use crate::{
 };
 
 /// Most bytes of a page read (the text handed to the model is bounded again after conversion).
-const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Longest URL accepted.
 const MAX_URL_LEN: usize = 2048;
 
@@ -34,8 +35,14 @@ pub fn spec() -> ToolSpec {
     }
 }
 
-/// Fetches `raw` under the egress policy.
-pub async fn get(http: &reqwest::Client, egress: &Egress, raw: &str) -> Result<String, String> {
+/// Fetches `raw` under the egress policy; ports other than 80 and 443 only when `any_port`
+/// (development).
+pub async fn get(
+    http: &reqwest::Client,
+    egress: &Egress,
+    any_port: bool,
+    raw: &str,
+) -> Result<String, String> {
     let raw = raw.trim();
     if raw.len() > MAX_URL_LEN {
         return Err(format!("the URL is longer than {MAX_URL_LEN} characters"));
@@ -46,6 +53,9 @@ pub async fn get(http: &reqwest::Client, egress: &Egress, raw: &str) -> Result<S
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("URLs with credentials are not fetched".into());
+    }
+    if !any_port && !matches!(url.port_or_known_default(), Some(80 | 443)) {
+        return Err("only the standard ports (80 for http, 443 for https) can be fetched".into());
     }
     egress.check_url(url.as_str())?;
     let response = http
@@ -80,10 +90,17 @@ pub async fn get(http: &reqwest::Client, egress: &Egress, raw: &str) -> Result<S
         return Err(format!("the content is {kind}, not text"));
     }
     let body = read_body(response, MAX_PAGE_BYTES).await;
-    if html {
-        html2text::from_read(body.as_bytes(), 100)
-            .map_err(|_| "the page's HTML could not be read".to_owned())
-    } else {
-        Ok(body)
+    if !html {
+        return Ok(body);
     }
+    // Converting a large page takes a while: on the blocking pool, not the runtime's workers.
+    tokio::task::spawn_blocking(move || {
+        html2text::config::plain()
+            .allow_width_overflow()
+            .string_from_read(body.as_bytes(), 100)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| "the page's HTML could not be read".to_owned())
 }

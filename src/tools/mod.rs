@@ -3,7 +3,7 @@
 //!
 //! A tool ([`AgentTool`], what users tick) offers the model one or more functions
 //! ([`ToolSpec`]): `web_search`, `wikipedia_search` / `wikipedia_page`, `calculator`,
-//! `http_get`. A run's [`Toolbox`] holds the functions of the agent's tools that this server
+//! `http_get`, `list_files` / `read_file` / `write_file`. A run's [`Toolbox`] holds the functions of the agent's tools that this server
 //! can run, calls them with a time limit, and bounds what goes back to the model. A tool that
 //! fails answers the model with the error (it may try something else); it never ends the run.
 //!
@@ -12,6 +12,7 @@
 //! calls; the search and Wikipedia backends are the operator's, reached without redirects.
 
 pub mod calculator;
+pub mod files;
 pub mod graphql;
 pub mod http_get;
 pub mod web_search;
@@ -39,16 +40,19 @@ crate::text_enum! {
         Calculator => "CALCULATOR",
         /// Read a public web page or API as text (`http_get`).
         HttpRequest => "HTTP_REQUEST",
+        /// The user's file workspace (`list_files`, `read_file`, `write_file`).
+        Files => "FILES",
     }
 }
 
 impl AgentTool {
     /// Every tool, in the order they are listed.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::WebSearch,
         Self::Wikipedia,
         Self::Calculator,
         Self::HttpRequest,
+        Self::Files,
     ];
 
     /// Why this server cannot run the tool, if it cannot.
@@ -68,6 +72,7 @@ impl AgentTool {
             Self::Wikipedia => vec![wikipedia::search_spec(), wikipedia::page_spec()],
             Self::Calculator => vec![calculator::spec()],
             Self::HttpRequest => vec![http_get::spec()],
+            Self::Files => vec![files::list_spec(), files::read_spec(), files::write_spec()],
         }
     }
 }
@@ -107,6 +112,11 @@ pub fn check_settings(config: &Value) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Whether `code` looks like a Wikipedia language code (`en`, `pt-br`, `zh-min-nan`).
+fn is_language(code: &str) -> bool {
+    (2..=12).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+}
+
 /// What a tool call produced: its text for the model, or an error it is told about.
 pub type Outcome = Result<String, String>;
 
@@ -126,19 +136,26 @@ pub struct Finished {
 /// The tools one run may call.
 pub struct Toolbox {
     tools: Vec<AgentTool>,
-    /// For user-given URLs (`http_get`): the egress-checked client.
+    /// For URLs the model chooses (`http_get`): the client checked by the tools' egress policy.
     http: reqwest::Client,
     /// For the operator's backends (SearXNG, MediaWiki).
     operator_http: reqwest::Client,
     egress: std::sync::Arc<crate::egress::Egress>,
     config: std::sync::Arc<Config>,
+    pool: crate::db::Pool,
+    /// The run's owner (whose files the FILES tool sees) and the run.
+    user_id: uuid::Uuid,
+    execution_id: uuid::Uuid,
+    /// Files this run has written (bounded by [`files::MAX_WRITES_PER_RUN`]).
+    writes: std::sync::atomic::AtomicUsize,
     wikipedia_language: String,
     max_steps: u32,
 }
 
 impl Toolbox {
-    /// The agent's tools that this server can run, with the agent's settings.
-    pub fn for_agent(state: &AppState, agent: &AgentRow) -> Self {
+    /// The tools of `agent` that this server can run, with the agent's settings, for its run
+    /// `execution_id`.
+    pub fn for_run(state: &AppState, agent: &AgentRow, execution_id: uuid::Uuid) -> Self {
         let config = state.config.clone();
         let tools = agent
             .tools
@@ -152,16 +169,23 @@ impl Toolbox {
             .and_then(Value::as_u64)
             .and_then(|n| u32::try_from(n).ok())
             .map_or(config.tool_max_steps, |n| n.clamp(1, config.tool_max_steps));
+        // Checked again here: configs saved before the rule existed may hold anything, and the
+        // value becomes part of a URL.
         let wikipedia_language = setting(settings::WIKIPEDIA_LANGUAGE)
             .and_then(Value::as_str)
+            .filter(|l| is_language(l))
             .unwrap_or("en")
             .to_owned();
         Self {
             tools,
-            http: state.http.clone(),
+            http: state.tool_http.clone(),
             operator_http: state.operator_http.clone(),
-            egress: state.egress.clone(),
+            egress: state.tool_egress.clone(),
             config,
+            pool: state.pool.clone(),
+            user_id: agent.user_id,
+            execution_id,
+            writes: std::sync::atomic::AtomicUsize::new(0),
             wikipedia_language,
             max_steps,
         }
@@ -195,8 +219,8 @@ impl Toolbox {
         };
         let max = self.config.tool_result_max_bytes;
         let (outcome, truncated) = match outcome {
-            Ok(text) if text.len() > max => (Ok(cut(&text, max)), true),
-            other => (other.map_err(|e| cut(&e, max)), false),
+            Ok(text) => (Ok(cut(&text, max)), text.len() > max),
+            Err(error) => (Err(cut(&error, max)), error.len() > max),
         };
         Finished {
             call,
@@ -223,7 +247,11 @@ impl Toolbox {
                     .join(", ")
             ));
         }
-        let arguments: Value = serde_json::from_str(&call.arguments)
+        // A call without arguments may come as an empty string.
+        let raw = Some(call.arguments.trim())
+            .filter(|a| !a.is_empty())
+            .unwrap_or("{}");
+        let arguments: Value = serde_json::from_str(raw)
             .map_err(|e| format!("the arguments are not valid JSON ({e}): send one JSON object"))?;
         let text = |name: &str| -> Result<String, String> {
             arguments
@@ -233,7 +261,7 @@ impl Toolbox {
                 .ok_or_else(|| format!("the argument `{name}` (a string) is missing"))
         };
         match call.name.as_str() {
-            "calculator" => calculator::evaluate(&text("expression")?),
+            "calculator" => calculator::evaluate_apart(text("expression")?).await,
             "web_search" => match &self.config.searxng_url {
                 Some(base) => web_search::search(&self.operator_http, base, &text("query")?).await,
                 None => Err("web search is not configured on this server".into()),
@@ -245,7 +273,33 @@ impl Toolbox {
             "wikipedia_page" => {
                 wikipedia::page(&self.operator_http, &self.wikipedia_base(), &text("title")?).await
             }
-            "http_get" => http_get::get(&self.http, &self.egress, &text("url")?).await,
+            "http_get" => {
+                let any_port = !self.config.is_production();
+                http_get::get(&self.http, &self.egress, any_port, &text("url")?).await
+            }
+            "list_files" => files::list(&self.pool, self.user_id).await,
+            "read_file" => files::read(&self.pool, self.user_id, &text("name")?).await,
+            "write_file" => {
+                let (name, content) = (text("name")?, text("content")?);
+                let n = self
+                    .writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= files::MAX_WRITES_PER_RUN {
+                    return Err(format!(
+                        "a run may write at most {} files",
+                        files::MAX_WRITES_PER_RUN
+                    ));
+                }
+                files::write(
+                    &self.pool,
+                    &self.config,
+                    self.user_id,
+                    self.execution_id,
+                    &name,
+                    &content,
+                )
+                .await
+            }
             other => Err(format!("there is no tool named `{other}`")),
         }
     }

@@ -12,6 +12,7 @@ mod bootstrap;
 mod conformance;
 mod executions;
 mod fake_provider;
+mod files;
 mod js_client;
 mod llm;
 mod oauth;

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Local stand-ins for the tools' backends; records every query string it receives.
-struct Backends {
+pub(crate) struct Backends {
     base: String,
     seen: Arc<Mutex<Vec<String>>>,
     server: tokio::task::JoinHandle<()>,
@@ -173,7 +173,7 @@ async fn tool_world(
 }
 
 /// A world on the fake OpenAI whose agent has `tools` and `config`.
-async fn openai_world(tools: &[&str], config: Value) -> (Backends, World) {
+pub(crate) async fn openai_world(tools: &[&str], config: Value) -> (Backends, World) {
     tool_world("OPENAI", "gpt-4o-mini", tools, config).await
 }
 
@@ -442,8 +442,12 @@ async fn a_model_still_calling_tools_at_the_step_limit_ends_the_run_failed() {
             .contains("still calling tools after 2 steps"),
         "{run}"
     );
-    assert_eq!(completions(&w).len(), 2, "no third model turn");
-    assert_eq!(of_kind(&events, "TOOL_RESULT").len(), 1);
+    assert_eq!(
+        completions(&w).len(),
+        3,
+        "two rounds of tools, then the third turn calls again"
+    );
+    assert_eq!(of_kind(&events, "TOOL_RESULT").len(), 2);
 }
 
 #[tokio::test]
@@ -602,7 +606,13 @@ async fn web_search_uses_searxng_and_is_unavailable_without_it() {
         .collect();
     assert_eq!(
         tools,
-        ["WEB_SEARCH", "WIKIPEDIA", "CALCULATOR", "HTTP_REQUEST"]
+        [
+            "WEB_SEARCH",
+            "WIKIPEDIA",
+            "CALCULATOR",
+            "HTTP_REQUEST",
+            "FILES"
+        ]
     );
     let anonymous = plain.app.gql("{ tools { tool } }", json!({})).await;
     assert_eq!(code(&anonymous), "UNAUTHENTICATED");

@@ -88,7 +88,7 @@ async fn run(
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
         return Ok(()); // ended by someone else before it started
     };
-    let toolbox = Toolbox::for_agent(state, &agent);
+    let toolbox = Toolbox::for_run(state, &agent, execution.id);
     let mut request = ChatRequest {
         model: agent.model.clone(),
         system: system_prompt(&agent),
@@ -147,6 +147,8 @@ struct Turn {
     calls: Vec<ToolCall>,
     /// The tokens the provider reported for the turn.
     usage: Option<(i64, i64)>,
+    /// Why the model stopped, if it said.
+    stop_reason: Option<String>,
 }
 
 /// A run under way: what every step of its conversation needs.
@@ -163,10 +165,10 @@ struct Steps<'r, 'a, 'd> {
 impl Steps<'_, '_, '_> {
     /// Streams model turns until one answers without calling a tool (or the run ends
     /// otherwise), running the tools of each turn in between; at most the toolbox's step limit
-    /// of turns.
+    /// of rounds of tool calls.
     async fn converse(&mut self, request: &mut ChatRequest) -> anyhow::Result<Outcome> {
         let window = Duration::from_millis(self.writer.state.config.stream_flush_ms);
-        let mut step = 1;
+        let mut round = 1;
         loop {
             let stream = match open_stream(
                 self.writer,
@@ -204,8 +206,16 @@ impl Steps<'_, '_, '_> {
             {
                 return Ok(outcome);
             }
+            // Calls cut by the output token limit carry half-written arguments: not run.
+            if matches!(turn.stop_reason.as_deref(), Some("length" | "max_tokens")) {
+                return Ok(Outcome::Failed(
+                    "the model reached its output token limit in the middle of a tool call: \
+                     raise the agent's maxOutputTokens"
+                        .into(),
+                ));
+            }
             let max_steps = self.toolbox.max_steps();
-            if step >= max_steps {
+            if round > max_steps {
                 return Ok(Outcome::Failed(format!(
                     "the agent was still calling tools after {max_steps} steps, its limit \
                      (AGENTRY_TOOL_MAX_STEPS, or the agent's config.maxToolSteps)"
@@ -223,7 +233,7 @@ impl Steps<'_, '_, '_> {
                 tool_calls: turn.calls,
             });
             request.messages.extend(results);
-            step += 1;
+            round += 1;
         }
     }
 }
@@ -346,7 +356,10 @@ async fn stream_output(
                     turn.usage = Some((input_tokens, output_tokens));
                 }
                 Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
-                Some(Ok(StreamEvent::Finished { .. })) => return Ok(Outcome::Succeeded),
+                Some(Ok(StreamEvent::Finished { stop_reason })) => {
+                    turn.stop_reason = stop_reason;
+                    return Ok(Outcome::Succeeded);
+                }
                 Some(Err(e)) => return Ok(Outcome::Failed(failure_message(&e))),
                 None => return Ok(ended_unfinished()),
             },
@@ -381,7 +394,10 @@ fn take_ready(
                 output_tokens,
             })) => turn.usage = Some((input_tokens, output_tokens)),
             Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
-            Some(Ok(StreamEvent::Finished { .. })) => return Some(Outcome::Succeeded),
+            Some(Ok(StreamEvent::Finished { stop_reason })) => {
+                turn.stop_reason = stop_reason;
+                return Some(Outcome::Succeeded);
+            }
             Some(Err(e)) => return Some(Outcome::Failed(failure_message(&e))),
             None => return Some(ended_unfinished()),
         }
