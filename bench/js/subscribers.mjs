@@ -138,6 +138,13 @@ function percentile(hist, total, p) {
   return NaN;
 }
 
+/** The non-empty buckets of a histogram as [[bucket, count], …]. */
+function sparse(hist) {
+  const out = [];
+  for (let b = 0; b < hist.length; b++) if (hist[b]) out.push([b, hist[b]]);
+  return out;
+}
+
 async function idle() {
   const opened = await openAll(connections);
   // Subscribe, then round-trip a query on every socket: the server processes a socket's messages
@@ -277,8 +284,15 @@ async function fanout() {
       p99: percentile(hist, samples, 99),
       max: maxLatency,
     },
+    // For bench/run to merge the figures of several client processes: first token emitted and
+    // last message received (CLOCK_MONOTONIC ms) and the sparse histogram [[bucket, count], …].
+    firstTokenAt,
+    lastAt,
+    histogram: sparse(hist),
   };
-  console.log(JSON.stringify(result));
+  // Written in full before exiting: stdout to a pipe is asynchronous in Node, and
+  // process.exit() would cut a long line (the histogram) at the pipe's 64 KiB.
+  await new Promise((resolve) => process.stdout.write(`${JSON.stringify(result)}\n`, resolve));
   await Promise.all(opened.map((c) => c.dispose()));
   process.exit(0);
 }
