@@ -255,6 +255,8 @@ impl AppState {
                 &config.openai_base_url,
                 &config.anthropic_base_url,
                 &config.huggingface_base_url,
+                &config.brave_base_url,
+                &config.tavily_base_url,
             ] {
                 egress.allow_host_of(base);
             }

@@ -184,6 +184,16 @@ async fn validate(
             ),
         ));
     }
+    if crate::llm::ProviderKind::from_stored(&key.provider).is_some_and(|k| !k.is_llm()) {
+        return Err(AppError::bad_input(
+            "input.apiKeyId",
+            format!(
+                "the key `{}` is a {} search key: an agent runs on an LLM key (search keys serve \
+                 its WEB_SEARCH tool)",
+                key.name, key.provider
+            ),
+        ));
+    }
     if model::name_taken(conn, viewer.id(), &name, except).await? {
         return Err(duplicate_name());
     }

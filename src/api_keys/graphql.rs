@@ -13,7 +13,8 @@ use crate::{
     llm::{ProviderKind, probe::ProbeResult},
 };
 
-/// Which LLM API a key is for.
+/// Which API a key is for: a language model's (agents run on it) or a search API's (the
+/// WEB_SEARCH tool uses it).
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum LlmProvider {
     /// OpenAI (`sk-…` keys).
@@ -24,6 +25,10 @@ pub enum LlmProvider {
     Huggingface,
     /// Any OpenAI-compatible server at `endpoint` (Ollama, vLLM, llama.cpp).
     Custom,
+    /// Brave Search API (a search key for the WEB_SEARCH tool).
+    Brave,
+    /// Tavily Search API (`tvly-…`; a search key for the WEB_SEARCH tool).
+    Tavily,
 }
 
 impl From<LlmProvider> for ProviderKind {
@@ -33,6 +38,8 @@ impl From<LlmProvider> for ProviderKind {
             LlmProvider::Anthropic => Self::Anthropic,
             LlmProvider::Huggingface => Self::HuggingFace,
             LlmProvider::Custom => Self::Custom,
+            LlmProvider::Brave => Self::Brave,
+            LlmProvider::Tavily => Self::Tavily,
         }
     }
 }
@@ -44,6 +51,8 @@ impl From<ProviderKind> for LlmProvider {
             ProviderKind::Anthropic => Self::Anthropic,
             ProviderKind::HuggingFace => Self::Huggingface,
             ProviderKind::Custom => Self::Custom,
+            ProviderKind::Brave => Self::Brave,
+            ProviderKind::Tavily => Self::Tavily,
         }
     }
 }

@@ -18,7 +18,7 @@ pub struct ApiKeyRow {
     pub user_id: Uuid,
     /// Name, unique per user (case-insensitively).
     pub name: String,
-    /// `OPENAI`, `ANTHROPIC`, `HUGGINGFACE` or `CUSTOM`.
+    /// `OPENAI`, `ANTHROPIC`, `HUGGINGFACE`, `CUSTOM`, or a search API: `BRAVE`, `TAVILY`.
     pub provider: String,
     /// Base URL of a CUSTOM (OpenAI-compatible) server.
     pub endpoint: Option<String>,
@@ -134,4 +134,21 @@ pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
         .select(ApiKeyRow::as_select())
         .load(conn)
         .await
+}
+
+/// The owner's newest active key of one of `providers`.
+pub async fn newest_active_of(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    providers: &[&str],
+) -> QueryResult<Option<ApiKeyRow>> {
+    api_keys::table
+        .filter(api_keys::user_id.eq(user_id))
+        .filter(api_keys::is_active.eq(true))
+        .filter(api_keys::provider.eq_any(providers))
+        .order(api_keys::id.desc())
+        .select(ApiKeyRow::as_select())
+        .first(conn)
+        .await
+        .optional()
 }

@@ -253,6 +253,20 @@ pub fn reveal(vault: &Vault, row: &ApiKeyRow) -> AppResult<SecretString> {
         })
 }
 
+/// The user's search key for the WEB_SEARCH tool: their newest active BRAVE or TAVILY key,
+/// revealed.
+pub async fn search_key(
+    state: &AppState,
+    user_id: Uuid,
+) -> AppResult<Option<(ProviderKind, SecretString)>> {
+    let mut conn = state.pool.get().await?;
+    let providers = [ProviderKind::Brave.as_str(), ProviderKind::Tavily.as_str()];
+    let Some(row) = model::newest_active_of(&mut conn, user_id, &providers).await? else {
+        return Ok(None);
+    };
+    Ok(Some((provider_of(&row)?, reveal(&state.vault, &row)?)))
+}
+
 /// Calls the provider with the key, records when and how it went, and returns the outcome.
 pub async fn test(
     state: &AppState,

@@ -65,6 +65,12 @@ pub fn secret(field: &str, provider: ProviderKind, raw: &str) -> AppResult<Strin
         ProviderKind::HuggingFace if !secret.starts_with("hf_") || secret.len() < 10 => {
             Some("a Hugging Face token starts with `hf_`")
         }
+        ProviderKind::Tavily if !secret.starts_with("tvly-") || secret.len() < 20 => {
+            Some("a Tavily key starts with `tvly-` and is at least 20 characters")
+        }
+        ProviderKind::Brave if secret.len() < 20 => {
+            Some("a Brave Search API key is at least 20 characters")
+        }
         _ => None,
     };
     match rule {
@@ -152,7 +158,8 @@ pub fn mask(provider: ProviderKind, secret: &str) -> String {
         ProviderKind::Anthropic => "sk-ant-",
         ProviderKind::OpenAi => "sk-",
         ProviderKind::HuggingFace => "hf_",
-        ProviderKind::Custom => "",
+        ProviderKind::Tavily => "tvly-",
+        ProviderKind::Custom | ProviderKind::Brave => "",
     };
     let chars: Vec<char> = secret.chars().collect();
     if chars.len() < 12 {

@@ -85,6 +85,22 @@ pub struct Config {
     )]
     pub huggingface_base_url: String,
 
+    /// Base URL of the Brave Search API (BRAVE keys, the WEB_SEARCH tool).
+    #[arg(
+        long,
+        env = "AGENTRY_BRAVE_BASE_URL",
+        default_value = "https://api.search.brave.com"
+    )]
+    pub brave_base_url: String,
+
+    /// Base URL of the Tavily API (TAVILY keys, the WEB_SEARCH tool).
+    #[arg(
+        long,
+        env = "AGENTRY_TAVILY_BASE_URL",
+        default_value = "https://api.tavily.com"
+    )]
+    pub tavily_base_url: String,
+
     /// Seconds a provider call (key test, or the wait for a run's first byte) may take.
     #[arg(long, env = "AGENTRY_PROVIDER_TIMEOUT_SECS", default_value_t = 15)]
     pub provider_timeout_secs: u64,

@@ -30,6 +30,10 @@ pub enum ProviderKind {
     HuggingFace,
     /// Any OpenAI-compatible server at a user-given endpoint (Ollama, vLLM, llama.cpp).
     Custom,
+    /// Brave Search API (a search key, for the WEB_SEARCH tool; no model).
+    Brave,
+    /// Tavily Search API (a search key, for the WEB_SEARCH tool; no model).
+    Tavily,
 }
 
 impl ProviderKind {
@@ -40,7 +44,14 @@ impl ProviderKind {
             Self::Anthropic => "ANTHROPIC",
             Self::HuggingFace => "HUGGINGFACE",
             Self::Custom => "CUSTOM",
+            Self::Brave => "BRAVE",
+            Self::Tavily => "TAVILY",
         }
+    }
+
+    /// Whether the key is for a language model (agents run on it) rather than a search API.
+    pub fn is_llm(self) -> bool {
+        !matches!(self, Self::Brave | Self::Tavily)
     }
 
     /// Parses the stored name.
@@ -50,13 +61,15 @@ impl ProviderKind {
             "ANTHROPIC" => Self::Anthropic,
             "HUGGINGFACE" => Self::HuggingFace,
             "CUSTOM" => Self::Custom,
+            "BRAVE" => Self::Brave,
+            "TAVILY" => Self::Tavily,
             _ => return None,
         })
     }
 
     /// Whether the provider speaks OpenAI's Chat Completions (and `/models`) wire format.
     pub fn is_openai_compatible(self) -> bool {
-        !matches!(self, Self::Anthropic)
+        matches!(self, Self::OpenAi | Self::HuggingFace | Self::Custom)
     }
 
     /// The base URL requests go to: the configured one, or the key's own endpoint for CUSTOM.
@@ -66,6 +79,8 @@ impl ProviderKind {
             Self::Anthropic => config.anthropic_base_url.as_str(),
             Self::HuggingFace => config.huggingface_base_url.as_str(),
             Self::Custom => endpoint.unwrap_or_default(),
+            Self::Brave => config.brave_base_url.as_str(),
+            Self::Tavily => config.tavily_base_url.as_str(),
         };
         base.trim_end_matches('/')
     }
@@ -93,21 +108,23 @@ pub fn scrub(text: &str, secret: &str) -> String {
     out
 }
 
-/// Builds the provider for a key. `limits.timeout` bounds the wait for response headers and for
-/// each gap between stream chunks (an idle stream longer than that yields Err(Timeout) and
-/// ends); an event over `limits.max_event_bytes` yields Err(Malformed) and ends.
+/// Builds the provider for a key (`None` for a search key: no model runs on it).
+/// `limits.timeout` bounds the wait for response headers and for each gap between stream chunks
+/// (an idle stream longer than that yields Err(Timeout) and ends); an event over
+/// `limits.max_event_bytes` yields Err(Malformed) and ends.
 pub fn for_kind(
     kind: ProviderKind,
     http: reqwest::Client,
     base_url: String,
     secret: SecretString,
     limits: impl Into<Limits>,
-) -> Box<dyn Provider> {
+) -> Option<Box<dyn Provider>> {
     let limits = limits.into();
     match kind {
-        ProviderKind::Anthropic => Box::new(Anthropic::new(http, base_url, secret, limits)),
-        ProviderKind::OpenAi | ProviderKind::HuggingFace | ProviderKind::Custom => {
-            Box::new(OpenAiCompatible::new(http, base_url, secret, limits))
-        }
+        ProviderKind::Anthropic => Some(Box::new(Anthropic::new(http, base_url, secret, limits))),
+        ProviderKind::OpenAi | ProviderKind::HuggingFace | ProviderKind::Custom => Some(Box::new(
+            OpenAiCompatible::new(http, base_url, secret, limits),
+        )),
+        ProviderKind::Brave | ProviderKind::Tavily => None,
     }
 }

@@ -25,8 +25,9 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most model ids kept from a listing.
 const MAX_MODELS: usize = 200;
 
-/// Lists the provider's models with `secret` (OpenAI-compatible `GET {base}/models`, Anthropic
-/// `GET {base}/v1/models`).
+/// Checks `secret` with one cheap authenticated call: an LLM provider lists its models
+/// (OpenAI-compatible `GET {base}/models`, Anthropic `GET {base}/v1/models`); a search API runs a
+/// one-result search (Brave `GET {base}/res/v1/web/search`, Tavily `POST {base}/search`).
 pub async fn list_models(
     http: &reqwest::Client,
     kind: ProviderKind,
@@ -34,13 +35,23 @@ pub async fn list_models(
     secret: &SecretString,
     timeout: Duration,
 ) -> ProbeResult {
-    let request = if kind.is_openai_compatible() {
-        http.get(format!("{base_url}/models"))
-            .bearer_auth(secret.expose_secret())
-    } else {
-        http.get(format!("{base_url}/v1/models"))
+    let request = match kind {
+        ProviderKind::OpenAi | ProviderKind::HuggingFace | ProviderKind::Custom => http
+            .get(format!("{base_url}/models"))
+            .bearer_auth(secret.expose_secret()),
+        ProviderKind::Anthropic => http
+            .get(format!("{base_url}/v1/models"))
             .header("x-api-key", secret.expose_secret())
-            .header("anthropic-version", ANTHROPIC_VERSION)
+            .header("anthropic-version", ANTHROPIC_VERSION),
+        ProviderKind::Brave => http
+            .get(format!("{base_url}/res/v1/web/search"))
+            .query(&[("q", "agentry"), ("count", "1")])
+            .header("x-subscription-token", secret.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json"),
+        ProviderKind::Tavily => http
+            .post(format!("{base_url}/search"))
+            .bearer_auth(secret.expose_secret())
+            .json(&serde_json::json!({"query": "agentry", "max_results": 1})),
     };
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, async {
@@ -78,6 +89,12 @@ pub async fn list_models(
     };
     let upstream = upstream_message(&body, secret.expose_secret());
     match status.as_u16() {
+        200..=299 if !kind.is_llm() => ProbeResult {
+            ok: true,
+            latency_ms,
+            message: "the key works: a test search answered".into(),
+            models: Vec::new(),
+        },
         200..=299 => {
             let models = model_ids(&body);
             ProbeResult {
@@ -122,6 +139,8 @@ fn upstream_message(body: &str, secret: &str) -> String {
         .ok()
         .and_then(|v| {
             v.pointer("/error/message")
+                .or_else(|| v.pointer("/error/detail"))
+                .or_else(|| v.pointer("/detail/error"))
                 .and_then(|m| m.as_str())
                 .map(|m| format!(": {}", scrub(m, secret)))
         })

@@ -3,7 +3,7 @@
 use async_graphql::{Context, Object, SimpleObject};
 
 use crate::{
-    graphql::{guards::RoleGuard, state},
+    graphql::{guards::RoleGuard, request_context, state},
     tools::AgentTool,
 };
 
@@ -27,14 +27,19 @@ pub struct ToolsQuery;
 
 #[Object]
 impl ToolsQuery {
-    /// The tools this server can run for agents, and why any of them is unavailable.
+    /// The tools this server can run for your agents, and why any of them is unavailable.
     #[graphql(guard = "RoleGuard::USER")]
     async fn tools(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ToolInfo>> {
-        let config = &state(ctx)?.config;
+        let viewer = request_context(ctx)?.viewer()?;
+        let state = state(ctx)?;
+        let has_search_key = crate::api_keys::service::search_key(state, viewer.id())
+            .await?
+            .is_some();
+        let config = &state.config;
         Ok(AgentTool::ALL
             .into_iter()
             .map(|tool| {
-                let reason = tool.unavailable(config);
+                let reason = tool.unavailable(config, has_search_key);
                 ToolInfo {
                     tool,
                     available: reason.is_none(),

@@ -55,12 +55,14 @@ impl AgentTool {
         Self::Files,
     ];
 
-    /// Why this server cannot run the tool, if it cannot.
-    pub fn unavailable(self, config: &Config) -> Option<&'static str> {
+    /// Why this server cannot run the tool for a user (`has_search_key`: whether they hold an
+    /// active BRAVE or TAVILY key), if it cannot.
+    pub fn unavailable(self, config: &Config, has_search_key: bool) -> Option<&'static str> {
         match self {
-            Self::WebSearch if config.searxng_url.is_none() => {
-                Some("no search backend is configured: the operator sets AGENTRY_SEARXNG_URL")
-            }
+            Self::WebSearch if config.searxng_url.is_none() && !has_search_key => Some(
+                "no search backend: add a BRAVE or TAVILY key (createApiKey), or the operator \
+                 sets AGENTRY_SEARXNG_URL",
+            ),
             _ => None,
         }
     }
@@ -136,6 +138,10 @@ pub struct Finished {
 /// The tools one run may call.
 pub struct Toolbox {
     tools: Vec<AgentTool>,
+    /// Where `web_search` goes (with WEB_SEARCH only).
+    search: Option<web_search::Backend>,
+    /// For the search APIs of the user's keys: the egress-checked client of provider calls.
+    api_http: reqwest::Client,
     /// For URLs the model chooses (`http_get`): the client checked by the tools' egress policy.
     http: reqwest::Client,
     /// For the operator's backends (SearXNG, MediaWiki).
@@ -154,15 +160,37 @@ pub struct Toolbox {
 
 impl Toolbox {
     /// The tools of `agent` that this server can run, with the agent's settings, for its run
-    /// `execution_id`.
-    pub fn for_run(state: &AppState, agent: &AgentRow, execution_id: uuid::Uuid) -> Self {
+    /// `execution_id`. With WEB_SEARCH, the owner's search key is looked up (one query).
+    pub async fn for_run(
+        state: &AppState,
+        agent: &AgentRow,
+        execution_id: uuid::Uuid,
+    ) -> crate::error::AppResult<Self> {
         let config = state.config.clone();
-        let tools = agent
+        let listed: Vec<AgentTool> = agent
             .tools
             .iter()
             .flatten()
             .filter_map(|name| AgentTool::from_name(name))
-            .filter(|tool| tool.unavailable(&config).is_none())
+            .collect();
+        let search = if listed.contains(&AgentTool::WebSearch) {
+            use crate::llm::ProviderKind;
+            match crate::api_keys::service::search_key(state, agent.user_id).await? {
+                Some((kind, key)) => {
+                    let base = kind.base_url(&config, None).to_owned();
+                    Some(match kind {
+                        ProviderKind::Tavily => web_search::Backend::Tavily { base, key },
+                        _ => web_search::Backend::Brave { base, key },
+                    })
+                }
+                None => config.searxng_url.clone().map(web_search::Backend::Searxng),
+            }
+        } else {
+            None
+        };
+        let tools = listed
+            .into_iter()
+            .filter(|tool| *tool != AgentTool::WebSearch || search.is_some())
             .collect();
         let setting = |key: &str| agent.config.get(key);
         let max_steps = setting(settings::MAX_STEPS)
@@ -176,8 +204,10 @@ impl Toolbox {
             .filter(|l| is_language(l))
             .unwrap_or("en")
             .to_owned();
-        Self {
+        Ok(Self {
             tools,
+            search,
+            api_http: state.http.clone(),
             http: state.tool_http.clone(),
             operator_http: state.operator_http.clone(),
             egress: state.tool_egress.clone(),
@@ -188,7 +218,7 @@ impl Toolbox {
             writes: std::sync::atomic::AtomicUsize::new(0),
             wikipedia_language,
             max_steps,
-        }
+        })
     }
 
     /// Whether the run has no tools (a plain completion).
@@ -262,9 +292,12 @@ impl Toolbox {
         };
         match call.name.as_str() {
             "calculator" => calculator::evaluate_apart(text("expression")?).await,
-            "web_search" => match &self.config.searxng_url {
-                Some(base) => web_search::search(&self.operator_http, base, &text("query")?).await,
-                None => Err("web search is not configured on this server".into()),
+            "web_search" => match &self.search {
+                Some(backend) => {
+                    let query = text("query")?;
+                    web_search::search(backend, &self.api_http, &self.operator_http, &query).await
+                }
+                None => Err("web search is not configured for this run".into()),
             },
             "wikipedia_search" => {
                 wikipedia::search(&self.operator_http, &self.wikipedia_base(), &text("query")?)

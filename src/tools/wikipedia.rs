@@ -67,7 +67,9 @@ async fn call(http: &reqwest::Client, api: &str, params: &[(&str, &str)]) -> Res
 
 /// Text of a snippet, without its HTML (`<span class="searchmatch">`, entities).
 fn plain(html: &str) -> String {
-    html2text::from_read(html.as_bytes(), 10_000)
+    html2text::config::plain_no_decorate()
+        .allow_width_overflow()
+        .string_from_read(html.as_bytes(), 10_000)
         .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }

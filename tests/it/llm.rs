@@ -59,6 +59,7 @@ fn provider_with_key(
         SecretString::from(key),
         timeout,
     )
+    .expect("an LLM provider")
 }
 
 fn request(kind: ProviderKind) -> ChatRequest {

@@ -98,12 +98,66 @@ async fn searxng(
     .into_response()
 }
 
+/// The Brave Search API's key a fake accepts, and Tavily's.
+const BRAVE_KEY: &str = "BSAtestbravekey0123456789abcdef";
+const TAVILY_KEY: &str = "tvly-test-tavily-key-0123456789";
+
+/// Brave's `GET /res/v1/web/search` (`X-Subscription-Token`), with its real error shape.
+async fn brave(
+    State(seen): State<Seen>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    seen.lock().unwrap().push(format!("brave:{q:?}"));
+    if headers
+        .get("x-subscription-token")
+        .and_then(|v| v.to_str().ok())
+        != Some(BRAVE_KEY)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"type": "ErrorResponse", "error": {"id": "5b3e", "status": 401,
+                "code": "SUBSCRIPTION_TOKEN_INVALID", "detail": "The provided subscription token is invalid."}})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"type": "search", "query": {"original": q.get("q")},
+        "web": {"type": "search", "results": [
+            {"title": "Rust Programming Language", "url": "https://www.rust-lang.org/",
+             "description": "A <strong>language</strong> empowering everyone &amp; more", "language": "en"}
+        ]}}))
+    .into_response()
+}
+
+/// Tavily's `POST /search` (bearer key), with its real error shape.
+async fn tavily(
+    State(seen): State<Seen>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    seen.lock().unwrap().push(format!("tavily:{body}"));
+    let expected = format!("Bearer {TAVILY_KEY}");
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"detail": {"error": "Unauthorized: missing or invalid API key."}})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"query": body["query"], "follow_up_questions": null, "answer": null, "images": [],
+        "results": [{"title": "Tavily on Rust", "url": "https://example.org/rust", "content": "Rust is fast.", "score": 0.93, "raw_content": null}],
+        "response_time": 0.61}))
+    .into_response()
+}
+
 impl Backends {
     async fn start() -> Self {
         let seen: Seen = Arc::default();
         let app = Router::new()
             .route("/{lang}/w/api.php", get(mediawiki))
             .route("/searx/search", get(searxng))
+            .route("/brave/res/v1/web/search", get(brave))
+            .route("/tavily/search", axum::routing::post(tavily))
             .route(
                 "/page.html",
                 get(|| async {
@@ -665,4 +719,132 @@ async fn an_agent_without_tools_sends_none_and_tool_settings_are_checked() {
 
 fn rand_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+#[tokio::test]
+async fn web_search_uses_the_users_own_brave_or_tavily_key_from_the_vault() {
+    let backends = Backends::start().await;
+    let base = backends.base.clone();
+    let mut w = world_with("OPENAI", "gpt-4o-mini", move |c| {
+        c.brave_base_url = format!("{base}/brave");
+        c.tavily_base_url = format!("{base}/tavily");
+        c.searxng_url = None;
+    })
+    .await;
+    let token = w.user.access.clone();
+    let listed = w
+        .app
+        .gql_as(Some(&token), "{ tools { tool available } }", json!({}))
+        .await;
+    assert_eq!(
+        listed["data"]["tools"][0],
+        json!({"tool": "WEB_SEARCH", "available": false})
+    );
+
+    let create_key = |name: &str, provider: &str, secret: &str| {
+        w.app.gql_as(
+            Some(&token),
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id provider maskedKey } }",
+            json!({"i": {"name": name, "provider": provider, "secret": secret}}),
+        )
+    };
+    let tavily = create_key("Tavily", "TAVILY", TAVILY_KEY).await;
+    assert_eq!(
+        tavily["data"]["createApiKey"]["maskedKey"], "tvly-…6789",
+        "{tavily}"
+    );
+    let bad = create_key("Bad", "TAVILY", "not-a-tavily-key-at-all").await;
+    assert_eq!(
+        (code(&bad), field(&bad)),
+        ("BAD_USER_INPUT", "input.secret")
+    );
+    let tested = w
+        .app
+        .gql_as(
+            Some(&token),
+            "mutation($id: ID!) { testApiKey(id: $id) { ok message } }",
+            json!({"id": id_at(&tavily, &["createApiKey"])}),
+        )
+        .await;
+    assert_eq!(tested["data"]["testApiKey"]["ok"], true, "{tested}");
+    let listed = w
+        .app
+        .gql_as(Some(&token), "{ tools { tool available } }", json!({}))
+        .await;
+    assert_eq!(
+        listed["data"]["tools"][0],
+        json!({"tool": "WEB_SEARCH", "available": true})
+    );
+
+    // A search key cannot be an agent's model key.
+    let refused = w
+        .app
+        .gql_as(
+            Some(&token),
+            "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+            json!({"i": {"name": "Wrong", "role": "r", "goal": "g", "apiKeyId": id_at(&tavily, &["createApiKey"]), "model": "gpt-4o-mini"}}),
+        )
+        .await;
+    assert_eq!(
+        (code(&refused), field(&refused)),
+        ("BAD_USER_INPUT", "input.apiKeyId")
+    );
+
+    let agent = w
+        .app
+        .gql_as(
+            Some(&token),
+            "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+            json!({"i": {"name": "Searcher", "role": "r", "goal": "g", "apiKeyId": w.key_id, "model": "gpt-4o-mini", "tools": ["WEB_SEARCH"]}}),
+        )
+        .await;
+    w.agent_id = id_at(&agent, &["createAgent"]);
+    let search_once = async |w: &World| {
+        w.fake
+            .queue_tool_turn(ToolTurn::calls(&[("web_search", r#"{"query": "rust"}"#)]));
+        let (_, run, events) = run_to_end(w, "search").await;
+        assert_eq!(run["status"], "SUCCEEDED", "{run}");
+        of_kind(&events, "TOOL_RESULT")[0]["data"].clone()
+    };
+    let result = search_once(&w).await;
+    assert_eq!(
+        result["result"],
+        "1. Tavily on Rust\n   https://example.org/rust\n   Rust is fast."
+    );
+
+    // The newest active search key wins; a rejected key is told to the model.
+    let brave = create_key("Brave", "BRAVE", BRAVE_KEY).await;
+    assert!(brave["errors"].is_null(), "{brave}");
+    let result = search_once(&w).await;
+    assert_eq!(
+        result["result"],
+        "1. Rust Programming Language\n   https://www.rust-lang.org/\n   A language empowering everyone & more"
+    );
+    let wrong = create_key("Brave 2", "BRAVE", "BSAwrongwrongwrongwrong0000").await;
+    let tested = w
+        .app
+        .gql_as(
+            Some(&token),
+            "mutation($id: ID!) { testApiKey(id: $id) { ok message } }",
+            json!({"id": id_at(&wrong, &["createApiKey"])}),
+        )
+        .await;
+    assert_eq!(tested["data"]["testApiKey"]["ok"], false);
+    let result = search_once(&w).await;
+    assert!(
+        result["error"]
+            .as_str()
+            .unwrap()
+            .contains("Brave Search rejected the search key (HTTP 401"),
+        "{result}"
+    );
+    // The key never shows in what the run recorded.
+    let events = serde_json::to_string(&result).unwrap();
+    assert!(!events.contains("BSAwrong") && !events.contains(TAVILY_KEY));
+    assert!(
+        backends
+            .seen()
+            .iter()
+            .any(|s| s.starts_with("tavily:") && s.contains("\"max_results\":5"))
+    );
 }

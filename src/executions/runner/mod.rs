@@ -88,7 +88,9 @@ async fn run(
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
         return Ok(()); // ended by someone else before it started
     };
-    let toolbox = Toolbox::for_run(state, &agent, execution.id);
+    let toolbox = Toolbox::for_run(state, &agent, execution.id)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message()))?;
     let mut request = ChatRequest {
         model: agent.model.clone(),
         system: system_prompt(&agent),
@@ -259,13 +261,18 @@ async fn open_stream(
     if let Err(refused) = state.egress.check_url(&base_url) {
         return Ok(Err(Outcome::Failed(refused)));
     }
-    let provider = for_kind(
+    let Some(provider) = for_kind(
         provider_kind,
         state.http.clone(),
         base_url,
         secret,
         Limits::from_config(config),
-    );
+    ) else {
+        return Ok(Err(Outcome::Failed(format!(
+            "the agent's key is a {} search key, not a model's: choose an LLM key for the agent",
+            provider_kind.as_str()
+        ))));
+    };
     let opening = open_with_retries(
         provider.as_ref(),
         request,

@@ -116,6 +116,7 @@ fn capped_provider(base_url: String) -> Box<dyn Provider> {
             max_error_bytes: 1024,
         },
     )
+    .expect("an LLM provider")
 }
 
 #[tokio::test]
