@@ -423,3 +423,46 @@ async fn a_refused_batch_registers_none_of_its_persisted_queries() {
         );
     }
 }
+
+#[tokio::test]
+async fn apollo_upload_client_uploads_a_file_that_an_agent_then_reads() {
+    common::node::ensure_ready().await;
+    let (_backends, w) = crate::tools::openai_world(&["FILES"], json!({})).await;
+    w.fake
+        .queue_tool_turn(common::fake_provider::ToolTurn::calls(&[(
+            "read_file",
+            r#"{"name": "quarterly.txt"}"#,
+        )]));
+    let out = run_script(
+        "upload.mjs",
+        &[
+            w.app.url("/graphql"),
+            w.user.access.clone(),
+            w.agent_id.clone(),
+        ],
+        GUARD,
+    )
+    .await;
+    assert!(out.status.success(), "upload.mjs failed: {out:#?}");
+    let summary: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("upload.mjs summary is not JSON ({e}): {out:#?}"));
+    let file = &summary["file"];
+    assert_eq!(file["name"], "quarterly.txt");
+    assert_eq!(file["contentType"], "text/plain");
+    assert_eq!(file["size"], 31);
+    let id = summary["executionId"].as_str().expect("run id");
+    assert_eq!(w.finished(id).await["status"], "SUCCEEDED");
+    let events = w.events(id).await;
+    let read = events
+        .iter()
+        .find(|e| e["kind"] == "TOOL_RESULT")
+        .expect("the agent read the file");
+    assert_eq!(read["data"]["result"], "Quarterly revenue: 42 million.\n");
+    report(
+        "apollo-upload-client",
+        &format!(
+            "apollo-upload-client 20 UploadHttpLink: uploaded {} ({} bytes, {}); run {id} read it with read_file",
+            file["name"], file["size"], file["contentType"]
+        ),
+    );
+}
