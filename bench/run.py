@@ -80,6 +80,8 @@ P = {
     "noisy_token_interval_seconds": (10, 10),
     "noisy_seconds": (60, 5),
     "statement_requests": (200, 10),
+    # W9 tool loop: plain runs and one-calculator-round runs, one at a time.
+    "tool_loop_runs": (30, 3),
 }
 P = {k: v[1] if SMOKE else v[0] for k, v in P.items()}
 
@@ -689,6 +691,49 @@ def noisy_neighbour(ports, c, users, key_ids, agent0, me_half_load):
 # ---------------------------------------------------------------------------------------------
 
 
+def tool_loop(c, token, key_id, plain_agent, runs):
+    """W9: what the tool loop itself adds to a run. One at a time, `runs` plain runs (one provider
+    turn, one token) and `runs` runs of an agent with CALCULATOR whose first turn calls it once
+    (two provider turns: the call, then the token). Each run's duration is the server's own
+    `startedAt` → `finishedAt`, so client polling is not counted. The loop's cost is a tool run
+    minus two plain turns minus the tool's own time (its TOOL_RESULT `durationMs`)."""
+    log(f"W9 tool loop: {runs} plain runs, then {runs} runs with one calculator round, one at a time")
+    tool_agent = c.gql("mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+                       {"i": {"name": "Tool loop", "role": "a calculator user", "goal": "compute", "apiKeyId": key_id,
+                              "model": "gpt-4o-mini", "tools": ["CALCULATOR"]}}, token)["data"]["createAgent"]["id"]
+    query = ("query($id: ID!) { execution(id: $id) { status startedAt finishedAt "
+             "events(first: 20) { kind data } } }")
+
+    def timed(agent, text):
+        run = execute(c, agent, text, token)
+        wait_finished(c, [(run, token)], 30, "W9")
+        e = c.gql(query, {"id": run}, token)["data"]["execution"]
+        if e["status"] != "SUCCEEDED":
+            raise RuntimeError(f"W9: run {run} ended {e['status']}")
+        ms = (dt.datetime.fromisoformat(e["finishedAt"]) - dt.datetime.fromisoformat(e["startedAt"])).total_seconds() * 1000
+        tool_ms = sum(ev["data"]["durationMs"] for ev in e["events"] if ev["kind"] == "TOOL_RESULT")
+        return ms, tool_ms, [ev["kind"] for ev in e["events"]]
+
+    plain = sorted(timed(plain_agent, f"plain {i} tokens=1 gate=none")[0] for i in range(runs))
+    tooled = [timed(tool_agent, f"tool {i} tokens=1 gate=none calls=1") for i in range(runs)]
+    kinds = tooled[0][2]
+    if kinds.count("TOOL_CALL") != 1 or kinds.count("TOOL_RESULT") != 1:
+        raise RuntimeError(f"W9: a tool run's events were {kinds}")
+    tool_ms = sorted(t[0] for t in tooled)
+    tool_time = sorted(t[1] for t in tooled)
+    out = {
+        "runs": runs,
+        "plain_p50_ms": percentile(plain, 50), "plain_p90_ms": percentile(plain, 90),
+        "tool_p50_ms": percentile(tool_ms, 50), "tool_p90_ms": percentile(tool_ms, 90),
+        "tool_call_p50_ms": percentile(tool_time, 50),
+    }
+    out["loop_overhead_p50_ms"] = out["tool_p50_ms"] - 2 * out["plain_p50_ms"] - out["tool_call_p50_ms"]
+    log(f"  plain p50 {out['plain_p50_ms']:.1f} ms; one tool round p50 {out['tool_p50_ms']:.1f} ms "
+        f"(calculator {out['tool_call_p50_ms']:.1f} ms): the loop adds {out['loop_overhead_p50_ms']:.1f} ms "
+        f"beyond a second turn")
+    return out
+
+
 def seed_sql(u):
     """Realistic bulk data through SQL: users (with the bench users' real bcrypt hash), keys,
     agents, runs and their event logs; plus many agents and runs for W3's user."""
@@ -907,6 +952,9 @@ def main():
     # --- W8 ----------------------------------------------------------------------------------
     w["W8"] = noisy_neighbour(ports, c, users, key_ids, agent0, me_half_load)
 
+    # --- W9 ----------------------------------------------------------------------------------
+    w["W9"] = tool_loop(c, tokens[0], key_ids[0], agent0, P["tool_loop_runs"])
+
     # --- peer ----------------------------------------------------------------------------------
     log("peer: FastAPI + Strawberry + asyncpg + PyJWT (uvicorn, one worker per core)")
     peer = start("peer", [str(venv / "bin" / "uvicorn"), "app:app", "--workers", str(CORES), "--host", "127.0.0.1",
@@ -1036,6 +1084,8 @@ def ratios(r):
         "W7_idle_p50_vs_target_10ms": w["W7_idle"]["p50_ms"] / 10,
         "W8_me_p99_vs_W2_half_alone": w["W8"]["me"]["p99_ms"] / w["W2_half"]["p99_ms"],
     }
+    if "W9" in w:
+        out["W9_tool_round_vs_plain_run"] = w["W9"]["tool_p50_ms"] / w["W9"]["plain_p50_ms"]
     spr = w["W3"].get("statements_per_request", {})
     if "first_1" in spr:
         out["W3_statements_first50_vs_first1"] = spr["first_50"] / spr["first_1"]
@@ -1135,6 +1185,11 @@ def markdown(r):
     noisy = w["W8"]
     lines += [
         f"| W8 `me` at half load with {noisy['runs']} trickling runs open ({noisy['users']} users, one token per {noisy['token_interval_seconds']} s, {noisy['seconds']} s) | p99 {f(noisy['me']['p99_ms'], 2)} ms at {f(noisy['me']['rps'])} req/s; {noisy['running_at_end']}/{noisy['runs']} runs open throughout | **{q['W8_me_p99_vs_W2_half_alone']:.2f}** × W2's half-load p99 | ≤ 2 {mark(q['W8_me_p99_vs_W2_half_alone'] <= 2)} |",
+    ]
+    if "W9" in w:
+        t = w["W9"]
+        lines.append(f"| W9 tool loop: a run with one calculator round (two provider turns) vs a plain run ({t['runs']} each, one at a time, server start → finish) | plain p50 {t['plain_p50_ms']:.1f} ms; with the tool round p50 {t['tool_p50_ms']:.1f} ms (the calculator {t['tool_call_p50_ms']:.2f} ms); the loop adds **{t['loop_overhead_p50_ms']:.1f} ms** beyond a second turn | **{q['W9_tool_round_vs_plain_run']:.2f}** × a plain run | reported |")
+    lines += [
         "",
         "**Peer** (FastAPI + Strawberry + asyncpg + PyJWT, uvicorn with one worker per core):",
         "",

@@ -1,4 +1,4 @@
-// A standalone fake OpenAI provider for the benchmark (W7, W7b, W7 idle latency, W8):
+// A standalone fake OpenAI provider for the benchmark (W7, W7b, W7 idle latency, W8, W9):
 // `POST /v1/chat/completions` with `stream: true` answers with OpenAI Chat Completions
 // server-sent events at a fixed token rate.
 //
@@ -15,6 +15,9 @@
 //   gate=<name>    after the role chunk, wait until gate <name> is released (default: `default`;
 //                  `none` = do not wait)
 //   pause=<ms>     after the gate, wait this long before the first token (default 0)
+//   calls=<n>      (W9) while the conversation has no tool result yet, answer with <n> calls of
+//                  the `calculator` tool (OpenAI `delta.tool_calls`, `finish_reason: tool_calls`)
+//                  instead of tokens; the next turn (carrying the results) streams the tokens
 //
 // e.g. `stream 3` (W7: the defaults), `idle 7 tokens=1 gate=idle-7 pause=250`,
 // `trickle 2 1 tokens=1000 rate=0.1 gate=none`.
@@ -62,8 +65,10 @@ function shape(parsed) {
   let text = user?.content ?? '';
   if (Array.isArray(text)) text = text.map((part) => part?.text ?? '').join(' ');
   text = String(text);
-  const o = { tag: text.trim().split(/\s+/)[0] || 'stream', count: defaultCount, rate: defaultRate, gate: 'default', pause: 0 };
-  for (const [, key, value] of text.matchAll(/\b(tokens|rate|gate|pause)=([\w.-]+)/g)) {
+  const o = { tag: text.trim().split(/\s+/)[0] || 'stream', count: defaultCount, rate: defaultRate, gate: 'default', pause: 0, calls: 0 };
+  o.answered = messages.some((m) => m && m.role === 'tool');
+  for (const [, key, value] of text.matchAll(/\b(tokens|rate|gate|pause|calls)=([\w.-]+)/g)) {
+    if (key === 'calls') o.calls = Math.max(0, Math.floor(Number(value)) || 0);
     if (key === 'tokens') o.count = Math.max(0, Math.floor(Number(value)) || 0);
     else if (key === 'rate') o.rate = Number(value) > 0 ? Number(value) : defaultRate;
     else if (key === 'gate') o.gate = value;
@@ -81,6 +86,21 @@ function chunk(id, model, delta, finish) {
     system_fingerprint: 'fp_bench',
     choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
   })}\n\n`;
+}
+
+/** W9: a turn that calls the calculator `n` times, as OpenAI streams tool calls. */
+function toolTurn(res, model, n) {
+  const id = `chatcmpl-bench${opened++}`;
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  res.write(chunk(id, model, { role: 'assistant', content: null }, null));
+  for (let i = 0; i < n; i++) {
+    const call = { index: i, id: `call_${id}_${i}`, type: 'function', function: { name: 'calculator', arguments: '' } };
+    res.write(chunk(id, model, { tool_calls: [call] }, null));
+    res.write(chunk(id, model, { tool_calls: [{ index: i, function: { arguments: '{"expression":"6*7"}' } }] }, null));
+  }
+  res.write(chunk(id, model, {}, 'tool_calls'));
+  res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model, choices: [], usage: { prompt_tokens: 12, completion_tokens: 7 * n, total_tokens: 12 + 7 * n } })}\n\n`);
+  res.end('data: [DONE]\n\n');
 }
 
 async function stream(res, model, o) {
@@ -183,7 +203,9 @@ const server = http.createServer((req, res) => {
         res.end(JSON.stringify({ error: { message: 'bad json', type: 'invalid_request_error' } }));
         return;
       }
-      stream(res, parsed.model ?? 'gpt-4o-mini', shape(parsed)).catch((e) => console.error('stream failed', e));
+      const o = shape(parsed);
+      if (o.calls > 0 && !o.answered) toolTurn(res, parsed.model ?? 'gpt-4o-mini', o.calls);
+      else stream(res, parsed.model ?? 'gpt-4o-mini', o).catch((e) => console.error('stream failed', e));
     } else {
       res.writeHead(404);
       res.end();
