@@ -848,3 +848,23 @@ async fn web_search_uses_the_users_own_brave_or_tavily_key_from_the_vault() {
             .any(|s| s.starts_with("tavily:") && s.contains("\"max_results\":5"))
     );
 }
+
+#[tokio::test]
+async fn turns_without_a_usage_report_are_estimated_and_the_cost_says_so() {
+    let (_backends, w) = openai_world(&["CALCULATOR"], json!({})).await;
+    w.fake
+        .set_stream(crate::common::fake_provider::StreamScript {
+            report_usage: false,
+            ..Default::default()
+        });
+    w.fake.queue_tool_turn(ToolTurn::calls(&[(
+        "calculator",
+        r#"{"expression": "2 + 2"}"#,
+    )]));
+    let (_, run, _) = run_to_end(&w, "add").await;
+    assert_eq!(run["status"], "SUCCEEDED");
+    assert_eq!(run["costEstimated"], true, "{run}");
+    // Both turns counted: the second carries the first's call and result, so more went in.
+    assert!(run["inputTokens"].as_i64().unwrap() > 2 * 50, "{run}");
+    assert!(run["outputTokens"].as_i64().unwrap() >= 5, "{run}");
+}

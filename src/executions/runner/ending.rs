@@ -66,12 +66,17 @@ struct Accounting {
 }
 
 impl Accounting {
-    /// The provider's reported usage, or an estimate from the text when it reported none; the
-    /// cost from the price table.
-    fn of(writer: &Writer<'_>, usage: Option<(i64, i64)>, status: ExecutionStatus) -> Self {
+    /// The provider's reported usage (`estimated` when some of it was guessed), or an estimate
+    /// from the text when it reported none; the cost from the price table.
+    fn of(
+        writer: &Writer<'_>,
+        usage: Option<(i64, i64)>,
+        estimated: bool,
+        status: ExecutionStatus,
+    ) -> Self {
         let execution = &writer.execution;
         let (input_tokens, output_tokens, tokens_estimated) = match usage {
-            Some((input, output)) => (input, output, false),
+            Some((input, output)) => (input, output, estimated),
             // Nothing was produced: nothing to estimate.
             None if writer.output_len == 0 && status != ExecutionStatus::Succeeded => (0, 0, false),
             None => (
@@ -116,6 +121,7 @@ pub(super) async fn finish(
     writer: &mut Writer<'_>,
     outcome: Outcome,
     usage: Option<(i64, i64)>,
+    usage_estimated: bool,
 ) -> anyhow::Result<()> {
     let state = writer.state;
     let Some(ending) = Ending::of(outcome, state.config.execution_timeout_secs) else {
@@ -123,7 +129,7 @@ pub(super) async fn finish(
         publish_from_table(state, writer.execution.id, writer.sequence).await;
         return Ok(());
     };
-    let accounting = Accounting::of(writer, usage, ending.status);
+    let accounting = Accounting::of(writer, usage, usage_estimated, ending.status);
     let execution = &writer.execution;
     let (id, key_id, user_id) = (execution.id, execution.api_key_id, execution.user_id);
     let usage_sequence = writer.sequence + 1;

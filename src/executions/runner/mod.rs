@@ -103,6 +103,7 @@ async fn run(
     let deadline = tokio::time::sleep(Duration::from_secs(state.config.execution_timeout_secs));
     tokio::pin!(deadline);
     let mut usage: Option<(i64, i64)> = None;
+    let mut usage_estimated = false;
 
     let outcome = if cancel_requested || *cancelled.borrow() {
         Outcome::Cancelled
@@ -114,6 +115,7 @@ async fn run(
             cancelled: &mut cancelled,
             deadline: &mut deadline,
             usage: &mut usage,
+            usage_estimated: &mut usage_estimated,
         };
         run.converse(&mut request).await?
     };
@@ -135,7 +137,7 @@ async fn run(
             }
         }
     };
-    finish(&mut writer, outcome, usage).await
+    finish(&mut writer, outcome, usage, usage_estimated).await
 }
 
 /// What one model turn produced besides the output it streamed.
@@ -160,8 +162,11 @@ struct Steps<'r, 'a, 'd> {
     toolbox: &'r Toolbox,
     cancelled: &'r mut tokio::sync::watch::Receiver<bool>,
     deadline: &'r mut Pin<&'d mut Sleep>,
-    /// Tokens summed over the turns that reported them.
+    /// Tokens summed over the turns (reported, or estimated for a tool loop's turn without a
+    /// report).
     usage: &'r mut Option<(i64, i64)>,
+    /// Whether some turn's tokens were estimated.
+    usage_estimated: &'r mut bool,
 }
 
 impl Steps<'_, '_, '_> {
@@ -197,7 +202,18 @@ impl Steps<'_, '_, '_> {
                 &mut turn,
             )
             .await?;
-            if let Some((input, output)) = turn.usage {
+            let counted = match turn.usage {
+                Some(reported) => Some(reported),
+                // A tool loop's turn without a usage report still cost tokens: about four
+                // characters a token of what was sent and received, and the cost says estimated.
+                // (A plain run without one is estimated at its end, from its output.)
+                None if round > 1 || !turn.calls.is_empty() => {
+                    *self.usage_estimated = true;
+                    Some(estimate_turn(request, &turn))
+                }
+                None => None,
+            };
+            if let Some((input, output)) = counted {
                 let (i, o) = self.usage.unwrap_or_default();
                 *self.usage = Some((i + input, o + output));
             }
@@ -238,6 +254,25 @@ impl Steps<'_, '_, '_> {
             round += 1;
         }
     }
+}
+
+/// Estimated (input, output) tokens of a turn the provider reported no usage for.
+fn estimate_turn(request: &ChatRequest, turn: &Turn) -> (i64, i64) {
+    let sent: usize = request.system.len()
+        + request
+            .messages
+            .iter()
+            .map(|m| match m {
+                Message::User(text) => text.len(),
+                Message::Assistant { text, tool_calls } => {
+                    text.len() + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>()
+                }
+                Message::ToolResult { content, .. } => content.len(),
+            })
+            .sum::<usize>();
+    let received = turn.text.len() + turn.calls.iter().map(|c| c.arguments.len()).sum::<usize>();
+    let tokens = |chars: usize| i64::try_from(chars.div_ceil(4)).unwrap_or(i64::MAX);
+    (tokens(sent + 200), tokens(received))
 }
 
 /// Opens the provider stream with the run's key (retrying as configured, the heartbeat kept

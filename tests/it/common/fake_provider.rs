@@ -1015,7 +1015,7 @@ fn openai_tool_turn(
         }
     }
     let mut tail = vec![chunk(json!({}), json!("tool_calls"))];
-    if body["stream_options"]["include_usage"] == json!(true) {
+    if body["stream_options"]["include_usage"] == json!(true) && script.report_usage {
         tail.push(Event::data(&json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [],
