@@ -32,6 +32,8 @@ pub mod executions;
 pub mod files;
 /// Sign-in with Google, GitHub and Microsoft: code flow with PKCE, linked accounts.
 pub mod oauth;
+/// Conversation threads: multi-turn runs with an agent, history trimmed to the context window.
+pub mod threads;
 /// Agent tools: web search, Wikipedia, calculator, HTTP GET, run by the runner's tool loop.
 pub mod tools;
 /// Accounts, sessions, roles, admin actions, audit log.

@@ -22,6 +22,7 @@ use crate::{
     graphql::limits,
     oauth::graphql::{OAuthMutation, OAuthQuery},
     state::AppState,
+    threads::graphql::{ThreadsMutation, ThreadsQuery},
     tools::graphql::ToolsQuery,
     users::graphql::{UsersMutation, UsersQuery},
 };
@@ -36,6 +37,7 @@ pub struct Query(
     ExecutionsQuery,
     ToolsQuery,
     FilesQuery,
+    ThreadsQuery,
 );
 
 /// Every mutation field, one object per domain.
@@ -47,6 +49,7 @@ pub struct Mutation(
     AgentsMutation,
     ExecutionsMutation,
     FilesMutation,
+    ThreadsMutation,
 );
 
 /// Every subscription field, one object per domain.

@@ -15,7 +15,7 @@ use crate::{
     error::AppError,
     executions::{
         graphql::{Execution, executions_page},
-        model::ExecutionStatus,
+        model::{ExecutionStatus, RunFilter},
     },
     graphql::{
         guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
@@ -123,7 +123,12 @@ impl Agent {
             return Ok(page.connection(rows, |e| e.id, Execution));
         }
         let viewer = request_context(ctx)?.viewer()?;
-        executions_page(state(ctx)?, viewer, Some(self.0.id), status, page).await
+        let of = RunFilter {
+            agent_id: Some(self.0.id),
+            status,
+            ..RunFilter::default()
+        };
+        executions_page(state(ctx)?, viewer, of, page).await
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {

@@ -162,6 +162,7 @@ async fn validate(
         return Err(AppError::bad_input("input.config", "must be a JSON object"));
     }
     crate::tools::check_settings(&config)
+        .and_then(|()| crate::threads::history::check_settings(&config))
         .map_err(|(field, rule)| AppError::bad_input(field, rule))?;
     let size = config.to_string().len();
     if size > MAX_CONFIG_BYTES {

@@ -86,6 +86,18 @@ diesel::table! {
         created_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        thread_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    threads (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        agent_id -> Uuid,
+        title -> Text,
+        created_at -> Timestamptz,
+        last_activity_at -> Timestamptz,
     }
 }
 
@@ -198,6 +210,9 @@ diesel::joinable!(oauth_accounts -> users (user_id));
 diesel::joinable!(oauth_states -> users (user_id));
 diesel::joinable!(retired_refresh_tokens -> sessions (session_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(executions -> threads (thread_id));
+diesel::joinable!(threads -> agents (agent_id));
+diesel::joinable!(threads -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     agents,
@@ -211,5 +226,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     oauth_states,
     retired_refresh_tokens,
     sessions,
+    threads,
     users,
 );

@@ -12,7 +12,7 @@ use crate::{
     error::AppError,
     executions::{
         live,
-        model::{EventKind, EventRow, ExecutionRow, ExecutionStatus},
+        model::{EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter},
         service,
     },
     files::graphql::File,
@@ -62,6 +62,10 @@ impl Execution {
     /// Stable id.
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())
+    }
+    /// The conversation thread the run belongs to, if any.
+    async fn thread_id(&self) -> Option<ID> {
+        self.0.thread_id.map(|id| ID(id.to_string()))
     }
     /// Files this run wrote with the FILES tool, oldest first.
     async fn files(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<File>> {
@@ -155,19 +159,10 @@ impl Execution {
 pub async fn executions_page(
     state: &AppState,
     viewer: &Viewer,
-    agent_id: Option<uuid::Uuid>,
-    status: Option<ExecutionStatus>,
+    of: RunFilter,
     page: Page,
 ) -> async_graphql::Result<Connection<String, Execution>> {
-    let rows = service::page(
-        state,
-        viewer,
-        agent_id,
-        status,
-        page.after,
-        page.fetch_limit(),
-    )
-    .await?;
+    let rows = service::page(state, viewer, of, page.after, page.fetch_limit()).await?;
     Ok(page.connection(rows, |e| e.id, Execution))
 }
 
@@ -209,7 +204,12 @@ impl ExecutionsQuery {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let agent_id = agent_id.map(|id| parse_id("agentId", &id)).transpose()?;
-        executions_page(state(ctx)?, viewer, agent_id, status, page).await
+        let of = RunFilter {
+            agent_id,
+            status,
+            ..RunFilter::default()
+        };
+        executions_page(state(ctx)?, viewer, of, page).await
     }
 }
 
@@ -221,7 +221,9 @@ pub struct ExecutionsMutation;
 impl ExecutionsMutation {
     /// Runs an agent on `input` and returns the run at once (QUEUED); follow it with the
     /// `executionEvents` subscription. Sending the same `idempotencyKey` with the same request
-    /// returns the same run instead of starting another.
+    /// returns the same run instead of starting another. With `threadId` (a thread of yours
+    /// with this agent, see `createThread`) the run continues that conversation: the model sees
+    /// its earlier turns; CONFLICT while another run of the thread is in progress.
     #[graphql(guard = "RoleGuard::USER")]
     async fn execute_agent(
         &self,
@@ -229,12 +231,14 @@ impl ExecutionsMutation {
         agent_id: ID,
         input: String,
         idempotency_key: Option<String>,
+        thread_id: Option<ID>,
     ) -> async_graphql::Result<Execution> {
         let viewer = request_context(ctx)?.viewer()?;
         let agent_id = parse_id("agentId", &agent_id)?;
-        Ok(Execution(
-            service::execute(state(ctx)?, viewer, agent_id, input, idempotency_key).await?,
-        ))
+        let thread_id = thread_id.map(|t| parse_id("threadId", &t)).transpose()?;
+        let state = state(ctx)?;
+        let run = service::execute(state, viewer, agent_id, input, idempotency_key, thread_id);
+        Ok(Execution(run.await?))
     }
 
     /// Stops a run: the provider request is aborted, the output so far is kept, and the run

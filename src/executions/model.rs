@@ -70,6 +70,17 @@ impl EventKind {
     }
 }
 
+/// Which of a user's runs a list shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFilter {
+    /// Only this agent's.
+    pub agent_id: Option<Uuid>,
+    /// Only this thread's.
+    pub thread_id: Option<Uuid>,
+    /// Only in this status.
+    pub status: Option<ExecutionStatus>,
+}
+
 /// A row of `executions`.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = executions, check_for_backend(diesel::pg::Pg))]
@@ -114,6 +125,8 @@ pub struct ExecutionRow {
     pub started_at: Option<DateTime<Utc>>,
     /// When the run ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The conversation thread the run belongs to, if any.
+    pub thread_id: Option<Uuid>,
 }
 
 impl ExecutionRow {
@@ -157,11 +170,15 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 pub async fn page_owned(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
-    agent_id: Option<Uuid>,
-    status: Option<ExecutionStatus>,
+    of: RunFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> QueryResult<Vec<ExecutionRow>> {
+    let RunFilter {
+        agent_id,
+        thread_id,
+        status,
+    } = of;
     let mut query = executions::table
         .filter(executions::user_id.eq(user_id))
         .order(executions::id.desc())
@@ -170,6 +187,9 @@ pub async fn page_owned(
         .into_boxed();
     if let Some(agent_id) = agent_id {
         query = query.filter(executions::agent_id.eq(agent_id));
+    }
+    if let Some(thread_id) = thread_id {
+        query = query.filter(executions::thread_id.eq(thread_id));
     }
     if let Some(status) = status {
         query = query.filter(executions::status.eq(status));
@@ -240,6 +260,7 @@ struct ExecutionRowByName {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    thread_id: Option<Uuid>,
 }
 
 impl From<ExecutionRowByName> for ExecutionRow {
@@ -265,6 +286,7 @@ impl From<ExecutionRowByName> for ExecutionRow {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            thread_id: r.thread_id,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::{
     error::{AppError, AppResult},
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
-        model::{self, EventRow, ExecutionRow, ExecutionStatus, UsageRow},
+        model::{self, EventRow, ExecutionRow, ExecutionStatus, RunFilter, UsageRow},
         runner,
     },
     request::Viewer,
@@ -42,6 +42,7 @@ pub async fn execute(
     agent_id: Uuid,
     input: String,
     idempotency_key: Option<String>,
+    thread_id: Option<Uuid>,
 ) -> AppResult<ExecutionRow> {
     let input = input.trim().to_owned();
     if input.is_empty() {
@@ -67,6 +68,9 @@ pub async fn execute(
         let mut hasher = Sha256::new();
         hasher.update(agent_id.as_bytes());
         hasher.update(input.as_bytes());
+        if let Some(thread_id) = thread_id {
+            hasher.update(thread_id.as_bytes());
+        }
         hasher.finalize().to_vec()
     };
 
@@ -121,6 +125,9 @@ pub async fn execute(
                 .count()
                 .get_result(conn)
                 .await?;
+            if let Some(thread_id) = thread_id {
+                crate::threads::service::admit_run(conn, user_id, thread_id, agent_for_tx.id, &input).await?;
+            }
             if running >= cap {
                 return Err(AppError::RateLimited {
                     retry_after_secs: 1,
@@ -138,6 +145,7 @@ pub async fn execute(
                     executions::provider.eq(&key.provider),
                     executions::model.eq(&agent_for_tx.model),
                     executions::input.eq(&input),
+                    executions::thread_id.eq(thread_id),
                 ))
                 .returning(ExecutionRow::as_returning())
                 .get_result(conn)
@@ -207,13 +215,12 @@ pub async fn cancel(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<Ex
 pub async fn page(
     state: &AppState,
     viewer: &Viewer,
-    agent_id: Option<Uuid>,
-    status: Option<ExecutionStatus>,
+    of: RunFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> AppResult<Vec<ExecutionRow>> {
     let mut conn = state.pool.get().await?;
-    Ok(model::page_owned(&mut conn, viewer.id(), agent_id, status, before, limit).await?)
+    Ok(model::page_owned(&mut conn, viewer.id(), of, before, limit).await?)
 }
 
 /// Up to `first` stored events of a run the viewer was already shown (`run` came from an owned

@@ -20,6 +20,7 @@ mod operations;
 mod packaging;
 mod rate_limit;
 mod streams;
+mod threads;
 mod tools;
 mod transport;
 mod websocket;

@@ -38,6 +38,7 @@ use crate::{
         },
     },
     state::AppState,
+    threads,
     tools::Toolbox,
 };
 
@@ -91,10 +92,12 @@ async fn run(
     let toolbox = Toolbox::for_run(state, &agent, execution.id)
         .await
         .map_err(|e| anyhow::anyhow!(e.message()))?;
+    let system = system_prompt(&agent);
+    let messages = conversation(state, &agent, &key, &execution, &system).await?;
     let mut request = ChatRequest {
         model: agent.model.clone(),
-        system: system_prompt(&agent),
-        messages: vec![Message::User(execution.input.clone())],
+        system,
+        messages,
         tools: toolbox.specs(),
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens.and_then(|n| u32::try_from(n).ok()),
@@ -254,6 +257,43 @@ impl Steps<'_, '_, '_> {
             round += 1;
         }
     }
+}
+
+/// The messages of a run: the new input, after the thread's earlier turns (trimmed to the
+/// model's context window) when the run is in a thread.
+async fn conversation(
+    state: &AppState,
+    agent: &AgentRow,
+    key: &ApiKeyRow,
+    execution: &ExecutionRow,
+    system: &str,
+) -> anyhow::Result<Vec<Message>> {
+    let input = Message::User(execution.input.clone());
+    let Some(thread_id) = execution.thread_id else {
+        return Ok(vec![input]);
+    };
+    let turns = {
+        let mut conn = state.pool.get().await?;
+        threads::history::earlier_turns(&mut conn, thread_id, execution.id).await?
+    };
+    let provider = ProviderKind::from_stored(&key.provider).unwrap_or(ProviderKind::Custom);
+    let counter = threads::history::Counter::for_model(provider, &agent.model);
+    let window = threads::history::context_tokens(&agent.config)
+        .unwrap_or_else(|| threads::history::window_of(&agent.model));
+    let max_output = agent
+        .max_output_tokens
+        .and_then(|n| usize::try_from(n).ok());
+    let (system, text) = (system.to_owned(), execution.input.clone());
+    // Counting tokens of a long history is CPU work: off the runtime's workers.
+    let (mut messages, dropped) = tokio::task::spawn_blocking(move || {
+        threads::history::fit(counter, window, max_output, &system, &text, turns)
+    })
+    .await?;
+    if dropped > 0 {
+        tracing::debug!(execution.id = %execution.id, dropped, window, "older thread turns left out to fit the context window");
+    }
+    messages.push(input);
+    Ok(messages)
 }
 
 /// Estimated (input, output) tokens of a turn the provider reported no usage for.

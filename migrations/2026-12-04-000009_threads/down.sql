@@ -1,0 +1,2 @@
+ALTER TABLE executions DROP COLUMN thread_id;
+DROP TABLE threads;
