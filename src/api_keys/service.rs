@@ -253,6 +253,15 @@ pub fn reveal(vault: &Vault, row: &ApiKeyRow) -> AppResult<SecretString> {
         })
 }
 
+/// Whether the user holds an active BRAVE or TAVILY key (nothing decrypted).
+pub async fn has_search_key(state: &AppState, user_id: Uuid) -> AppResult<bool> {
+    let mut conn = state.pool.get().await?;
+    let providers = [ProviderKind::Brave.as_str(), ProviderKind::Tavily.as_str()];
+    Ok(model::newest_active_of(&mut conn, user_id, &providers)
+        .await?
+        .is_some())
+}
+
 /// The user's search key for the WEB_SEARCH tool: their newest active BRAVE or TAVILY key,
 /// revealed.
 pub async fn search_key(

@@ -20,6 +20,11 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 diesel::define_sql_function! {
+    /// SQL `octet_length(text)`: bytes of a text, without reading it out.
+    fn octet_length(x: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+}
+
+diesel::define_sql_function! {
     /// SQL `lower(text)`, as used by the case-insensitive unique indexes on names.
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }

@@ -34,6 +34,20 @@ fn not_found() -> AppError {
     AppError::NotFound { what: "execution" }
 }
 
+/// Takes the user's run lock for the rest of the transaction: run starts (the idempotency check,
+/// the concurrency count, a thread's one-run rule) and thread deletions of one user see each
+/// other's writes.
+pub async fn lock_user(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: Uuid,
+) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7220431))")
+        .bind::<diesel::sql_types::Text, _>(user_id.to_string())
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// Starts a run of the viewer's agent and returns it at once (QUEUED); a runner task does the
 /// rest. The same idempotency key with the same request returns the same run.
 pub async fn execute(
@@ -87,10 +101,7 @@ pub async fn execute(
         .transaction::<_, AppError, _>(async move |conn| {
             // One user at a time: the idempotency check and the concurrency count see each
             // other's inserts.
-            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7220431))")
-                .bind::<diesel::sql_types::Text, _>(user_id.to_string())
-                .execute(conn)
-                .await?;
+            lock_user(conn, user_id).await?;
             if let Some(key) = &idempotency_key {
                 let existing: Option<(Vec<u8>, Uuid)> = idempotency_keys::table
                     .filter(idempotency_keys::user_id.eq(user_id))

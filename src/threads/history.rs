@@ -6,8 +6,9 @@
 //! Tokens are counted with OpenAI's own tokenizer (tiktoken-rs: `o200k_base` for the GPT-4o,
 //! GPT-4.1, GPT-5 and o-series families, `cl100k_base` for GPT-4 and GPT-3.5) when the key is an
 //! OpenAI key; otherwise (Anthropic publishes no tokenizer; Hugging Face and CUSTOM models may
-//! be anything) as one token per four bytes, rounded up, which overestimates ordinary English
-//! a little, so trimming errs on the safe side.
+//! be anything) as one token per three bytes, rounded up — more tokens than ordinary English,
+//! code or Claude's tokenizer give — and a tenth of every window is kept free on top, so
+//! trimming errs on the safe side.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -39,7 +40,7 @@ pub enum Counter {
     O200k,
     /// OpenAI's `cl100k_base`.
     Cl100k,
-    /// One token per four bytes, rounded up.
+    /// One token per three bytes, rounded up.
     Bytes,
 }
 
@@ -73,7 +74,7 @@ impl Counter {
             Self::Cl100k => tiktoken_rs::cl100k_base_singleton()
                 .encode_ordinary(text)
                 .len(),
-            Self::Bytes => text.len().div_ceil(4),
+            Self::Bytes => text.len().div_ceil(3),
         }
     }
 }
@@ -111,11 +112,15 @@ pub fn check_settings(config: &Value) -> Result<(), (String, String)> {
 /// published windows of the common families, else a conservative 32,768.
 pub fn window_of(model: &str) -> usize {
     let m = model.to_ascii_lowercase();
-    let known: [(&str, usize); 10] = [
+    // Input limits (what a request may hold), not total windows: GPT-5's 400k include 128k of
+    // output.
+    let known: [(&str, usize); 12] = [
         ("gpt-4.1", 1_047_576),
-        ("gpt-5", 400_000),
+        ("gpt-5", 272_000),
         ("gpt-4o", 128_000),
         ("gpt-4-turbo", 128_000),
+        ("o1-mini", 128_000),
+        ("o1-preview", 128_000),
         ("o1", 200_000),
         ("o3", 200_000),
         ("o4", 200_000),
@@ -129,21 +134,41 @@ pub fn window_of(model: &str) -> usize {
         .map_or(32_768, |&(_, window)| window)
 }
 
+/// Bytes of history read per token of the window: no tokenizer packs more than about six
+/// bytes of text into a token, so older runs could not fit anyway.
+const BYTES_PER_TOKEN_READ: usize = 6;
+
 /// The earlier turns of `thread_id` before the run `before`, oldest first; each turn is one
-/// earlier run's messages. Runs that produced nothing are left out.
+/// earlier run's messages. Runs that produced nothing are left out. Only the newest runs that
+/// could fit a `window` of tokens are read (and at most [`MAX_TURNS`]).
 pub async fn earlier_turns(
     conn: &mut AsyncPgConnection,
     thread_id: Uuid,
     before: Uuid,
+    window: usize,
 ) -> QueryResult<Vec<Vec<Message>>> {
-    let mut runs: Vec<(Uuid, String)> = executions::table
+    let newest: Vec<(Uuid, String, i32)> = executions::table
         .filter(executions::thread_id.eq(thread_id))
         .filter(executions::id.lt(before))
         .order(executions::id.desc())
         .limit(MAX_TURNS)
-        .select((executions::id, executions::input))
+        .select((
+            executions::id,
+            executions::input,
+            crate::db::octet_length(executions::output),
+        ))
         .load(conn)
         .await?;
+    let limit = window.saturating_mul(BYTES_PER_TOKEN_READ);
+    let mut read = 0usize;
+    let mut runs: Vec<(Uuid, String)> = Vec::new();
+    for (id, input, output_len) in newest {
+        read += input.len() + usize::try_from(output_len).unwrap_or(0);
+        if read > limit && !runs.is_empty() {
+            break;
+        }
+        runs.push((id, input));
+    }
     runs.reverse();
     let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
     let events: Vec<EventRow> = execution_events::table
@@ -160,13 +185,54 @@ pub async fn earlier_turns(
         .select(EventRow::as_select())
         .load(conn)
         .await?;
+    let mut by_run: std::collections::HashMap<Uuid, Vec<&EventRow>> = Default::default();
+    for event in &events {
+        by_run.entry(event.execution_id).or_default().push(event);
+    }
     Ok(runs
         .into_iter()
         .filter_map(|(id, input)| {
-            let of_run = events.iter().filter(|e| e.execution_id == id);
-            rebuild(input, of_run)
+            let of_run = by_run.remove(&id).unwrap_or_default();
+            rebuild(input, of_run.into_iter())
         })
         .collect())
+}
+
+/// A turn whose tool calls name a tool the run does not offer, with those rounds told as text:
+/// providers refuse tool calls and results sent without the tools' definitions (tools removed
+/// from the agent, or a search backend gone).
+pub fn without_unoffered_calls(turn: Vec<Message>, offered: &[&str]) -> Vec<Message> {
+    let unoffered = turn.iter().any(|m| {
+        matches!(m, Message::Assistant { tool_calls, .. }
+            if tool_calls.iter().any(|c| !offered.contains(&c.name.as_str())))
+    });
+    if !unoffered {
+        return turn;
+    }
+    let mut out: Vec<Message> = Vec::new();
+    let mut told = String::new();
+    for message in turn {
+        match message {
+            Message::User(text) => out.push(Message::User(text)),
+            Message::Assistant { text, tool_calls } => {
+                told.push_str(&text);
+                for call in tool_calls {
+                    told.push_str(&format!("\n[called {} with {}]", call.name, call.arguments));
+                }
+            }
+            Message::ToolResult {
+                content, is_error, ..
+            } => {
+                let what = if is_error { "failed" } else { "answered" };
+                told.push_str(&format!("\n[the tool {what}: {content}]"));
+            }
+        }
+    }
+    out.push(Message::Assistant {
+        text: told.trim().to_owned(),
+        tool_calls: Vec::new(),
+    });
+    out
 }
 
 /// One earlier run as messages: its input, then each round's text and calls followed by the
@@ -240,7 +306,7 @@ fn rebuild<'a>(input: String, events: impl Iterator<Item = &'a EventRow>) -> Opt
     if !calls.is_empty() {
         flush(&mut out, &mut text, &mut calls, &mut results);
     }
-    if !text.is_empty() {
+    if !text.trim().is_empty() {
         out.push(Message::Assistant {
             text,
             tool_calls: Vec::new(),
@@ -281,7 +347,9 @@ pub fn fit(
         + 2 * PER_MESSAGE
         + TOOLS_RESERVE
         + max_output.unwrap_or(DEFAULT_OUTPUT_RESERVE);
-    let mut budget = window.saturating_sub(fixed);
+    // A tenth of the window stays free: counts other than the model's own tokenizer are
+    // estimates.
+    let mut budget = (window - window / 10).saturating_sub(fixed);
     let mut kept: Vec<Vec<Message>> = Vec::new();
     let total = turns.len();
     for turn in turns.into_iter().rev() {
@@ -318,8 +386,8 @@ mod tests {
             turn("second", "short"),
             turn("third", "short"),
         ];
-        // Fixed part: 1,000 for tools + 1,024 output + a little, leaving ~965 of 3,000; the big
-        // first turn (~1,012 tokens by bytes) no longer fits.
+        // 2,700 of 3,000 usable; fixed part: 1,000 for tools + 1,024 output + a little, leaving
+        // ~665; the big first turn (~1,340 tokens by bytes) no longer fits.
         let (kept, dropped) = fit(Counter::Bytes, 3_000, None, "system", "now", turns.clone());
         assert_eq!(dropped, 1);
         assert_eq!(kept.len(), 4);
@@ -338,9 +406,9 @@ mod tests {
             Counter::for_model(ProviderKind::Anthropic, "claude-sonnet-4"),
             Counter::Bytes
         ));
-        // "hello world" is two tokens in o200k_base, three by bytes.
+        // "hello world" is two tokens in o200k_base, four by bytes.
         assert_eq!(Counter::O200k.count("hello world"), 2);
-        assert_eq!(Counter::Bytes.count("hello world"), 3);
+        assert_eq!(Counter::Bytes.count("hello world"), 4);
         assert_eq!(window_of("gpt-4o-mini"), 128_000);
         assert_eq!(window_of("llama3.1:8b"), 32_768);
     }
@@ -388,5 +456,14 @@ mod tests {
         );
         assert!(matches!(&messages[3], Message::Assistant { text, .. } if text == "It is 4."));
         assert!(rebuild("nothing came".into(), [].iter()).is_none());
+
+        // Without the calculator on offer, the round is told as text.
+        let told = without_unoffered_calls(messages, &["wikipedia_search"]);
+        assert_eq!(told.len(), 2);
+        assert!(
+            matches!(&told[1], Message::Assistant { text, tool_calls } if tool_calls.is_empty()
+            && text.contains("[called calculator with {\"expression\":\"2+2\"}]")
+            && text.contains("[the tool answered: 4]") && text.ends_with("It is 4."))
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::{
@@ -130,20 +130,27 @@ pub async fn rename(
 
 /// Deletes one of the viewer's threads; its runs stay in the history, unlinked.
 pub async fn delete(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<bool> {
+    let user_id = viewer.id();
     let mut conn = state.pool.get().await?;
-    model::find_owned(&mut conn, viewer.id(), id)
-        .await?
-        .ok_or_else(not_found)?;
-    if unfinished_in(&mut conn, id).await? > 0 {
-        return Err(AppError::Conflict(
-            "the thread has a run in progress: wait for it or cancel it first".into(),
-        ));
-    }
-    diesel::delete(threads::table.find(id))
-        .filter(threads::user_id.eq(viewer.id()))
-        .execute(&mut conn)
-        .await?;
-    Ok(true)
+    conn.transaction::<_, AppError, _>(async |conn| {
+        // The lock a run start takes: no run can join the thread between the check and the
+        // delete.
+        crate::executions::service::lock_user(conn, user_id).await?;
+        model::find_owned(conn, user_id, id)
+            .await?
+            .ok_or_else(not_found)?;
+        if unfinished_in(conn, id).await? > 0 {
+            return Err(AppError::Conflict(
+                "the thread has a run in progress: wait for it or cancel it first".into(),
+            ));
+        }
+        diesel::delete(threads::table.find(id))
+            .filter(threads::user_id.eq(user_id))
+            .execute(conn)
+            .await?;
+        Ok(true)
+    })
+    .await
 }
 
 /// Runs of the thread that have not ended.

@@ -32,9 +32,7 @@ impl ToolsQuery {
     async fn tools(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ToolInfo>> {
         let viewer = request_context(ctx)?.viewer()?;
         let state = state(ctx)?;
-        let has_search_key = crate::api_keys::service::search_key(state, viewer.id())
-            .await?
-            .is_some();
+        let has_search_key = crate::api_keys::service::has_search_key(state, viewer.id()).await?;
         let config = &state.config;
         Ok(AgentTool::ALL
             .into_iter()

@@ -868,3 +868,38 @@ async fn turns_without_a_usage_report_are_estimated_and_the_cost_says_so() {
     assert!(run["inputTokens"].as_i64().unwrap() > 2 * 50, "{run}");
     assert!(run["outputTokens"].as_i64().unwrap() >= 5, "{run}");
 }
+
+#[tokio::test]
+async fn a_run_that_cannot_be_prepared_ends_failed_at_once_not_after_recovery() {
+    let (_backends, w) = openai_world(&["WEB_SEARCH"], json!({})).await;
+    let key = w
+        .app
+        .gql_as(
+            Some(&w.user.access),
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id } }",
+            json!({"i": {"name": "Brave", "provider": "BRAVE", "secret": BRAVE_KEY}}),
+        )
+        .await;
+    // A vault entry that no longer decrypts (e.g. its encryption key was retired).
+    w.app
+        .sql(&format!(
+            "UPDATE api_keys SET secret_ciphertext = '\\x00' WHERE id = '{}'",
+            id_at(&key, &["createApiKey"])
+        ))
+        .await;
+    let started = std::time::Instant::now();
+    let (_, run, events) = run_to_end(&w, "search").await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be prepared"),
+        "{run}"
+    );
+    assert_eq!(kinds(&events).last().unwrap(), "FAILED");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not left for recovery"
+    );
+}

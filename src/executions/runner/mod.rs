@@ -89,11 +89,25 @@ async fn run(
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
         return Ok(()); // ended by someone else before it started
     };
-    let toolbox = Toolbox::for_run(state, &agent, execution.id)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message()))?;
-    let system = system_prompt(&agent);
-    let messages = conversation(state, &agent, &key, &execution, &system).await?;
+    let mut writer = Writer::new(state, execution.clone());
+    // What the run needs before its first turn; a failure here ends it FAILED at once (it is
+    // already RUNNING, and would otherwise wait for recovery and block its thread meanwhile).
+    let prepared = async {
+        let toolbox = Toolbox::for_run(state, &agent, execution.id)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message()))?;
+        let system = system_prompt(&agent);
+        let messages = conversation(state, &agent, &key, &execution, &system, &toolbox).await?;
+        anyhow::Ok((toolbox, system, messages))
+    };
+    let (toolbox, system, messages) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            tracing::error!(execution.id = %execution.id, error = ?e, "could not prepare the run");
+            let outcome = Outcome::Failed("the run could not be prepared: try again".into());
+            return finish(&mut writer, outcome, None, false).await;
+        }
+    };
     let mut request = ChatRequest {
         model: agent.model.clone(),
         system,
@@ -102,7 +116,6 @@ async fn run(
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens.and_then(|n| u32::try_from(n).ok()),
     };
-    let mut writer = Writer::new(state, execution);
     let deadline = tokio::time::sleep(Duration::from_secs(state.config.execution_timeout_secs));
     tokio::pin!(deadline);
     let mut usage: Option<(i64, i64)> = None;
@@ -209,8 +222,8 @@ impl Steps<'_, '_, '_> {
                 Some(reported) => Some(reported),
                 // A tool loop's turn without a usage report still cost tokens: about four
                 // characters a token of what was sent and received, and the cost says estimated.
-                // (A plain run without one is estimated at its end, from its output.)
-                None if round > 1 || !turn.calls.is_empty() => {
+                // (A plain run without one, outside a thread, is estimated at its end.)
+                None if round > 1 || !turn.calls.is_empty() || request.messages.len() > 1 => {
                     *self.usage_estimated = true;
                     Some(estimate_turn(request, &turn))
                 }
@@ -267,19 +280,27 @@ async fn conversation(
     key: &ApiKeyRow,
     execution: &ExecutionRow,
     system: &str,
+    toolbox: &Toolbox,
 ) -> anyhow::Result<Vec<Message>> {
     let input = Message::User(execution.input.clone());
     let Some(thread_id) = execution.thread_id else {
         return Ok(vec![input]);
     };
-    let turns = {
-        let mut conn = state.pool.get().await?;
-        threads::history::earlier_turns(&mut conn, thread_id, execution.id).await?
-    };
     let provider = ProviderKind::from_stored(&key.provider).unwrap_or(ProviderKind::Custom);
     let counter = threads::history::Counter::for_model(provider, &agent.model);
     let window = threads::history::context_tokens(&agent.config)
         .unwrap_or_else(|| threads::history::window_of(&agent.model));
+    let turns = {
+        let mut conn = state.pool.get().await?;
+        threads::history::earlier_turns(&mut conn, thread_id, execution.id, window).await?
+    };
+    // Calls of tools the run does not offer now go back as text (providers refuse tool
+    // calls and results without the tools' definitions).
+    let offered: Vec<&'static str> = toolbox.specs().iter().map(|s| s.name).collect();
+    let turns = turns
+        .into_iter()
+        .map(|turn| threads::history::without_unoffered_calls(turn, &offered))
+        .collect();
     let max_output = agent
         .max_output_tokens
         .and_then(|n| usize::try_from(n).ok());
