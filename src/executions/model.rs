@@ -217,23 +217,40 @@ pub async fn events_after(
         .await
 }
 
-/// The newest `limit` runs of each agent in `agent_ids`, in one statement (DataLoader).
-pub async fn recent_by_agents(
+/// Whose newest runs a batch read is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecentOf {
+    /// Each agent's (`Agent.executions`).
+    Agent,
+    /// Each thread's (`Thread.executions`).
+    Thread,
+}
+
+/// The newest `limit` runs of each agent (or thread) in `ids`, in one statement (DataLoader).
+pub async fn recent_runs(
     conn: &mut AsyncPgConnection,
-    agent_ids: &[Uuid],
+    of: RecentOf,
+    ids: &[Uuid],
     limit: i64,
 ) -> QueryResult<Vec<ExecutionRow>> {
-    // A lateral join per agent: each side uses the (agent_id, id DESC) index.
-    let ids: Vec<Uuid> = agent_ids.to_vec();
-    diesel::sql_query(
-        "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
-         CROSS JOIN LATERAL (SELECT * FROM executions WHERE agent_id = a.id ORDER BY id DESC LIMIT $2) e",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<diesel::sql_types::BigInt, _>(limit)
-    .load::<ExecutionRowByName>(conn)
-    .await
-    .map(|rows| rows.into_iter().map(Into::into).collect())
+    // A lateral join per parent: each side uses the (agent_id, id DESC) or (thread_id, id)
+    // index.
+    let sql = match of {
+        RecentOf::Agent => {
+            "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
+             CROSS JOIN LATERAL (SELECT * FROM executions WHERE agent_id = a.id ORDER BY id DESC LIMIT $2) e"
+        }
+        RecentOf::Thread => {
+            "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
+             CROSS JOIN LATERAL (SELECT * FROM executions WHERE thread_id = a.id ORDER BY id DESC LIMIT $2) e"
+        }
+    };
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids.to_vec())
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load::<ExecutionRowByName>(conn)
+        .await
+        .map(|rows| rows.into_iter().map(Into::into).collect())
 }
 
 /// [`ExecutionRow`] loaded from raw SQL by column name.

@@ -18,7 +18,7 @@ use crate::{
     error::{AppError, AppResult},
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
-        model::{self, EventRow, ExecutionRow, ExecutionStatus, RunFilter, UsageRow},
+        model::{self, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, UsageRow},
         runner,
     },
     request::Viewer,
@@ -246,26 +246,33 @@ pub async fn events_of(
     Ok(model::events_after(&mut conn, run.id, after, i64::from(first)).await?)
 }
 
-/// The newest runs of many agents at once, keyed by (agent id, how many), for the request's
-/// DataLoader: one statement per distinct page size (usually one for the whole batch). No
-/// owner filter: the agent ids come from agents the viewer was already allowed to read.
-pub async fn recent_by_agents(
+/// The newest runs of many agents (or threads) at once, keyed by (parent id, how many), for the
+/// request's DataLoaders: one statement per distinct page size (usually one for the whole
+/// batch). No owner filter: the ids come from rows the viewer was already allowed to read.
+pub async fn recent_runs(
     pool: &Pool,
+    of: RecentOf,
     keys: &[(Uuid, i64)],
 ) -> AppResult<HashMap<(Uuid, i64), Vec<ExecutionRow>>> {
     let mut conn = pool.get().await?;
     let mut by_limit: HashMap<i64, Vec<Uuid>> = HashMap::new();
-    for (agent, limit) in keys {
-        by_limit.entry(*limit).or_default().push(*agent);
+    for (parent, limit) in keys {
+        by_limit.entry(*limit).or_default().push(*parent);
     }
     let mut out: HashMap<(Uuid, i64), Vec<ExecutionRow>> = HashMap::new();
-    for (limit, agent_ids) in by_limit {
-        let rows = model::recent_by_agents(&mut conn, &agent_ids, limit).await?;
-        for agent in &agent_ids {
-            out.insert((*agent, limit), Vec::new());
+    for (limit, parents) in by_limit {
+        let rows = model::recent_runs(&mut conn, of, &parents, limit).await?;
+        for parent in &parents {
+            out.insert((*parent, limit), Vec::new());
         }
         for row in rows {
-            out.entry((row.agent_id, limit)).or_default().push(row);
+            let parent = match of {
+                RecentOf::Agent => Some(row.agent_id),
+                RecentOf::Thread => row.thread_id,
+            };
+            if let Some(parent) = parent {
+                out.entry((parent, limit)).or_default().push(row);
+            }
         }
     }
     Ok(out)

@@ -14,7 +14,7 @@ use crate::{
     db::Pool,
     error::AppError,
     executions::{
-        model::{ExecutionRow, UsageRow},
+        model::{ExecutionRow, RecentOf, UsageRow},
         service::{self as executions, UsageKey},
     },
     state::AppState,
@@ -39,6 +39,8 @@ pub struct LoaderSet {
     pub agents: DataLoader<AgentLoader, HashMapCache>,
     /// The newest N runs of each agent, keyed by (agent id, N).
     pub recent_executions: DataLoader<RecentExecutionsLoader>,
+    /// The newest N runs of each thread, keyed by (thread id, N).
+    pub thread_executions: DataLoader<RecentExecutionsLoader>,
     /// Key usage, keyed by (key id, since, until).
     pub usage: DataLoader<UsageLoader>,
 }
@@ -56,8 +58,16 @@ impl Loaders {
                 HashMapCache::default(),
             )
             .delay(delay),
-            recent_executions: DataLoader::new(RecentExecutionsLoader(pool.clone()), tokio::spawn)
-                .delay(delay),
+            recent_executions: DataLoader::new(
+                RecentExecutionsLoader(pool.clone(), RecentOf::Agent),
+                tokio::spawn,
+            )
+            .delay(delay),
+            thread_executions: DataLoader::new(
+                RecentExecutionsLoader(pool.clone(), RecentOf::Thread),
+                tokio::spawn,
+            )
+            .delay(delay),
             usage: DataLoader::new(UsageLoader(pool), tokio::spawn).delay(delay),
         }))
     }
@@ -96,8 +106,8 @@ impl Loader<Uuid> for AgentLoader {
     }
 }
 
-/// Loads the newest runs of many agents at once, keyed by (agent id, how many).
-pub struct RecentExecutionsLoader(Pool);
+/// Loads the newest runs of many agents (or threads) at once, keyed by (parent id, how many).
+pub struct RecentExecutionsLoader(Pool, RecentOf);
 
 impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
     type Value = Vec<ExecutionRow>;
@@ -107,7 +117,7 @@ impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
         &self,
         keys: &[(Uuid, i64)],
     ) -> Result<HashMap<(Uuid, i64), Vec<ExecutionRow>>, LoadError> {
-        executions::recent_by_agents(&self.0, keys)
+        executions::recent_runs(&self.0, self.1, keys)
             .await
             .map_err(load_error)
     }

@@ -60,8 +60,18 @@ impl Thread {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Execution>> {
-        let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
+        if page.after.is_none() {
+            // The first page (a list of threads with their latest runs) is batched.
+            let rows = ctx
+                .data::<Loaders>()?
+                .thread_executions
+                .load_one((self.0.id, page.fetch_limit()))
+                .await?
+                .unwrap_or_default();
+            return Ok(page.connection(rows, |e| e.id, Execution));
+        }
+        let viewer = request_context(ctx)?.viewer()?;
         let of = RunFilter {
             thread_id: Some(self.0.id),
             ..RunFilter::default()

@@ -282,3 +282,49 @@ async fn threads_are_listed_by_latest_activity_with_stable_cursors() {
     let bad = list(Some("nope".into())).await;
     assert_eq!((code(&bad), field(&bad)), ("BAD_USER_INPUT", "after"));
 }
+
+#[tokio::test]
+async fn a_list_of_threads_with_their_runs_takes_as_many_statements_for_one_as_for_ten() {
+    let w = crate::executions::world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 3600;
+        c.dataloader_delay_ms = 20;
+    })
+    .await;
+    for i in 0..10 {
+        create_thread(&w, Some(&format!("thread {i}"))).await;
+    }
+    w.app
+        .sql(&format!(
+            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input, thread_id) \
+             SELECT gen_random_uuid(), t.user_id, t.agent_id, a.api_key_id, 'OPENAI', a.model, 'SUCCEEDED', 'seed', t.id \
+             FROM threads t JOIN agents a ON a.id = t.agent_id, generate_series(1, 2) WHERE t.user_id = '{}'",
+            w.user.user_id
+        ))
+        .await;
+    let count = |n: i32| {
+        let w = &w;
+        async move {
+            let query = format!(
+                "{{ threads(first: {n}) {{ edges {{ node {{ title agent {{ name }} executions(first: 5) {{ edges {{ node {{ id input }} }} }} }} }} }} }}"
+            );
+            let before = w.app.state.query_counter.get();
+            let body = ask(w, &query, json!({})).await;
+            let after = w.app.state.query_counter.get();
+            let edges = body["data"]["threads"]["edges"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{body}"));
+            assert_eq!(edges.len(), n as usize);
+            assert_eq!(
+                edges[0]["node"]["executions"]["edges"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+            after - before
+        }
+    };
+    let one = count(1).await;
+    let ten = count(10).await;
+    assert_eq!(one, ten, "statements for 1 thread: {one}, for 10: {ten}");
+}
