@@ -73,31 +73,31 @@ pub async fn page_owned(
     query.load(conn).await
 }
 
-/// The owner's file called `name` (case-insensitively).
-pub async fn find_named(
+/// The owner's file `id` with its content, in one statement.
+pub async fn with_content_owned(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
-    name: &str,
-) -> QueryResult<Option<FileRow>> {
+    id: Uuid,
+) -> QueryResult<Option<(FileRow, Vec<u8>)>> {
     files::table
+        .filter(files::id.eq(id))
         .filter(files::user_id.eq(user_id))
-        .filter(crate::db::lower(files::name).eq(crate::db::lower(name)))
-        .select(FileRow::as_select())
+        .select((FileRow::as_select(), files::content))
         .first(conn)
         .await
         .optional()
 }
 
-/// The content of the owner's file `id`.
-pub async fn content_owned(
+/// The owner's file called `name` (case-insensitively) with its content, in one statement.
+pub async fn named_with_content(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
-    id: Uuid,
-) -> QueryResult<Option<Vec<u8>>> {
+    name: &str,
+) -> QueryResult<Option<(FileRow, Vec<u8>)>> {
     files::table
-        .filter(files::id.eq(id))
         .filter(files::user_id.eq(user_id))
-        .select(files::content)
+        .filter(crate::db::lower(files::name).eq(crate::db::lower(name)))
+        .select((FileRow::as_select(), files::content))
         .first(conn)
         .await
         .optional()

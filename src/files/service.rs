@@ -121,10 +121,10 @@ pub async fn get(pool: &Pool, user_id: Uuid, id: Uuid) -> AppResult<FileRow> {
         .ok_or_else(not_found)
 }
 
-/// One of the user's files by name (case-insensitively).
-pub async fn get_named(pool: &Pool, user_id: Uuid, name: &str) -> AppResult<FileRow> {
+/// One of the user's files by name (case-insensitively), with its content.
+pub async fn read_named(pool: &Pool, user_id: Uuid, name: &str) -> AppResult<(FileRow, Vec<u8>)> {
     let mut conn = pool.get().await?;
-    model::find_named(&mut conn, user_id, name)
+    model::named_with_content(&mut conn, user_id, name)
         .await?
         .ok_or_else(not_found)
 }
@@ -132,13 +132,9 @@ pub async fn get_named(pool: &Pool, user_id: Uuid, name: &str) -> AppResult<File
 /// One of the user's files with its content.
 pub async fn download(pool: &Pool, user_id: Uuid, id: Uuid) -> AppResult<(FileRow, Vec<u8>)> {
     let mut conn = pool.get().await?;
-    let row = model::find_owned(&mut conn, user_id, id)
+    model::with_content_owned(&mut conn, user_id, id)
         .await?
-        .ok_or_else(not_found)?;
-    let bytes = model::content_owned(&mut conn, user_id, id)
-        .await?
-        .ok_or_else(not_found)?;
-    Ok((row, bytes))
+        .ok_or_else(not_found)
 }
 
 /// Deletes one of the user's files.

@@ -87,10 +87,21 @@ pub async fn post(
         Some(content_type) => async_graphql::http::receive_batch_body(
             Some(content_type),
             bytes.as_ref(),
-            async_graphql::http::MultipartOptions::default().max_num_files(MAX_UPLOAD_FILES),
+            async_graphql::http::MultipartOptions::default(),
         )
         .await
-        .map_err(|e| format!("the multipart request is malformed: {e}")),
+        .map_err(|e| format!("the multipart request is malformed: {e}"))
+        .and_then(|batch| {
+            // async-graphql's `max_num_files` only bounds the stream's bytes; count them here.
+            let files: usize = batch.iter().map(|r| r.uploads.len()).sum();
+            if files > MAX_UPLOAD_FILES {
+                Err(format!(
+                    "a multipart request may carry at most {MAX_UPLOAD_FILES} files (got {files})"
+                ))
+            } else {
+                Ok(batch)
+            }
+        }),
         None => parse_body(&bytes),
     };
     let batch = match batch {

@@ -71,7 +71,7 @@ pub async fn list(pool: &Pool, user_id: Uuid) -> Result<String, String> {
 
 /// The text of the user's file `name`.
 pub async fn read(pool: &Pool, user_id: Uuid, name: &str) -> Result<String, String> {
-    let row = service::get_named(pool, user_id, name.trim())
+    let (row, bytes) = service::read_named(pool, user_id, name.trim())
         .await
         .map_err(|_| {
             format!(
@@ -85,9 +85,6 @@ pub async fn read(pool: &Pool, user_id: Uuid, name: &str) -> Result<String, Stri
             row.name, row.content_type
         ));
     }
-    let (_, bytes) = service::download(pool, user_id, row.id)
-        .await
-        .map_err(|e| e.message())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

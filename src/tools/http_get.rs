@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::{
     egress::Egress,
     llm::provider::ToolSpec,
-    tools::{http_failure, read_body, transport_failure},
+    tools::{html_to_text, http_failure, transport_failure},
 };
 
 /// Most bytes of a page read (the text handed to the model is bounded again after conversion).
@@ -89,18 +89,32 @@ pub async fn get(
     if !html && !text {
         return Err(format!("the content is {kind}, not text"));
     }
-    let body = read_body(response, MAX_PAGE_BYTES).await;
+    let body = crate::llm::wire::read_capped(response, MAX_PAGE_BYTES).await;
     if !html {
         return Ok(body);
     }
     // Converting a large page takes a while: on the blocking pool, not the runtime's workers.
-    tokio::task::spawn_blocking(move || {
-        html2text::config::plain()
-            .allow_width_overflow()
-            .string_from_read(body.as_bytes(), 100)
-    })
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .ok_or_else(|| "the page's HTML could not be read".to_owned())
+    tokio::task::spawn_blocking(move || html_to_text(&body))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| "the page's HTML could not be read".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outside_development_only_the_standard_ports_are_fetched() {
+        let http = reqwest::Client::new();
+        let egress = Egress::default();
+        let refused = get(&http, &egress, false, "http://example.com:8080/").await;
+        assert!(refused.unwrap_err().contains("only the standard ports"));
+        let refused = get(&http, &egress, false, "https://example.com:22/").await;
+        assert!(refused.unwrap_err().contains("only the standard ports"));
+        // Port 80 passes the rule and meets the address check next (10.x is internal).
+        let next = get(&http, &egress, false, "http://10.0.0.1/").await;
+        assert!(next.unwrap_err().contains("internal network"));
+    }
 }

@@ -137,7 +137,8 @@ pub struct Finished {
 
 /// The tools one run may call.
 pub struct Toolbox {
-    tools: Vec<AgentTool>,
+    /// The functions offered to the model (of the agent's tools this run can use).
+    specs: Vec<ToolSpec>,
     /// Where `web_search` goes (with WEB_SEARCH only).
     search: Option<web_search::Backend>,
     /// For the search APIs of the user's keys: the egress-checked client of provider calls.
@@ -152,8 +153,9 @@ pub struct Toolbox {
     /// The run's owner (whose files the FILES tool sees) and the run.
     user_id: uuid::Uuid,
     execution_id: uuid::Uuid,
-    /// Files this run has written (bounded by [`files::MAX_WRITES_PER_RUN`]).
-    writes: std::sync::atomic::AtomicUsize,
+    /// Files this run has written (bounded by [`files::MAX_WRITES_PER_RUN`]); held while one is
+    /// written.
+    writes: tokio::sync::Mutex<usize>,
     wikipedia_language: String,
     max_steps: u32,
 }
@@ -188,9 +190,10 @@ impl Toolbox {
         } else {
             None
         };
-        let tools = listed
+        let specs = listed
             .into_iter()
             .filter(|tool| *tool != AgentTool::WebSearch || search.is_some())
+            .flat_map(AgentTool::specs)
             .collect();
         let setting = |key: &str| agent.config.get(key);
         let max_steps = setting(settings::MAX_STEPS)
@@ -205,7 +208,7 @@ impl Toolbox {
             .unwrap_or("en")
             .to_owned();
         Ok(Self {
-            tools,
+            specs,
             search,
             api_http: state.http.clone(),
             http: state.tool_http.clone(),
@@ -215,7 +218,7 @@ impl Toolbox {
             pool: state.pool.clone(),
             user_id: agent.user_id,
             execution_id,
-            writes: std::sync::atomic::AtomicUsize::new(0),
+            writes: tokio::sync::Mutex::new(0),
             wikipedia_language,
             max_steps,
         })
@@ -223,7 +226,7 @@ impl Toolbox {
 
     /// Whether the run has no tools (a plain completion).
     pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
+        self.specs.is_empty()
     }
 
     /// Most model turns of the run's tool loop.
@@ -232,8 +235,8 @@ impl Toolbox {
     }
 
     /// The functions offered to the model.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools.iter().flat_map(|tool| tool.specs()).collect()
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
     }
 
     /// Runs one call within the tool time limit; the result is cut at the configured bound.
@@ -263,14 +266,14 @@ impl Toolbox {
     /// Calls the function `call` names, if the run has it.
     async fn dispatch(&self, call: &ToolCall) -> Outcome {
         let offered = self
-            .specs()
+            .specs
             .iter()
             .any(|spec| spec.name == call.name.as_str());
         if !offered {
             return Err(format!(
                 "there is no tool named `{}`; the tools are: {}",
                 call.name,
-                self.specs()
+                self.specs
                     .iter()
                     .map(|s| s.name)
                     .collect::<Vec<_>>()
@@ -314,18 +317,20 @@ impl Toolbox {
             "read_file" => files::read(&self.pool, self.user_id, &text("name")?).await,
             "write_file" => {
                 let (name, content) = (text("name")?, text("content")?);
-                let n = self
-                    .writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= files::MAX_WRITES_PER_RUN {
+                // One write at a time per run: each holds a pooled connection while it waits
+                // for the user's upload lock, so a turn of many writes must not take the pool.
+                let mut written = self.writes.lock().await;
+                if *written >= files::MAX_WRITES_PER_RUN {
                     return Err(format!(
                         "a run may write at most {} files",
                         files::MAX_WRITES_PER_RUN
                     ));
                 }
+                *written += 1;
+                let (pool, config) = (&self.pool, &self.config);
                 files::write(
-                    &self.pool,
-                    &self.config,
+                    pool,
+                    config,
                     self.user_id,
                     self.execution_id,
                     &name,
@@ -357,9 +362,20 @@ pub fn cut(text: &str, max: usize) -> String {
     format!("{}\n[… cut at {max} bytes]", &text[..end])
 }
 
-/// Reads at most `max` bytes of a tool's HTTP response body as text.
-pub(crate) async fn read_body(response: reqwest::Response, max: usize) -> String {
-    crate::llm::wire::read_capped(response, max).await
+/// The text of an HTML fragment or page (tags dropped, entities decoded), without the plain
+/// decorator's markup (`**bold**`), lines as wide as they come. CPU work: callers with whole
+/// pages run it on the blocking pool.
+pub(crate) fn html_to_text(html: &str) -> Result<String, html2text::Error> {
+    html2text::config::plain_no_decorate()
+        .allow_width_overflow()
+        .string_from_read(html.as_bytes(), 100)
+}
+
+/// A snippet's text on one line (search results), or the snippet as it came.
+pub(crate) fn snippet_text(html: &str) -> String {
+    html_to_text(html)
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| html.to_owned())
 }
 
 /// The error a tool reports for an HTTP failure: the status, and where a redirect pointed.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     llm::provider::ToolSpec,
-    tools::{http_failure, read_body, transport_failure},
+    tools::{http_failure, snippet_text, transport_failure},
 };
 
 /// Most results handed to the model.
@@ -62,15 +62,6 @@ pub fn spec() -> ToolSpec {
     }
 }
 
-/// Text of a snippet that may hold HTML (`<strong>`, entities).
-fn plain(text: &str) -> String {
-    html2text::config::plain_no_decorate()
-        .allow_width_overflow()
-        .string_from_read(text.as_bytes(), 10_000)
-        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| text.to_owned())
-}
-
 /// Searches `query`. `operator_http` reaches the operator's SearXNG; `http` (egress-checked,
 /// like provider calls) the search APIs the user's key is for.
 pub async fn search(
@@ -113,7 +104,7 @@ pub async fn search(
     if !status.is_success() {
         return Err(format!("{name} answered {}", http_failure(&response)));
     }
-    let body = read_body(response, MAX_RESPONSE_BYTES).await;
+    let body = crate::llm::wire::read_capped(response, MAX_RESPONSE_BYTES).await;
     let parsed: Value =
         serde_json::from_str(&body).map_err(|_| format!("{name} did not answer with JSON"))?;
     // (title, url, snippet) fields of each backend's results.
@@ -143,7 +134,7 @@ pub async fn search(
                 i + 1,
                 field(r, "title"),
                 field(r, "url"),
-                plain(&field(r, snippet))
+                snippet_text(&field(r, snippet))
             )
         })
         .collect();

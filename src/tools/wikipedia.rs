@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     llm::provider::ToolSpec,
-    tools::{http_failure, read_body, transport_failure},
+    tools::{http_failure, snippet_text, transport_failure},
 };
 
 /// Most search results handed to the model.
@@ -56,22 +56,13 @@ async fn call(http: &reqwest::Client, api: &str, params: &[(&str, &str)]) -> Res
     if !response.status().is_success() {
         return Err(format!("Wikipedia answered {}", http_failure(&response)));
     }
-    let body = read_body(response, MAX_RESPONSE_BYTES).await;
+    let body = crate::llm::wire::read_capped(response, MAX_RESPONSE_BYTES).await;
     let value: Value =
         serde_json::from_str(&body).map_err(|_| "Wikipedia did not answer with JSON".to_owned())?;
     if let Some(info) = value.pointer("/error/info").and_then(Value::as_str) {
         return Err(format!("Wikipedia: {info}"));
     }
     Ok(value)
-}
-
-/// Text of a snippet, without its HTML (`<span class="searchmatch">`, entities).
-fn plain(html: &str) -> String {
-    html2text::config::plain_no_decorate()
-        .allow_width_overflow()
-        .string_from_read(html.as_bytes(), 10_000)
-        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Searches `query` in the edition at `api`.
@@ -108,7 +99,7 @@ pub async fn search(http: &reqwest::Client, api: &str, query: &str) -> Result<St
                 "{}. {}: {}",
                 i + 1,
                 hit["title"].as_str().unwrap_or_default(),
-                plain(hit["snippet"].as_str().unwrap_or_default())
+                snippet_text(hit["snippet"].as_str().unwrap_or_default())
             )
         })
         .collect();

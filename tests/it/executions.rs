@@ -83,6 +83,13 @@ async fn world() -> World {
 const EXECUTION: &str = "id status input output error inputTokens outputTokens costUsd costEstimated model startedAt finishedAt";
 
 impl World {
+    /// Runs a query as the world's user; returns the JSON body.
+    pub(crate) async fn ask(&self, query: &str, variables: Value) -> Value {
+        self.app
+            .gql_as(Some(&self.user.access), query, variables)
+            .await
+    }
+
     pub(crate) async fn execute(&self, input: &str) -> Value {
         self.app
             .gql_as(

@@ -354,3 +354,76 @@ async fn an_agent_reads_the_users_files_and_writes_one_linked_to_its_run() {
         json!([{"node": {"name": "secret.txt"}}])
     );
 }
+
+#[tokio::test]
+async fn a_multipart_request_with_more_than_five_files_is_refused_before_anything_runs() {
+    // Six small files: the body's byte bound alone would let them through.
+    let app = TestApp::spawn().await;
+    let user = app.register("many@example.com").await;
+    let boundary = "----agentry-many-files";
+    let files = 6;
+    let variables: Vec<Value> = (0..files).map(|_| Value::Null).collect();
+    let map: serde_json::Map<String, Value> = (0..files)
+        .map(|i| (i.to_string(), json!([format!("variables.f.{i}")])))
+        .collect();
+    let operations = json!({
+        "query": "mutation($f: [Upload!]!) { a: uploadFile(file: $f) { id } }",
+        "variables": {"f": variables}
+    });
+    let mut body = String::new();
+    for (part, value) in [
+        ("operations", operations.to_string()),
+        ("map", Value::Object(map).to_string()),
+    ] {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{part}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    for i in 0..files {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{i}\"; filename=\"f{i}.txt\"\r\n\r\ntext {i}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let response = reqwest::Client::new()
+        .post(app.url("/graphql"))
+        .bearer_auth(&user.access)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .header("apollo-require-preflight", "true")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("at most 5 files (got 6)"), "{message}");
+    assert_eq!(file_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_run_writes_at_most_twenty_files_one_at_a_time() {
+    // Sixteen writes in one turn also show they do not take the pool (4 connections in tests)
+    // from the rest: the run's own status query answers meanwhile.
+    let (_backends, w) = crate::tools::openai_world(&["FILES"], json!({})).await;
+    let names: Vec<String> = (0..21)
+        .map(|i| format!(r#"{{"name": "note-{i}.txt", "content": "note {i}"}}"#))
+        .collect();
+    let calls: Vec<(&str, &str)> = names.iter().map(|a| ("write_file", a.as_str())).collect();
+    w.fake.queue_tool_turn(ToolTurn::calls(&calls[..16]));
+    w.fake.queue_tool_turn(ToolTurn::calls(&calls[16..]));
+    let id = w.start("write many").await;
+    let run = w.finished(&id).await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let events = w.events(&id).await;
+    let errors: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "TOOL_RESULT")
+        .filter_map(|e| e["data"]["error"].as_str())
+        .collect();
+    assert_eq!(errors, ["a run may write at most 20 files"]);
+    assert_eq!(file_count(&w.app).await, 20);
+}

@@ -12,23 +12,19 @@ use crate::{
 
 const RUN: &str = "mutation($a: ID!, $i: String!, $t: ID) { executeAgent(agentId: $a, input: $i, threadId: $t) { id threadId } }";
 
-/// Runs a query as the world's user.
-async fn ask(w: &World, query: &str, variables: Value) -> Value {
-    w.app.gql_as(Some(&w.user.access), query, variables).await
-}
-
 async fn create_thread(w: &World, title: Option<&str>) -> String {
-    let body = ask(
-        w,
-        "mutation($a: ID!, $t: String) { createThread(agentId: $a, title: $t) { id title } }",
-        json!({"a": w.agent_id, "t": title}),
-    )
-    .await;
+    let body = w
+        .ask(
+            "mutation($a: ID!, $t: String) { createThread(agentId: $a, title: $t) { id title } }",
+            json!({"a": w.agent_id, "t": title}),
+        )
+        .await;
     id_at(&body, &["createThread"])
 }
 
 async fn send(w: &World, thread: &str, input: &str) -> Value {
-    ask(w, RUN, json!({"a": w.agent_id, "i": input, "t": thread})).await
+    w.ask(RUN, json!({"a": w.agent_id, "i": input, "t": thread}))
+        .await
 }
 
 /// Sends `input` in the thread and waits for the run's end.
@@ -103,7 +99,7 @@ async fn each_run_of_a_thread_sees_the_earlier_turns_with_their_tool_calls() {
     );
 
     // Titled from the first message's first line; listed with its runs, newest first.
-    let body = ask(&w, "{ threads(first: 5) { edges { node { id title agent { name } executions(first: 5) { edges { node { input threadId } } } } } } }",
+    let body = w.ask("{ threads(first: 5) { edges { node { id title agent { name } executions(first: 5) { edges { node { input threadId } } } } } } }",
             json!({}),
         )
         .await;
@@ -159,12 +155,12 @@ async fn two_runs_cannot_interleave_in_one_thread_and_a_thread_is_its_owners_onl
     let first = id_at(&send(&w, &thread, "slowly").await, &["executeAgent"]);
     let busy = send(&w, &thread, "meanwhile").await;
     assert_eq!(code(&busy), "CONFLICT", "{busy}");
-    let deleting = ask(
-        &w,
-        "mutation($id: ID!) { deleteThread(id: $id) }",
-        json!({"id": thread}),
-    )
-    .await;
+    let deleting = w
+        .ask(
+            "mutation($id: ID!) { deleteThread(id: $id) }",
+            json!({"id": thread}),
+        )
+        .await;
     assert_eq!(code(&deleting), "CONFLICT");
     assert_eq!(w.finished(&first).await["status"], "SUCCEEDED");
     w.fake.set_stream(Default::default());
@@ -202,50 +198,50 @@ async fn two_runs_cannot_interleave_in_one_thread_and_a_thread_is_its_owners_onl
     assert_eq!(code(&joined), "NOT_FOUND", "{joined}");
 
     // A thread is with one agent.
-    let other = ask(&w, "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+    let other = w.ask("mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
             json!({"i": {"name": "Other", "role": "r", "goal": "g", "apiKeyId": w.key_id, "model": "gpt-4o-mini"}}),
         )
         .await;
-    let wrong = ask(
-        &w,
-        RUN,
-        json!({"a": id_at(&other, &["createAgent"]), "i": "hi", "t": thread}),
-    )
-    .await;
+    let wrong = w
+        .ask(
+            RUN,
+            json!({"a": id_at(&other, &["createAgent"]), "i": "hi", "t": thread}),
+        )
+        .await;
     assert_eq!(
         (code(&wrong), field(&wrong)),
         ("BAD_USER_INPUT", "threadId")
     );
 
     // Renamed, then deleted: its runs stay in the history, unlinked.
-    let renamed = ask(
-        &w,
-        "mutation($id: ID!) { renameThread(id: $id, title: \"  Plans  \") { title } }",
-        json!({"id": thread}),
-    )
-    .await;
+    let renamed = w
+        .ask(
+            "mutation($id: ID!) { renameThread(id: $id, title: \"  Plans  \") { title } }",
+            json!({"id": thread}),
+        )
+        .await;
     assert_eq!(renamed["data"]["renameThread"]["title"], "Plans");
-    let empty = ask(
-        &w,
-        "mutation($id: ID!) { renameThread(id: $id, title: \" \") { title } }",
-        json!({"id": thread}),
-    )
-    .await;
+    let empty = w
+        .ask(
+            "mutation($id: ID!) { renameThread(id: $id, title: \" \") { title } }",
+            json!({"id": thread}),
+        )
+        .await;
     assert_eq!((code(&empty), field(&empty)), ("BAD_USER_INPUT", "title"));
-    let deleted = ask(
-        &w,
-        "mutation($id: ID!) { deleteThread(id: $id) }",
-        json!({"id": thread}),
-    )
-    .await;
+    let deleted = w
+        .ask(
+            "mutation($id: ID!) { deleteThread(id: $id) }",
+            json!({"id": thread}),
+        )
+        .await;
     assert_eq!(deleted["data"]["deleteThread"], true);
     assert_eq!(w.execution(&first).await["status"], "SUCCEEDED");
-    let linked = ask(
-        &w,
-        "query($id: ID!) { execution(id: $id) { threadId } }",
-        json!({"id": first}),
-    )
-    .await;
+    let linked = w
+        .ask(
+            "query($id: ID!) { execution(id: $id) { threadId } }",
+            json!({"id": first}),
+        )
+        .await;
     assert_eq!(linked["data"]["execution"]["threadId"], Value::Null);
 }
 
@@ -257,9 +253,7 @@ async fn threads_are_listed_by_latest_activity_with_stable_cursors() {
     create_thread(&w, Some("C")).await;
     turn(&w, &a, "bump A").await; // A is now the most recently active
     let list = |after: Option<String>| {
-        ask(
-            &w,
-            "query($after: String) { threads(first: 2, after: $after) { edges { cursor node { title } } pageInfo { hasNextPage } } }",
+        w.ask("query($after: String) { threads(first: 2, after: $after) { edges { cursor node { title } } pageInfo { hasNextPage } } }",
             json!({"after": after}),
         )
     };
@@ -308,7 +302,7 @@ async fn a_list_of_threads_with_their_runs_takes_as_many_statements_for_one_as_f
                 "{{ threads(first: {n}) {{ edges {{ node {{ title agent {{ name }} executions(first: 5) {{ edges {{ node {{ id input }} }} }} }} }} }} }}"
             );
             let before = w.app.state.query_counter.get();
-            let body = ask(w, &query, json!({})).await;
+            let body = w.ask(&query, json!({})).await;
             let after = w.app.state.query_counter.get();
             let edges = body["data"]["threads"]["edges"]
                 .as_array()

@@ -204,6 +204,7 @@ async fn tool_world(
     model: &str,
     tools: &[&str],
     config: Value,
+    adjust: impl FnOnce(&mut agentry::config::Config),
 ) -> (Backends, World) {
     let backends = Backends::start().await;
     let base = backends.base.clone();
@@ -211,13 +212,10 @@ async fn tool_world(
         c.wikipedia_url = format!("{base}/{{lang}}/w/api.php");
         c.searxng_url = Some(format!("{base}/searx"));
         c.tool_timeout_secs = 5;
+        adjust(c);
     })
     .await;
-    let agent = w
-        .app
-        .gql_as(
-            Some(&w.user.access),
-            "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id tools } }",
+    let agent = w.ask("mutation($i: CreateAgentInput!) { createAgent(input: $i) { id tools } }",
             json!({"i": {"name": "Researcher", "role": "a researcher", "goal": "find facts", "apiKeyId": w.key_id,
                          "model": model, "tools": tools, "config": config}}),
         )
@@ -228,7 +226,7 @@ async fn tool_world(
 
 /// A world on the fake OpenAI whose agent has `tools` and `config`.
 pub(crate) async fn openai_world(tools: &[&str], config: Value) -> (Backends, World) {
-    tool_world("OPENAI", "gpt-4o-mini", tools, config).await
+    tool_world("OPENAI", "gpt-4o-mini", tools, config, |_| {}).await
 }
 
 /// Starts a run with `input` and waits for its end: (id, the run, its events).
@@ -374,6 +372,7 @@ async fn an_anthropic_agent_gets_tool_results_back_as_tool_result_blocks() {
         "claude-sonnet-4-20250514",
         &["WIKIPEDIA"],
         json!({}),
+        |_| {},
     )
     .await;
     w.fake.queue_tool_turn(ToolTurn {
@@ -521,9 +520,7 @@ async fn cancelling_during_a_tool_stops_the_run_without_waiting_for_the_tool() {
     }
     let started = std::time::Instant::now();
     let body = w
-        .app
-        .gql_as(
-            Some(&w.user.access),
+        .ask(
             "mutation($id: ID!) { cancelExecution(id: $id) { id } }",
             json!({"id": id}),
         )
@@ -622,12 +619,7 @@ async fn web_search_uses_searxng_and_is_unavailable_without_it() {
             .any(|s| s.starts_with("searx:") && s.contains("rust language"))
     );
     let listed = w
-        .app
-        .gql_as(
-            Some(&w.user.access),
-            "{ tools { tool available reason functions } }",
-            json!({}),
-        )
+        .ask("{ tools { tool available reason functions } }", json!({}))
         .await;
     assert_eq!(
         listed["data"]["tools"][0],
@@ -679,9 +671,7 @@ async fn an_agent_without_tools_sends_none_and_tool_settings_are_checked() {
     assert!(completions(&w)[0].get("tools").is_none());
 
     let create = |tools: Value, config: Value| {
-        w.app.gql_as(
-            Some(&w.user.access),
-            "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+        w.ask("mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
             json!({"i": {"name": format!("a{}", rand_suffix()), "role": "r", "goal": "g", "apiKeyId": w.key_id,
                          "model": "gpt-4o-mini", "tools": tools, "config": config}}),
         )
@@ -873,9 +863,7 @@ async fn turns_without_a_usage_report_are_estimated_and_the_cost_says_so() {
 async fn a_run_that_cannot_be_prepared_ends_failed_at_once_not_after_recovery() {
     let (_backends, w) = openai_world(&["WEB_SEARCH"], json!({})).await;
     let key = w
-        .app
-        .gql_as(
-            Some(&w.user.access),
+        .ask(
             "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id } }",
             json!({"i": {"name": "Brave", "provider": "BRAVE", "secret": BRAVE_KEY}}),
         )
@@ -902,4 +890,93 @@ async fn a_run_that_cannot_be_prepared_ends_failed_at_once_not_after_recovery() 
         started.elapsed() < Duration::from_secs(5),
         "not left for recovery"
     );
+}
+
+#[tokio::test]
+async fn a_slow_tool_times_out_and_a_long_result_is_cut_and_the_run_goes_on() {
+    let (backends, w) = tool_world(
+        "OPENAI",
+        "gpt-4o-mini",
+        &["HTTP_REQUEST", "WIKIPEDIA"],
+        json!({}),
+        |c| {
+            c.tool_timeout_secs = 1;
+            c.tool_result_max_bytes = 40;
+        },
+    )
+    .await;
+    w.fake.queue_tool_turn(ToolTurn::calls(&[
+        (
+            "http_get",
+            &format!(r#"{{"url": "{}/slow"}}"#, backends.base),
+        ),
+        (
+            "wikipedia_page",
+            r#"{"title": "Rust (programming language)"}"#,
+        ),
+    ]));
+    let (_, run, events) = run_to_end(&w, "read slowly").await;
+    assert_eq!(run["status"], "SUCCEEDED", "{run}");
+    let result = |tool: &str| {
+        of_kind(&events, "TOOL_RESULT")
+            .into_iter()
+            .find(|r| r["data"]["tool"] == tool)
+            .map(|r| r["data"].clone())
+            .unwrap()
+    };
+    let slow = result("http_get");
+    assert_eq!(
+        slow["error"], "the tool did not answer within 1 s",
+        "{slow}"
+    );
+    let page = result("wikipedia_page");
+    assert_eq!(page["truncated"], true);
+    let text = page["result"].as_str().unwrap();
+    assert!(
+        text.ends_with("[… cut at 40 bytes]") && text.len() < 80,
+        "{text}"
+    );
+    // The model got the same cut text.
+    let sent = completions(&w)[1]["messages"].as_array().unwrap().clone();
+    assert!(
+        sent.iter()
+            .any(|m| m["role"] == "tool" && m["content"] == text)
+    );
+}
+
+#[tokio::test]
+async fn http_get_is_not_widened_by_the_operators_egress_allowlist() {
+    // The allowlist lets provider calls reach a private network (an Ollama beside the server);
+    // pages a model asks for are read back to the user, so it must not reach them.
+    let (_backends, w) = tool_world("OPENAI", "gpt-4o-mini", &["HTTP_REQUEST"], json!({}), |c| {
+        c.egress_allow = vec!["10.0.0.0/8".into()]
+    })
+    .await;
+    w.fake.queue_tool_turn(ToolTurn::calls(&[(
+        "http_get",
+        r#"{"url": "http://10.1.2.3/admin"}"#,
+    )]));
+    let (_, run, events) = run_to_end(&w, "read").await;
+    assert_eq!(run["status"], "SUCCEEDED");
+    let error = of_kind(&events, "TOOL_RESULT")[0]["data"]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("internal network"), "{error}");
+}
+
+#[tokio::test]
+async fn a_turn_with_more_tool_calls_than_the_bound_ends_the_run_failed() {
+    let (_backends, w) = openai_world(&["CALCULATOR"], json!({})).await;
+    let calls: Vec<(&str, &str)> = (0..17)
+        .map(|_| ("calculator", r#"{"expression": "1"}"#))
+        .collect();
+    w.fake.queue_tool_turn(ToolTurn::calls(&calls));
+    let (_, run, events) = run_to_end(&w, "too many").await;
+    assert_eq!(run["status"], "FAILED");
+    assert!(
+        run["error"].as_str().unwrap().contains("at most 16 calls"),
+        "{run}"
+    );
+    assert!(of_kind(&events, "TOOL_CALL").is_empty(), "none of them ran");
 }

@@ -112,7 +112,7 @@ async fn run(
         model: agent.model.clone(),
         system,
         messages,
-        tools: toolbox.specs(),
+        tools: toolbox.specs().to_vec(),
         temperature: agent.temperature,
         max_output_tokens: agent.max_output_tokens.and_then(|n| u32::try_from(n).ok()),
     };
