@@ -17,6 +17,7 @@ use crate::{
     agents::graphql::{AgentsMutation, AgentsQuery},
     api_keys::graphql::{ApiKeysMutation, ApiKeysQuery},
     config::Config,
+    crews::graphql::{CrewsMutation, CrewsQuery, CrewsSubscription},
     executions::graphql::{ExecutionsMutation, ExecutionsQuery, ExecutionsSubscription},
     files::graphql::{FilesMutation, FilesQuery},
     graphql::limits,
@@ -38,6 +39,7 @@ pub struct Query(
     ToolsQuery,
     FilesQuery,
     ThreadsQuery,
+    CrewsQuery,
 );
 
 /// Every mutation field, one object per domain.
@@ -50,11 +52,12 @@ pub struct Mutation(
     ExecutionsMutation,
     FilesMutation,
     ThreadsMutation,
+    CrewsMutation,
 );
 
 /// Every subscription field, one object per domain.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(ExecutionsSubscription);
+pub struct Subscription(ExecutionsSubscription, CrewsSubscription);
 
 /// The executable schema, with the checks async-graphql lacks applied around execution (see
 /// [`limits`]). It is what both transports run: HTTP through [`Executor::execute_batch`], the

@@ -72,7 +72,9 @@ pub struct AgentChanges {
     pub config: Option<serde_json::Value>,
 }
 
-fn text(field: &str, raw: &str, required: bool, max: usize) -> AppResult<String> {
+/// A text field as given: trimmed, at most `max` characters, no control characters but line
+/// breaks and tabs; `required` refuses an empty one. Errors name `field`.
+pub fn text(field: &str, raw: &str, required: bool, max: usize) -> AppResult<String> {
     let value = raw.trim();
     if required && value.is_empty() {
         return Err(AppError::bad_input(field, "must not be empty"));

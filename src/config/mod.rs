@@ -224,6 +224,11 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_TOOL_MAX_STEPS", default_value_t = 8)]
     pub tool_max_steps: u32,
 
+    /// Crews: most delegations a HIERARCHICAL crew's manager may make in one crew run; past it
+    /// the delegation tool tells the manager to answer with what it has.
+    #[arg(long, env = "AGENTRY_CREW_MAX_DELEGATIONS", default_value_t = 10)]
+    pub crew_max_delegations: u32,
+
     /// Tools: seconds one tool call may take before it answers the model with a timeout error.
     #[arg(long, env = "AGENTRY_TOOL_TIMEOUT_SECS", default_value_t = 20)]
     pub tool_timeout_secs: u64,
@@ -417,6 +422,10 @@ impl Config {
             ),
             ("AGENTRY_MAX_BATCH", self.max_batch),
             ("AGENTRY_TOOL_MAX_STEPS", self.tool_max_steps as usize),
+            (
+                "AGENTRY_CREW_MAX_DELEGATIONS",
+                self.crew_max_delegations as usize,
+            ),
             ("AGENTRY_TOOL_TIMEOUT_SECS", self.tool_timeout_secs as usize),
             ("AGENTRY_TOOL_RESULT_MAX_BYTES", self.tool_result_max_bytes),
             ("AGENTRY_FILE_MAX_BYTES", self.file_max_bytes),

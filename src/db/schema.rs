@@ -54,6 +54,40 @@ diesel::table! {
 }
 
 diesel::table! {
+    crew_runs (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        crew_id -> Nullable<Uuid>,
+        crew_name -> Text,
+        process -> Text,
+        inputs -> Jsonb,
+        status -> Text,
+        output -> Text,
+        error -> Nullable<Text>,
+        cancel_requested -> Bool,
+        heartbeat_at -> Timestamptz,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    crews (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        description -> Text,
+        process -> Text,
+        manager_agent_id -> Nullable<Uuid>,
+        agent_ids -> Array<Uuid>,
+        tasks -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     execution_events (execution_id, sequence) {
         execution_id -> Uuid,
         sequence -> Int4,
@@ -87,6 +121,9 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         thread_id -> Nullable<Uuid>,
+        crew_run_id -> Nullable<Uuid>,
+        crew_role -> Nullable<Text>,
+        crew_task -> Nullable<Int4>,
     }
 }
 
@@ -198,7 +235,11 @@ diesel::table! {
 diesel::joinable!(agents -> api_keys (api_key_id));
 diesel::joinable!(agents -> users (user_id));
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(crew_runs -> crews (crew_id));
+diesel::joinable!(crew_runs -> users (user_id));
+diesel::joinable!(crews -> users (user_id));
 diesel::joinable!(execution_events -> executions (execution_id));
+diesel::joinable!(executions -> crew_runs (crew_run_id));
 diesel::joinable!(executions -> agents (agent_id));
 diesel::joinable!(executions -> api_keys (api_key_id));
 diesel::joinable!(executions -> users (user_id));
@@ -218,6 +259,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     agents,
     api_keys,
     audit_log,
+    crew_runs,
+    crews,
     execution_events,
     executions,
     files,

@@ -12,7 +12,7 @@ use crate::{
     error::AppError,
     executions::{
         live,
-        model::{EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter},
+        model::{CrewRole, EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter},
         service,
     },
     files::graphql::File,
@@ -66,6 +66,18 @@ impl Execution {
     /// The conversation thread the run belongs to, if any.
     async fn thread_id(&self) -> Option<ID> {
         self.0.thread_id.map(|id| ID(id.to_string()))
+    }
+    /// The crew run the run is a step of, if any.
+    async fn crew_run_id(&self) -> Option<ID> {
+        self.0.crew_run_id.map(|id| ID(id.to_string()))
+    }
+    /// Its part in that crew run.
+    async fn crew_role(&self) -> Option<CrewRole> {
+        self.0.crew_role
+    }
+    /// The crew task it works on (index from 0), for a TASK step.
+    async fn crew_task(&self) -> Option<i32> {
+        self.0.crew_task
     }
     /// Files this run wrote with the FILES tool, oldest first.
     async fn files(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<File>> {

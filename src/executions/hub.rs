@@ -41,6 +41,9 @@ pub const RUN_CHANNEL: &str = "agentry_run";
 pub const EXECUTION_CHANNEL: &str = "agentry_execution";
 /// Channel: cancel a run (`<execution id>`).
 pub const CANCEL_CHANNEL: &str = "agentry_cancel";
+/// Channel: something watched by id changed (`<id>`): a crew run's status or steps. Watchers
+/// re-read what they show; the payload carries nothing else.
+pub const SIGNAL_CHANNEL: &str = "agentry_signal";
 
 /// Events a feed keeps for subscribers that are momentarily behind; a subscriber further
 /// behind than this re-reads from the table (a slow reader costs its own reads, nobody else's).
@@ -96,6 +99,8 @@ pub struct Hub {
     users: Mutex<HashMap<Uuid, Arc<UserFeed>>>,
     /// Cancellation switches of the runs executing in this process.
     cancels: Mutex<HashMap<Uuid, watch::Sender<bool>>>,
+    /// Change counters of the things watched here by id ([`SIGNAL_CHANNEL`]).
+    signals: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
     /// Bumped whenever subscribers must re-read (listener reconnected).
     resync: watch::Sender<u64>,
     /// Where revocations heard from other servers go (to this server's open sockets).
@@ -129,6 +134,7 @@ impl Hub {
             runs: Mutex::default(),
             users: Mutex::default(),
             cancels: Mutex::default(),
+            signals: Mutex::default(),
             resync: watch::channel(0).0,
         })
     }
@@ -319,6 +325,23 @@ impl Hub {
         });
     }
 
+    /// Watches the changes announced for `id` on [`SIGNAL_CHANNEL`] (by any instance): the
+    /// receiver's value changes after each. Rare events only (a crew run's steps): watchers
+    /// re-read the table on each.
+    pub fn watch_signal(&self, id: Uuid) -> watch::Receiver<u64> {
+        let mut signals = lock(&self.signals);
+        signals.retain(|_, tx| tx.receiver_count() > 0);
+        signals
+            .entry(id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Changes when every watcher should re-read (the listener reconnected).
+    pub fn watch_resync(&self) -> watch::Receiver<u64> {
+        self.resync.subscribe()
+    }
+
     /// Registers a run executing here; the receiver turns true when it must stop.
     pub fn register_runner(&self, execution_id: Uuid) -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
@@ -382,6 +405,11 @@ impl Hub {
             }
             CANCEL_CHANNEL => {
                 self.cancel(id);
+            }
+            SIGNAL_CHANNEL => {
+                if let Some(tx) = lock(&self.signals).get(&id) {
+                    tx.send_modify(|n| *n += 1);
+                }
             }
             _ => {}
         }
@@ -453,7 +481,8 @@ async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres
     });
     client
         .batch_execute(&format!(
-            "LISTEN {RUN_CHANNEL}; LISTEN {EXECUTION_CHANNEL}; LISTEN {CANCEL_CHANNEL}; LISTEN {REVOKE_CHANNEL};"
+            "LISTEN {RUN_CHANNEL}; LISTEN {EXECUTION_CHANNEL}; LISTEN {CANCEL_CHANNEL}; \
+             LISTEN {SIGNAL_CHANNEL}; LISTEN {REVOKE_CHANNEL};"
         ))
         .await?;
     // Anything sent while we were not listening is in the tables: have everyone re-read, and

@@ -36,6 +36,18 @@ impl ExecutionStatus {
 }
 
 crate::text_enum! {
+    /// A run's part in a crew run.
+    pub enum CrewRole {
+        /// Works on one of the crew's tasks (`crewTask` says which).
+        Task => "TASK",
+        /// The manager of a HIERARCHICAL crew: delegates and assembles the final answer.
+        Manager => "MANAGER",
+        /// Work the manager delegated to a member.
+        Delegation => "DELEGATION",
+    }
+}
+
+crate::text_enum! {
     /// What an event says.
     #[graphql(name = "ExecutionEventKind")]
     pub enum EventKind {
@@ -127,6 +139,12 @@ pub struct ExecutionRow {
     pub finished_at: Option<DateTime<Utc>>,
     /// The conversation thread the run belongs to, if any.
     pub thread_id: Option<Uuid>,
+    /// The crew run the run is a step of, if any.
+    pub crew_run_id: Option<Uuid>,
+    /// Its part in that crew run.
+    pub crew_role: Option<CrewRole>,
+    /// The crew task it works on (index into the crew's tasks), for TASK runs.
+    pub crew_task: Option<i32>,
 }
 
 impl ExecutionRow {
@@ -224,6 +242,8 @@ pub enum RecentOf {
     Agent,
     /// Each thread's (`Thread.executions`).
     Thread,
+    /// Each crew run's (`CrewRun.executions`).
+    CrewRun,
 }
 
 /// The newest `limit` runs of each agent (or thread) in `ids`, in one statement (DataLoader).
@@ -243,6 +263,10 @@ pub async fn recent_runs(
         RecentOf::Thread => {
             "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
              CROSS JOIN LATERAL (SELECT * FROM executions WHERE thread_id = a.id ORDER BY id DESC LIMIT $2) e"
+        }
+        RecentOf::CrewRun => {
+            "SELECT e.* FROM unnest($1::uuid[]) AS a(id) \
+             CROSS JOIN LATERAL (SELECT * FROM executions WHERE crew_run_id = a.id ORDER BY id DESC LIMIT $2) e"
         }
     };
     diesel::sql_query(sql)
@@ -278,6 +302,9 @@ struct ExecutionRowByName {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     thread_id: Option<Uuid>,
+    crew_run_id: Option<Uuid>,
+    crew_role: Option<CrewRole>,
+    crew_task: Option<i32>,
 }
 
 impl From<ExecutionRowByName> for ExecutionRow {
@@ -304,6 +331,9 @@ impl From<ExecutionRowByName> for ExecutionRow {
             started_at: r.started_at,
             finished_at: r.finished_at,
             thread_id: r.thread_id,
+            crew_run_id: r.crew_run_id,
+            crew_role: r.crew_role,
+            crew_task: r.crew_task,
         }
     }
 }

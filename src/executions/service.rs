@@ -10,15 +10,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
-    agents, api_keys,
+    agents,
+    api_keys::{self, model::ApiKeyRow},
     db::{
         Pool,
         schema::{executions, idempotency_keys},
     },
     error::{AppError, AppResult},
     executions::{
-        hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, notify},
-        model::{self, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, UsageRow},
+        hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, SIGNAL_CHANNEL, notify},
+        model::{
+            self, CrewRole, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, UsageRow,
+        },
         runner,
     },
     request::Viewer,
@@ -46,6 +49,95 @@ pub async fn lock_user(
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+/// The key an agent runs on, or why it cannot run (inactive agent, key deleted or inactive).
+fn runnable_key(agent_active: bool, key: Option<ApiKeyRow>) -> AppResult<ApiKeyRow> {
+    if !agent_active {
+        return Err(AppError::bad_input(
+            "agentId",
+            "the agent is inactive: activate it first",
+        ));
+    }
+    let key =
+        key.ok_or_else(|| AppError::bad_input("agentId", "the agent's API key no longer exists"))?;
+    if !key.is_active {
+        return Err(AppError::bad_input(
+            "agentId",
+            format!(
+                "the agent's API key `{}` is inactive: activate it or give the agent another",
+                key.name
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+/// Where a run started by a crew run belongs.
+#[derive(Debug, Clone, Copy)]
+pub struct CrewLink {
+    /// The crew run.
+    pub crew_run_id: Uuid,
+    /// The run's part in it.
+    pub role: CrewRole,
+    /// The task's index, for a TASK run.
+    pub task: Option<i32>,
+}
+
+/// Starts a run of the user's agent as a step of a crew run, with `extension`'s functions
+/// offered besides the agent's tools. Refused like `executeAgent` when the agent or its key is
+/// inactive (BAD_USER_INPUT naming `agentId`). No idempotency key, no thread, and no
+/// concurrency check: the crew run was admitted under the cap, and a crew must not fail
+/// half-way because other runs started meanwhile. Returns the run and its runner task (which
+/// ends when the run has ended).
+pub async fn start_crew_step(
+    state: &AppState,
+    user_id: Uuid,
+    agent_id: Uuid,
+    input: &str,
+    link: CrewLink,
+    extension: Option<std::sync::Arc<dyn crate::tools::Extension>>,
+) -> AppResult<(ExecutionRow, tokio::task::JoinHandle<()>)> {
+    if input.trim().is_empty() {
+        return Err(AppError::bad_input("input", "must not be empty"));
+    }
+    let mut conn = state.pool.get().await?;
+    let agent = agents::model::find_owned(&mut conn, user_id, agent_id)
+        .await?
+        .ok_or(AppError::NotFound { what: "agent" })?;
+    let key = api_keys::model::find_owned(&mut conn, user_id, agent.api_key_id).await?;
+    let key = runnable_key(agent.is_active, key)?;
+    let execution = conn
+        .transaction::<_, AppError, _>(async |conn| {
+            let execution: ExecutionRow = diesel::insert_into(executions::table)
+                .values((
+                    executions::id.eq(Uuid::now_v7()),
+                    executions::user_id.eq(user_id),
+                    executions::agent_id.eq(agent.id),
+                    executions::api_key_id.eq(Some(key.id)),
+                    executions::provider.eq(&key.provider),
+                    executions::model.eq(&agent.model),
+                    executions::input.eq(input),
+                    executions::crew_run_id.eq(Some(link.crew_run_id)),
+                    executions::crew_role.eq(Some(link.role)),
+                    executions::crew_task.eq(link.task),
+                ))
+                .returning(ExecutionRow::as_returning())
+                .get_result(conn)
+                .await?;
+            notify(
+                conn,
+                EXECUTION_CHANNEL,
+                &format!("{}:{user_id}", execution.id),
+            )
+            .await?;
+            Ok(execution)
+        })
+        .await?;
+    drop(conn);
+    tracing::info!(execution.id = %execution.id, crew_run.id = %link.crew_run_id, agent.id = %agent.id, "crew step queued");
+    let runner = runner::spawn(state.clone(), execution.clone(), agent, key, extension);
+    Ok((execution, runner))
 }
 
 /// Starts a run of the viewer's agent and returns it at once (QUEUED); a runner task does the
@@ -120,22 +212,8 @@ pub async fn execute(
                     return Ok((execution, None, false));
                 }
             }
-            if !agent_active {
-                return Err(AppError::bad_input("agentId", "the agent is inactive: activate it first"));
-            }
-            let key = key_lookup.ok_or_else(|| AppError::bad_input("agentId", "the agent's API key no longer exists"))?;
-            if !key.is_active {
-                return Err(AppError::bad_input(
-                    "agentId",
-                    format!("the agent's API key `{}` is inactive: activate it or give the agent another", key.name),
-                ));
-            }
-            let running: i64 = executions::table
-                .filter(executions::user_id.eq(user_id))
-                .filter(executions::status.eq_any(ExecutionStatus::UNFINISHED))
-                .count()
-                .get_result(conn)
-                .await?;
+            let key = runnable_key(agent_active, key_lookup)?;
+            let running = unfinished_count(conn, user_id).await?;
             if let Some(thread_id) = thread_id {
                 crate::threads::service::admit_run(conn, user_id, thread_id, agent_for_tx.id, &input).await?;
             }
@@ -178,7 +256,7 @@ pub async fn execute(
         .await?;
     if created && let Some(key) = key {
         tracing::info!(execution.id = %execution.id, agent.id = %agent.id, user.id = %user_id, "run queued");
-        runner::spawn(state.clone(), execution.clone(), agent, key);
+        runner::spawn(state.clone(), execution.clone(), agent, key, None);
     }
     Ok(execution)
 }
@@ -202,14 +280,7 @@ pub async fn cancel(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<Ex
     if execution.is_finished() {
         return Ok(execution);
     }
-    diesel::update(executions::table.find(id))
-        .set(executions::cancel_requested.eq(true))
-        .execute(&mut conn)
-        .await?;
-    if !state.hub.cancel(id) {
-        // Running elsewhere (or about to start): tell every instance.
-        notify(&mut conn, CANCEL_CHANNEL, &id.to_string()).await?;
-    }
+    request_cancel(state, &mut conn, id).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         let current = model::find_owned(&mut conn, viewer.id(), id)
@@ -220,6 +291,89 @@ pub async fn cancel(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<Ex
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// How many runs of the user are queued or running.
+pub async fn unfinished_count(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: Uuid,
+) -> QueryResult<i64> {
+    executions::table
+        .filter(executions::user_id.eq(user_id))
+        .filter(executions::status.eq_any(ExecutionStatus::UNFINISHED))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Delivers a cancel to whatever registered `id` with the hub (a runner, a crew run's
+/// coordinator), on whichever instance it works.
+pub async fn signal_cancel(state: &AppState, id: Uuid) -> AppResult<()> {
+    if !state.hub.cancel(id) {
+        let mut conn = state.pool.get().await?;
+        notify(&mut conn, CANCEL_CHANNEL, &id.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// Tells the watchers of `id` on every instance that it changed ([`SIGNAL_CHANNEL`]); call
+/// after the change is committed.
+pub async fn announce(state: &AppState, id: Uuid) -> AppResult<()> {
+    let mut conn = state.pool.get().await?;
+    Ok(notify(&mut conn, SIGNAL_CHANNEL, &id.to_string()).await?)
+}
+
+/// Asks the runner of run `id` (on whichever instance) to stop.
+async fn request_cancel(
+    state: &AppState,
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: Uuid,
+) -> AppResult<()> {
+    // The flag covers a runner that has not registered yet: it checks it when it starts.
+    diesel::update(executions::table.find(id))
+        .set(executions::cancel_requested.eq(true))
+        .execute(conn)
+        .await?;
+    if !state.hub.cancel(id) {
+        // Running elsewhere (or about to start): tell every instance.
+        notify(conn, CANCEL_CHANNEL, &id.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// Stops a crew step the caller started (no ownership check: the crew runner holds the id).
+pub async fn cancel_step(state: &AppState, id: Uuid) -> AppResult<()> {
+    let mut conn = state.pool.get().await?;
+    request_cancel(state, &mut conn, id).await
+}
+
+/// A run by id whoever owns it, for the crew runner that started it.
+pub async fn step(state: &AppState, id: Uuid) -> AppResult<ExecutionRow> {
+    let mut conn = state.pool.get().await?;
+    model::find(&mut conn, id).await?.ok_or_else(not_found)
+}
+
+/// The newest `limit` runs of a crew run, oldest first. No
+/// owner filter: the crew run was already shown to be the caller's. Waits for a busy pool.
+pub async fn of_crew_run(
+    state: &AppState,
+    crew_run_id: Uuid,
+    limit: i64,
+) -> AppResult<Vec<ExecutionRow>> {
+    // Read by subscriptions, which a busy pool must delay, not end.
+    let mut rows = crate::db::patient(
+        &state.pool,
+        Duration::from_secs(60),
+        "reading a crew run's steps",
+        move |conn| {
+            Box::pin(async move {
+                model::recent_runs(conn, RecentOf::CrewRun, &[crew_run_id], limit).await
+            })
+        },
+    )
+    .await?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// A page of the viewer's runs, newest first.
@@ -269,6 +423,7 @@ pub async fn recent_runs(
             let parent = match of {
                 RecentOf::Agent => Some(row.agent_id),
                 RecentOf::Thread => row.thread_id,
+                RecentOf::CrewRun => row.crew_run_id,
             };
             if let Some(parent) = parent {
                 out.entry((parent, limit)).or_default().push(row);

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     agents::{model::AgentRow, service as agents},
     api_keys::{model::ApiKeyRow, service as api_keys},
+    crews::{model::CrewRunRow, service as crews},
     db::Pool,
     error::AppError,
     executions::{
@@ -41,6 +42,10 @@ pub struct LoaderSet {
     pub recent_executions: DataLoader<RecentExecutionsLoader>,
     /// The newest N runs of each thread, keyed by (thread id, N).
     pub thread_executions: DataLoader<RecentExecutionsLoader>,
+    /// The runs of each crew run, newest first, keyed by (crew run id, N).
+    pub crew_run_executions: DataLoader<RecentExecutionsLoader>,
+    /// The newest N runs of each crew, keyed by (crew id, N).
+    pub crew_runs: DataLoader<CrewRunsLoader>,
     /// Key usage, keyed by (key id, since, until).
     pub usage: DataLoader<UsageLoader>,
 }
@@ -68,6 +73,12 @@ impl Loaders {
                 tokio::spawn,
             )
             .delay(delay),
+            crew_run_executions: DataLoader::new(
+                RecentExecutionsLoader(pool.clone(), RecentOf::CrewRun),
+                tokio::spawn,
+            )
+            .delay(delay),
+            crew_runs: DataLoader::new(CrewRunsLoader(pool.clone()), tokio::spawn).delay(delay),
             usage: DataLoader::new(UsageLoader(pool), tokio::spawn).delay(delay),
         }))
     }
@@ -120,6 +131,21 @@ impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
         executions::recent_runs(&self.0, self.1, keys)
             .await
             .map_err(load_error)
+    }
+}
+
+/// Loads the newest runs of many crews at once, keyed by (crew id, how many).
+pub struct CrewRunsLoader(Pool);
+
+impl Loader<(Uuid, i64)> for CrewRunsLoader {
+    type Value = Vec<CrewRunRow>;
+    type Error = LoadError;
+
+    async fn load(
+        &self,
+        keys: &[(Uuid, i64)],
+    ) -> Result<HashMap<(Uuid, i64), Vec<CrewRunRow>>, LoadError> {
+        crews::recent_runs(&self.0, keys).await.map_err(load_error)
     }
 }
 

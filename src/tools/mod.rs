@@ -135,6 +135,17 @@ pub struct Finished {
     pub duration: Duration,
 }
 
+/// Functions a run is given besides its agent's tools, by whoever started it (a crew manager's
+/// delegation, see `crews`). They run without the tool time limit: what they start has limits
+/// of its own (a delegated run has the run timeout), and the run's own deadline still applies.
+#[async_trait::async_trait]
+pub trait Extension: Send + Sync {
+    /// The functions offered to the model.
+    fn specs(&self) -> Vec<ToolSpec>;
+    /// Runs a call of function `name` with its parsed `arguments` (a JSON object).
+    async fn call(&self, name: &str, arguments: &Value) -> Outcome;
+}
+
 /// The tools one run may call.
 pub struct Toolbox {
     /// The functions offered to the model (of the agent's tools this run can use).
@@ -158,15 +169,19 @@ pub struct Toolbox {
     writes: tokio::sync::Mutex<usize>,
     wikipedia_language: String,
     max_steps: u32,
+    /// Functions the run's starter added, and their names.
+    extension: Option<(std::sync::Arc<dyn Extension>, Vec<&'static str>)>,
 }
 
 impl Toolbox {
     /// The tools of `agent` that this server can run, with the agent's settings, for its run
-    /// `execution_id`. With WEB_SEARCH, the owner's search key is looked up (one query).
+    /// `execution_id`, plus the functions of `extension`. With WEB_SEARCH, the owner's search
+    /// key is looked up (one query).
     pub async fn for_run(
         state: &AppState,
         agent: &AgentRow,
         execution_id: uuid::Uuid,
+        extension: Option<std::sync::Arc<dyn Extension>>,
     ) -> crate::error::AppResult<Self> {
         let config = state.config.clone();
         let listed: Vec<AgentTool> = agent
@@ -190,11 +205,17 @@ impl Toolbox {
         } else {
             None
         };
-        let specs = listed
+        let mut specs: Vec<ToolSpec> = listed
             .into_iter()
             .filter(|tool| *tool != AgentTool::WebSearch || search.is_some())
             .flat_map(AgentTool::specs)
             .collect();
+        let extension = extension.map(|extension| {
+            let added = extension.specs();
+            let names = added.iter().map(|spec| spec.name).collect();
+            specs.extend(added);
+            (extension, names)
+        });
         let setting = |key: &str| agent.config.get(key);
         let max_steps = setting(settings::MAX_STEPS)
             .and_then(Value::as_u64)
@@ -221,6 +242,7 @@ impl Toolbox {
             writes: tokio::sync::Mutex::new(0),
             wikipedia_language,
             max_steps,
+            extension,
         })
     }
 
@@ -239,16 +261,25 @@ impl Toolbox {
         &self.specs
     }
 
-    /// Runs one call within the tool time limit; the result is cut at the configured bound.
+    /// Runs one call within the tool time limit (an extension's without it); the result is
+    /// cut at the configured bound.
     pub async fn call(&self, call: ToolCall) -> Finished {
         let started = Instant::now();
         let limit = Duration::from_secs(self.config.tool_timeout_secs);
-        let outcome = match tokio::time::timeout(limit, self.dispatch(&call)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "the tool did not answer within {} s",
-                limit.as_secs()
-            )),
+        let extended = self
+            .extension
+            .as_ref()
+            .is_some_and(|(_, names)| names.contains(&call.name.as_str()));
+        let outcome = if extended {
+            self.dispatch(&call).await
+        } else {
+            match tokio::time::timeout(limit, self.dispatch(&call)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!(
+                    "the tool did not answer within {} s",
+                    limit.as_secs()
+                )),
+            }
         };
         let max = self.config.tool_result_max_bytes;
         let (outcome, truncated) = match outcome {
@@ -286,6 +317,11 @@ impl Toolbox {
             .unwrap_or("{}");
         let arguments: Value = serde_json::from_str(raw)
             .map_err(|e| format!("the arguments are not valid JSON ({e}): send one JSON object"))?;
+        if let Some((extension, names)) = &self.extension
+            && names.contains(&call.name.as_str())
+        {
+            return extension.call(&call.name, &arguments).await;
+        }
         let text = |name: &str| -> Result<String, String> {
             arguments
                 .get(name)

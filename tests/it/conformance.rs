@@ -186,6 +186,33 @@ async fn apollo_client_4_signs_up_runs_an_agent_and_streams_events_over_the_spli
             .map(|e| e["kind"].to_string())
             .unwrap_or_default()
     )];
+    // A two-task crew: every event of both tasks through one crewRunEvents subscription.
+    let crew = &summary["crew"];
+    assert_eq!(crew["inputs"], json!(["topic"]));
+    let items = crew["items"].as_array().expect("crew items");
+    let started: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["kind"] == "STEP_STARTED")
+        .collect();
+    assert_eq!(started.len(), 2, "{items:#?}");
+    for (index, step) in started.iter().enumerate() {
+        assert_eq!(step["taskIndex"], index, "{items:#?}");
+        let events: Vec<Value> = items
+            .iter()
+            .filter(|i| i["kind"] == "STEP_EVENT" && i["executionId"] == step["executionId"])
+            .map(|i| i["event"].clone())
+            .collect();
+        assert_full_stream(&events, &out.stdout);
+    }
+    let last = items.last().expect("a terminal item");
+    assert_eq!(last["kind"], "SUCCEEDED", "{items:#?}");
+    assert!(!last["crewRun"]["output"].as_str().unwrap_or("").is_empty());
+    lines.push(format!(
+        "crew of two tasks over one crewRunEvents subscription: {} items, {} steps, ended {}",
+        items.len(),
+        started.len(),
+        last["kind"]
+    ));
     for (phase, method) in [("post", "POST"), ("get", "GET")] {
         let wire = summary["apq"][phase].as_array().expect("apq wire");
         assert_eq!(wire.len(), 3, "{phase}: {wire:#?}");

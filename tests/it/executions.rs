@@ -152,6 +152,25 @@ pub(crate) async fn subscribe(
     id: &str,
     after: Option<i32>,
 ) -> Result<Vec<Value>, Value> {
+    subscribe_to(
+        app,
+        token,
+        "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { executionId sequence kind delta data at } }",
+        json!({"id": id, "after": after}),
+        "executionEvents",
+    )
+    .await
+}
+
+/// Runs one subscription over graphql-transport-ws and collects `data.<field>` of each item
+/// until `complete`; the errors of an item or of the operation instead.
+pub(crate) async fn subscribe_to(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    variables: Value,
+    field: &str,
+) -> Result<Vec<Value>, Value> {
     let mut ws = app
         .ws("graphql-transport-ws", Some(ALLOWED_ORIGIN))
         .await
@@ -166,22 +185,19 @@ pub(crate) async fn subscribe(
     ws.send(json!({
         "id": "1",
         "type": "subscribe",
-        "payload": {
-            "query": "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { executionId sequence kind delta data at } }",
-            "variables": {"id": id, "after": after}
-        }
+        "payload": {"query": query, "variables": variables}
     }))
     .await;
-    let mut events = Vec::new();
+    let mut items = Vec::new();
     loop {
         match ws.next(15).await {
             WsEvent::Json(m) if m["type"] == "next" => {
                 if let Some(errors) = m["payload"].get("errors") {
                     return Err(errors.clone());
                 }
-                events.push(m["payload"]["data"]["executionEvents"].clone());
+                items.push(m["payload"]["data"][field].clone());
             }
-            WsEvent::Json(m) if m["type"] == "complete" => return Ok(events),
+            WsEvent::Json(m) if m["type"] == "complete" => return Ok(items),
             WsEvent::Json(m) if m["type"] == "error" => return Err(m["payload"].clone()),
             other => panic!("unexpected {other:?}"),
         }

@@ -10,6 +10,7 @@ mod api_keys;
 mod auth;
 mod bootstrap;
 mod conformance;
+mod crews;
 mod executions;
 mod fake_provider;
 mod files;

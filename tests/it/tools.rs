@@ -243,7 +243,7 @@ fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 /// The provider requests that asked for a completion, in order.
-fn completions(w: &World) -> Vec<Value> {
+pub(crate) fn completions(w: &World) -> Vec<Value> {
     w.fake
         .requests()
         .into_iter()

@@ -4,6 +4,8 @@
 //
 // Signs up, creates an OpenAI key and an agent, runs it, and receives the streamed events over
 // the split HTTP/WebSocket link (GraphQLWsLink + graphql-ws, the token in connectionParams).
+// Then runs a two-task crew and receives every event of both tasks through one crewRunEvents
+// subscription.
 // Then checks automatic persisted queries (POST, then GET) with PersistedQueryLink. Prints one
 // JSON summary line on stdout and exits 0; on any error prints `ERROR <message>` on stderr and
 // exits 1 (2 after 30 s).
@@ -83,6 +85,67 @@ const EVENTS = gql`
   }
 `;
 
+const CREATE_CREW = gql`
+  mutation CreateCrew($input: CrewInput!) { createCrew(input: $input) { id inputs } }
+`;
+const RUN_CREW = gql`
+  mutation RunCrew($crewId: ID!, $inputs: JSON) { runCrew(crewId: $crewId, inputs: $inputs) { id status } }
+`;
+const CREW_EVENTS = gql`
+  subscription CrewEvents($id: ID!) {
+    crewRunEvents(crewRunId: $id) {
+      kind executionId role taskIndex
+      event { sequence kind delta }
+      crewRun { status output }
+    }
+  }
+`;
+
+/** Collects a subscription's items until it completes. */
+function collect(query, variables, field) {
+  return new Promise((resolve, reject) => {
+    const received = [];
+    client.subscribe({ query, variables }).subscribe({
+      next: (result) => {
+        if (result.error) reject(result.error);
+        else received.push(result.data[field]);
+      },
+      error: reject,
+      complete: () => resolve(received),
+    });
+  });
+}
+
+/** A two-task crew (the typist, then an editor), run and followed over one subscription. */
+async function crew(keyId, typistId) {
+  const { data: editor } = await client.mutate({
+    mutation: CREATE_AGENT,
+    variables: {
+      input: { name: 'Editor', role: 'an editor', goal: 'tidy the text you are given', apiKeyId: keyId, model: 'gpt-4o-mini' },
+    },
+  });
+  const { data: created } = await client.mutate({
+    mutation: CREATE_CREW,
+    variables: {
+      input: {
+        name: 'Type and edit',
+        agentIds: [typistId, editor.createAgent.id],
+        tasks: [
+          { description: 'Type a sentence about {topic}', expectedOutput: 'one sentence', agentId: typistId },
+          { description: 'Tidy the sentence', expectedOutput: 'one tidy sentence', agentId: editor.createAgent.id },
+        ],
+      },
+    },
+  });
+  const { data: started } = await client.mutate({
+    mutation: RUN_CREW,
+    variables: { crewId: created.createCrew.id, inputs: { topic: 'foxes' } },
+  });
+  const crewRunId = started.runCrew.id;
+  const items = await collect(CREW_EVENTS, { id: crewRunId }, 'crewRunEvents');
+  return { crewRunId, inputs: created.createCrew.inputs, items };
+}
+
 async function main() {
   const email = `apollo-${Date.now()}@example.com`;
   const { data: registered } = await client.mutate({
@@ -127,10 +190,11 @@ async function main() {
     });
   });
 
+  const crewRun = await crew(key.createApiKey.id, agent.createAgent.id);
   const apq = await persistedQueries(email);
   await client.clearStore();
   wsLink.client.dispose();
-  return { email, executionId, events, apq };
+  return { email, executionId, events, crew: crewRun, apq };
 }
 
 /** Automatic persisted queries through PersistedQueryLink, recording what went over the wire. */

@@ -21,7 +21,7 @@
 //! Every write is conditional on the run still being RUNNING, so a run that recovery declared
 //! dead (or that ended otherwise) is never written to again.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
@@ -39,7 +39,7 @@ use crate::{
     },
     state::AppState,
     threads,
-    tools::Toolbox,
+    tools::{Extension, Toolbox},
 };
 
 mod ending;
@@ -66,16 +66,24 @@ enum Outcome {
     Lost,
 }
 
-/// Starts the runner task for a freshly created run.
-pub fn spawn(state: AppState, execution: ExecutionRow, agent: AgentRow, key: ApiKeyRow) {
+/// Starts the runner task for a freshly created run, with the functions of `extension` offered
+/// besides the agent's tools; the task ends once the run has ended (or was abandoned to
+/// recovery).
+pub fn spawn(
+    state: AppState,
+    execution: ExecutionRow,
+    agent: AgentRow,
+    key: ApiKeyRow,
+    extension: Option<Arc<dyn Extension>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let id = execution.id;
-        if let Err(e) = run(&state, execution, agent, key).await {
+        if let Err(e) = run(&state, execution, agent, key, extension).await {
             // The run could not be ended cleanly; recovery will end it when its heartbeat stops.
             tracing::error!(execution.id = %id, error = ?e, "runner failed");
         }
         state.hub.unregister_runner(id);
-    });
+    })
 }
 
 /// Runs one run from QUEUED to its terminal event.
@@ -84,6 +92,7 @@ async fn run(
     execution: ExecutionRow,
     agent: AgentRow,
     key: ApiKeyRow,
+    extension: Option<Arc<dyn Extension>>,
 ) -> anyhow::Result<()> {
     let mut cancelled = state.hub.register_runner(execution.id);
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
@@ -93,7 +102,7 @@ async fn run(
     // What the run needs before its first turn; a failure here ends it FAILED at once (it is
     // already RUNNING, and would otherwise wait for recovery and block its thread meanwhile).
     let prepared = async {
-        let toolbox = Toolbox::for_run(state, &agent, execution.id)
+        let toolbox = Toolbox::for_run(state, &agent, execution.id, extension)
             .await
             .map_err(|e| anyhow::anyhow!(e.message()))?;
         let system = system_prompt(&agent);

@@ -230,8 +230,10 @@ impl FakeProvider {
         *lock(&self.inner.script) = script;
     }
 
-    /// Queues a model turn that calls tools: the next streamed completion (either flavor) plays
-    /// it instead of the stream script; turns are used in order, then the script answers.
+    /// Queues a model turn that calls tools: the next streamed completion (either flavor) that
+    /// offers tools plays it instead of the stream script (a model calls only tools it was
+    /// given: requests without `tools` get the script); turns are used in order, then the
+    /// script answers.
     pub fn queue_tool_turn(&self, turn: ToolTurn) {
         lock(&self.inner.turns).push_back(turn);
     }
@@ -345,13 +347,13 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
                 "last_id": "claude-sonnet-4-20250514"
             }),
         ),
-        (Flavor::OpenAi, "POST", "/v1/chat/completions") => match lock(&inner.turns).pop_front() {
+        (Flavor::OpenAi, "POST", "/v1/chat/completions") => match next_turn(&inner, &body) {
             Some(turn) if body["stream"] == json!(true) => {
                 openai_tool_turn(&inner, &body, &turn, &script)
             }
             _ => openai_chat(&inner, &body, script),
         },
-        (Flavor::Anthropic, "POST", "/v1/messages") => match lock(&inner.turns).pop_front() {
+        (Flavor::Anthropic, "POST", "/v1/messages") => match next_turn(&inner, &body) {
             Some(turn) if body["stream"] == json!(true) => {
                 anthropic_tool_turn(&inner, &body, &turn, &script)
             }
@@ -1112,4 +1114,13 @@ fn play_turn(
         tail,
     };
     sse_response(inner, plan, script.delay_per_token)
+}
+
+/// The queued tool turn for a request that offers tools, if any.
+fn next_turn(inner: &Inner, body: &Value) -> Option<ToolTurn> {
+    let offers_tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
+    if !offers_tools {
+        return None;
+    }
+    lock(&inner.turns).pop_front()
 }
