@@ -746,3 +746,35 @@ async fn templates_are_listed_and_a_crew_template_is_made_and_runs_in_one_mutati
         .await;
     assert_eq!(agents_before, agents_after);
 }
+
+#[tokio::test]
+async fn a_crew_run_whose_coordinator_died_is_failed_by_a_live_instance_and_its_watchers_told() {
+    let (w, writer) = crew_world(|_| {}).await;
+    let crew_id = id_at(&sequential_crew(&w, &writer).await, &["createCrew"]);
+    // A crew run left RUNNING by a process that died an hour ago.
+    let id = "01a24038-0000-7000-8000-00000000c0de";
+    w.app
+        .sql(&format!(
+            "INSERT INTO crew_runs (id, user_id, crew_id, crew_name, process, status, started_at, heartbeat_at) \
+             VALUES ('{id}', '{}', '{crew_id}', 'Research and write', 'SEQUENTIAL', 'RUNNING', now() - interval '1 hour', now() - interval '1 hour')",
+            w.user.user_id
+        ))
+        .await;
+    let items = follow(&w.app, &w.user.access, id)
+        .await
+        .expect("subscription");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["kind"], "FAILED");
+    assert_eq!(
+        items[0]["crewRun"]["error"],
+        "the server running this crew run stopped before it finished"
+    );
+    // Its crew may be run again (and deleted): nothing is left in progress.
+    let delete = w
+        .ask(
+            "mutation($id: ID!) { deleteCrew(id: $id) }",
+            json!({"id": crew_id}),
+        )
+        .await;
+    assert_eq!(delete["data"]["deleteCrew"], true, "{delete}");
+}
