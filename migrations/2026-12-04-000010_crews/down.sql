@@ -1,4 +1,5 @@
 DROP INDEX IF EXISTS executions_crew_run_id_idx;
+ALTER TABLE executions DROP CONSTRAINT IF EXISTS executions_crew_task_check;
 ALTER TABLE executions DROP COLUMN IF EXISTS crew_task;
 ALTER TABLE executions DROP COLUMN IF EXISTS crew_role;
 ALTER TABLE executions DROP COLUMN IF EXISTS crew_run_id;

@@ -40,10 +40,14 @@ CREATE TABLE crew_runs (
 CREATE INDEX crew_runs_user_id_idx ON crew_runs (user_id, id DESC);
 CREATE INDEX crew_runs_crew_id_idx ON crew_runs (crew_id, id DESC) WHERE crew_id IS NOT NULL;
 CREATE INDEX crew_runs_unfinished_idx ON crew_runs (heartbeat_at) WHERE status IN ('QUEUED', 'RUNNING');
+-- runCrew counts a user's unfinished crew runs under the user's lock.
+CREATE INDEX crew_runs_user_unfinished_idx ON crew_runs (user_id) WHERE status IN ('QUEUED', 'RUNNING');
 
 -- Which crew run an execution belongs to, and its part in it: a task (crew_task is the task's
 -- index), the manager, or a delegation from the manager.
 ALTER TABLE executions ADD COLUMN crew_run_id uuid REFERENCES crew_runs (id) ON DELETE SET NULL;
 ALTER TABLE executions ADD COLUMN crew_role text CHECK (crew_role IN ('TASK', 'MANAGER', 'DELEGATION'));
 ALTER TABLE executions ADD COLUMN crew_task integer;
+ALTER TABLE executions ADD CONSTRAINT executions_crew_task_check
+    CHECK ((crew_role = 'TASK') = (crew_task IS NOT NULL));
 CREATE INDEX executions_crew_run_id_idx ON executions (crew_run_id, id) WHERE crew_run_id IS NOT NULL;

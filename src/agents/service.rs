@@ -226,7 +226,17 @@ fn not_found() -> AppError {
 /// Creates an agent.
 pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> AppResult<AgentRow> {
     let mut conn = state.pool.get().await?;
-    let values = validate(&mut conn, viewer, input, None).await?;
+    create_on(&mut conn, viewer, input).await
+}
+
+/// Creates an agent on `conn` (inside the caller's transaction, when it has one): a taken name
+/// is CONFLICT before anything is written, so a transaction survives it.
+pub async fn create_on(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    input: AgentInput,
+) -> AppResult<AgentRow> {
+    let values = validate(conn, viewer, input, None).await?;
     let row = diesel::insert_into(agents::table)
         .values((
             agents::id.eq(Uuid::now_v7()),
@@ -234,7 +244,7 @@ pub async fn create(state: &AppState, viewer: &Viewer, input: AgentInput) -> App
             &values,
         ))
         .returning(AgentRow::as_returning())
-        .get_result(&mut conn)
+        .get_result(conn)
         .await
         .map_err(unique_or(duplicate_name))?;
     Ok(row)

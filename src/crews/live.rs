@@ -4,16 +4,23 @@
 //! they started) a STEP_STARTED item, then that run's own event stream
 //! (`executions::live::events`: replay, then the in-process feed, no gap, no duplicate), and
 //! after the crew run has ended and every step's stream has completed, one terminal item.
-//! Steps running at the same time (a manager and its delegations) interleave as they happen;
-//! a step that had already ended when the subscriber found it comes whole, so a crew run
-//! followed after its end is replayed step by step, the same way every time.
+//! Steps come one after the other, in the order they started: a step's items begin after the
+//! earlier steps' terminal events — except the manager's, which interleave with its
+//! delegations' as they happen. A step that had already ended when the subscriber found it
+//! comes whole. So the order does not depend on when a subscriber reads, and a crew run
+//! followed after its end is replayed the same way every time.
 //! The crew run's own changes (a step started, the end) are announced on the hub's signal
 //! channel by whichever instance coordinates it; each announcement makes the subscriber re-read
 //! the crew run row and its steps (two statements, a handful of times per crew run), while the
 //! tokens go through the runs' shared feeds. A subscription always starts from the beginning of
 //! the crew run, so a client that reconnects gets the whole run again in the same order.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures_util::{Stream, StreamExt, stream::SelectAll};
 use uuid::Uuid;
@@ -71,7 +78,12 @@ pub async fn events(
     let mut signal = state.hub.watch_signal(id);
     let mut resync = state.hub.watch_resync();
     Ok(async_stream::stream! {
-        let mut started: HashMap<Uuid, (Option<CrewRole>, Option<i32>)> = HashMap::new();
+        // Steps found, by id: their part in the crew run.
+        let mut known: HashMap<Uuid, (Option<CrewRole>, Option<i32>)> = HashMap::new();
+        // Steps found but not started here yet, in the order they started.
+        let mut queue: VecDeque<ExecutionRow> = VecDeque::new();
+        // Started steps other than the manager whose terminal event has not come yet.
+        let mut working: HashSet<Uuid> = HashSet::new();
         let mut steps: SelectAll<TaggedStep> = SelectAll::new();
         let mut ended: Option<CrewRunRow> = None;
         'read: loop {
@@ -80,7 +92,7 @@ pub async fn events(
             if ended.is_none() {
                 // The crew run first, then its steps: a crew run read as ended has all its
                 // steps in the second read.
-                let run = match service::get_run(&state, &viewer, id).await {
+                let run = match service::get_run_patiently(&state, &viewer, id).await {
                     Ok(run) => run,
                     Err(e) => {
                         yield Err(e);
@@ -95,10 +107,28 @@ pub async fn events(
                     }
                 };
                 for row in rows {
-                    if started.contains_key(&row.id) {
-                        continue;
+                    if known.insert(row.id, (row.crew_role, row.crew_task)).is_none() {
+                        queue.push_back(row);
                     }
-                    started.insert(row.id, (row.crew_role, row.crew_task));
+                }
+                if run.status.is_finished() {
+                    ended = Some(run);
+                }
+            }
+            loop {
+                // Start the queued steps in order; a step waits until the earlier steps other
+                // than the manager have sent their terminal event, so the order does not depend
+                // on when this subscriber happened to read (nor on which instance ran what).
+                loop {
+                    let ready = queue
+                        .front()
+                        .is_some_and(|next| next.crew_role == Some(CrewRole::Manager) || working.is_empty());
+                    if !ready {
+                        break;
+                    }
+                    let Some(row) = queue.pop_front() else {
+                        break;
+                    };
                     let step: StepStream = match executions::live::events(&state, &viewer, row.id, 0).await {
                         Ok(stream) => Box::pin(stream),
                         Err(e) => {
@@ -106,15 +136,16 @@ pub async fn events(
                             return;
                         }
                     };
-                    let step_id = row.id;
-                    let (role, task) = (row.crew_role, row.crew_task);
+                    let (step_id, role, task) = (row.id, row.crew_role, row.crew_task);
                     if !row.is_finished() {
+                        if role != Some(CrewRole::Manager) {
+                            working.insert(step_id);
+                        }
                         steps.push(Box::pin(step.map(move |item| (step_id, item))));
                         yield Ok(CrewEvent::StepStarted(row));
                         continue;
                     }
-                    // A step that has ended is replayed whole, so a crew run read after its
-                    // end comes in the same order every time: step by step.
+                    // A step that has ended comes whole.
                     yield Ok(CrewEvent::StepStarted(row));
                     let mut step = step;
                     while let Some(item) = step.next().await {
@@ -127,16 +158,12 @@ pub async fn events(
                         }
                     }
                 }
-                if run.status.is_finished() {
-                    ended = Some(run);
-                }
-            }
-            loop {
-                if steps.is_empty() && let Some(run) = ended.take() {
+                if steps.is_empty() && queue.is_empty() && let Some(run) = ended.take() {
                     yield Ok(CrewEvent::Ended(run));
                     return;
                 }
                 let wake = tokio::select! {
+                    biased;
                     item = steps.next(), if !steps.is_empty() => Wake::Item(item),
                     _ = signal.changed(), if ended.is_none() => Wake::Reread,
                     _ = resync.changed(), if ended.is_none() => Wake::Reread,
@@ -146,7 +173,10 @@ pub async fn events(
                     Wake::Reread => continue 'read,
                     Wake::Item(None) => {}
                     Wake::Item(Some((step_id, Ok(event)))) => {
-                        let (role, task) = started.get(&step_id).copied().unwrap_or_default();
+                        if event.kind.is_terminal() {
+                            working.remove(&step_id);
+                        }
+                        let (role, task) = known.get(&step_id).copied().unwrap_or_default();
                         yield Ok(CrewEvent::Step { event, role, task });
                     }
                     Wake::Item(Some((_, Err(e)))) => {

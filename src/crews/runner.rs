@@ -16,13 +16,7 @@
 //! running step and ends the crew run CANCELLED. The coordinator beats the crew run's heartbeat
 //! while it waits, so another instance can end a crew run whose process died ([`recover_stale`]).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -43,9 +37,12 @@ use crate::{
     tools::{Extension, Outcome},
 };
 
-/// Characters of the earlier outputs a task's input may carry (its own text comes first; the
-/// run input limit is the bound).
-const CONTEXT_BUDGET: usize = executions::MAX_INPUT_CHARS - 12_000;
+/// Most characters of a task's own text (description and expected output, inputs filled in);
+/// `runCrew` refuses longer ones.
+pub const MAX_TASK_TEXT_CHARS: usize = 12_000;
+/// Characters of the earlier outputs a task's input may carry on top of its own text, so the
+/// whole stays within the run input limit.
+const CONTEXT_BUDGET: usize = executions::MAX_INPUT_CHARS - MAX_TASK_TEXT_CHARS - 1_000;
 
 /// The error recorded on a crew run whose coordinator stopped.
 pub const DEAD_COORDINATOR: &str = "the server running this crew run stopped before it finished";
@@ -87,6 +84,8 @@ enum Ending {
     Succeeded(String),
     Failed(String),
     Cancelled,
+    /// Someone else ended the crew run (recovery declared it dead): write nothing more.
+    Lost,
 }
 
 /// Starts the coordinator of a freshly accepted crew run.
@@ -105,7 +104,9 @@ pub fn spawn(state: AppState, plan: Plan) {
             }
             other => other,
         };
-        if let Err(e) = finish(&state, id, ending).await {
+        if matches!(ending, Ending::Lost) {
+            tracing::warn!(crew_run.id = %id, "crew run ended elsewhere (recovery): coordinator stops");
+        } else if let Err(e) = finish(&state, id, ending).await {
             // Recovery ends it when the heartbeat stops.
             tracing::error!(crew_run.id = %id, error = ?e, "crew run could not be ended");
         }
@@ -131,7 +132,8 @@ async fn start(state: &AppState, id: Uuid) -> Result<bool, AppError> {
     .await
     .optional()?;
     drop(conn);
-    executions::announce(state, id).await?;
+    // Watchers also re-read on their own now and then: a failed announcement only delays them.
+    let _ = executions::announce(state, id).await;
     Ok(cancel_requested == Some(false))
 }
 
@@ -141,6 +143,7 @@ async fn finish(state: &AppState, id: Uuid, ending: Ending) -> anyhow::Result<()
         Ending::Succeeded(output) => (CrewRunStatus::Succeeded, output, None),
         Ending::Failed(error) => (CrewRunStatus::Failed, String::new(), Some(error)),
         Ending::Cancelled => (CrewRunStatus::Cancelled, String::new(), None),
+        Ending::Lost => return Ok(()),
     };
     let mut conn = state.pool.get().await?;
     diesel::update(
@@ -157,9 +160,7 @@ async fn finish(state: &AppState, id: Uuid, ending: Ending) -> anyhow::Result<()
     .execute(&mut conn)
     .await?;
     drop(conn);
-    executions::announce(state, id)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message()))?;
+    let _ = executions::announce(state, id).await;
     tracing::info!(crew_run.id = %id, status = status.as_str(), "crew run ended");
     Ok(())
 }
@@ -185,7 +186,7 @@ async fn sequential(
 ) -> Ending {
     let mut outputs: Vec<String> = Vec::with_capacity(plan.tasks.len());
     for task in &plan.tasks {
-        if *cancelled.borrow() {
+        if *cancelled.borrow() || state.shutting_down() {
             return Ending::Cancelled;
         }
         let Some(agent) = &task.agent else {
@@ -233,7 +234,7 @@ async fn hierarchical(
     let delegation = Arc::new(Delegation {
         state: state.clone(),
         plan: plan.clone(),
-        made: AtomicU32::new(0),
+        made: tokio::sync::Mutex::new(0),
         max: state.config.crew_max_delegations,
     });
     let link = CrewLink {
@@ -311,21 +312,42 @@ async fn wait_for(
     let mut beat = tokio::time::interval(every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cancelling = false;
+    let mut lost = false;
     loop {
         tokio::select! {
             _ = &mut runner => break,
             () = until_cancelled(cancelled.as_deref_mut()), if !cancelling => {
                 cancelling = true;
                 if let Err(e) = executions::cancel_step(state, id).await {
+                    // Tried again shortly: a step left running would keep spending.
                     tracing::warn!(execution.id = %id, error = %e.message(), "could not cancel a crew step");
+                    cancelling = false;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            _ = beat.tick() => {
-                if let Err(e) = heartbeat(state, crew_run_id).await {
+            _ = beat.tick() => match heartbeat(state, crew_run_id).await {
+                // Ended elsewhere (recovery): stop the step, and stop.
+                Ok(None) => {
+                    lost = true;
+                    if !cancelling {
+                        cancelling = true;
+                        let _ = executions::cancel_step(state, id).await;
+                    }
+                }
+                // A cancel whose notification was missed (the listener was reconnecting).
+                Ok(Some(true)) if !cancelling && cancelled.is_some() => {
+                    cancelling = true;
+                    let _ = executions::cancel_step(state, id).await;
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
                     tracing::warn!(crew_run.id = %crew_run_id, error = %e, "crew run heartbeat failed");
                 }
-            }
+            },
         }
+    }
+    if lost {
+        return Err(Ending::Lost);
     }
     let _ = executions::announce(state, crew_run_id).await;
     let run = executions::step(state, id).await.map_err(|e| {
@@ -348,22 +370,33 @@ async fn until_cancelled(switch: Option<&mut tokio::sync::watch::Receiver<bool>>
     }
 }
 
-async fn heartbeat(state: &AppState, id: Uuid) -> anyhow::Result<()> {
+/// Beats the crew run's heartbeat; whether a cancel was requested, or `None` when the crew run
+/// has ended meanwhile (recovery declared it dead).
+async fn heartbeat(state: &AppState, id: Uuid) -> anyhow::Result<Option<bool>> {
     let mut conn = state.pool.get().await?;
-    diesel::update(crew_runs::table.find(id))
-        .set(crew_runs::heartbeat_at.eq(diesel::dsl::now))
-        .execute(&mut conn)
-        .await?;
-    Ok(())
+    Ok(diesel::update(
+        crew_runs::table
+            .filter(crew_runs::id.eq(id))
+            .filter(crew_runs::status.eq_any(CrewRunStatus::UNFINISHED)),
+    )
+    .set(crew_runs::heartbeat_at.eq(diesel::dsl::now))
+    .returning(crew_runs::cancel_requested)
+    .get_result(&mut conn)
+    .await
+    .optional()?)
 }
 
-/// `text` cut to at most `max` characters, saying so.
+/// `text` cut to at most `max` characters, saying so (the mark included).
 fn cut_chars(text: &str, max: usize) -> String {
+    const MARK: &str = "\n[… cut]";
     if text.chars().count() <= max {
         return text.to_owned();
     }
-    let kept: String = text.chars().take(max).collect();
-    format!("{kept}\n[… cut]")
+    let kept: String = text
+        .chars()
+        .take(max.saturating_sub(MARK.chars().count()))
+        .collect();
+    format!("{kept}{MARK}")
 }
 
 /// A task's input: what to do, what to deliver, and what the earlier tasks produced.
@@ -414,12 +447,14 @@ pub fn manager_input(plan: &Plan) -> String {
     cut_chars(&input, executions::MAX_INPUT_CHARS)
 }
 
-/// The manager's delegation tool: each call is a run of the chosen member, waited for.
+/// The manager's delegation tool: each call is a run of the chosen member, waited for. One
+/// delegation at a time (a turn's calls queue up), so a crew run has at most two runs going —
+/// the manager and one member — whatever the manager asks for at once.
 struct Delegation {
     state: AppState,
     plan: Plan,
-    /// Delegations started so far.
-    made: AtomicU32,
+    /// Delegations started so far; held while one runs.
+    made: tokio::sync::Mutex<u32>,
     max: u32,
 }
 
@@ -484,7 +519,8 @@ impl Extension for Delegation {
                     names.join(", ")
                 )
             })?;
-        if self.made.fetch_add(1, Ordering::SeqCst) >= self.max {
+        let mut made = self.made.lock().await;
+        if *made >= self.max {
             return Err(format!(
                 "the crew's delegation limit ({}) is reached: answer with what you have",
                 self.max
@@ -510,6 +546,7 @@ impl Extension for Delegation {
         )
         .await
         .map_err(|e| format!("the coworker could not start: {}", e.message()))?;
+        *made += 1;
         let mut guard = StepGuard {
             state: self.state.clone(),
             id: run.id,

@@ -91,43 +91,65 @@ fn duplicate_name() -> AppError {
     AppError::Conflict("you already have a crew with this name".into())
 }
 
-/// The `{name}` placeholders of `text`, in order of first appearance. A placeholder is a
-/// letter or `_` then letters, digits or `_`, in single braces; other braces are text.
-pub fn placeholders(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// Whether `name` is a placeholder name: a letter or `_`, then letters, digits or `_`.
+fn is_placeholder(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Walks `text`, calling `each` with the text between placeholders (`Err`) and with each
+/// placeholder's name (`Ok`). Other braces are text.
+fn scan<'t>(text: &'t str, mut each: impl FnMut(Result<&'t str, &'t str>)) {
     let mut rest = text;
     while let Some(open) = rest.find('{') {
-        rest = &rest[open + 1..];
-        let Some(close) = rest.find(['}', '{']) else {
-            break;
-        };
-        if rest.as_bytes()[close] == b'{' {
-            continue; // `{ … {`: the first brace was text
-        }
-        let name = &rest[..close];
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if valid && !out.iter().any(|n| n == name) {
-            out.push(name.to_owned());
-        }
-        if valid {
-            rest = &rest[close + 1..];
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if is_placeholder(&after[..close]) => {
+                each(Err(&rest[..open]));
+                each(Ok(&after[..close]));
+                rest = &after[close + 1..];
+            }
+            _ => {
+                each(Err(&rest[..=open]));
+                rest = after;
+            }
         }
     }
+    each(Err(rest));
+}
+
+/// The `{name}` placeholders of `text`, in order of first appearance.
+pub fn placeholders(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    scan(text, |part| {
+        if let Ok(name) = part
+            && !out.iter().any(|n| n == name)
+        {
+            out.push(name.to_owned());
+        }
+    });
     out
 }
 
-/// `text` with each `{name}` placeholder replaced by its input (placeholders without one are
-/// left as they are: [`check_inputs`] refuses a run before that could happen).
+/// `text` with each `{name}` placeholder replaced by its input, in one pass over the text (a
+/// value is never searched for placeholders itself); a placeholder without an input stays as
+/// it is ([`check_inputs`] refuses a run before that could happen).
 pub fn interpolate(text: &str, inputs: &BTreeMap<String, String>) -> String {
-    let mut out = text.to_owned();
-    for (name, value) in inputs {
-        out = out.replace(&format!("{{{name}}}"), value);
-    }
+    let mut out = String::with_capacity(text.len());
+    scan(text, |part| match part {
+        Err(plain) => out.push_str(plain),
+        Ok(name) => match inputs.get(name) {
+            Some(value) => out.push_str(value),
+            None => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        },
+    });
     out
 }
 
@@ -368,7 +390,17 @@ fn tasks_json(tasks: &[TaskSpec]) -> AppResult<Value> {
 /// Creates a crew.
 pub async fn create(state: &AppState, viewer: &Viewer, input: CrewInput) -> AppResult<CrewRow> {
     let mut conn = state.pool.get().await?;
-    let values = validate(&mut conn, viewer, input, None).await?;
+    create_on(&mut conn, viewer, input).await
+}
+
+/// Creates a crew on `conn` (inside the caller's transaction, when it has one): a taken name is
+/// CONFLICT before anything is written, so a transaction survives it.
+pub async fn create_on(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    input: CrewInput,
+) -> AppResult<CrewRow> {
+    let values = validate(conn, viewer, input, None).await?;
     diesel::insert_into(crews::table)
         .values((
             crews::id.eq(Uuid::now_v7()),
@@ -381,7 +413,7 @@ pub async fn create(state: &AppState, viewer: &Viewer, input: CrewInput) -> AppR
             crews::tasks.eq(tasks_json(&values.tasks)?),
         ))
         .returning(CrewRow::as_returning())
-        .get_result(&mut conn)
+        .get_result(conn)
         .await
         .map_err(unique_or(duplicate_name))
 }
@@ -483,6 +515,24 @@ pub async fn get_run(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<C
         .ok_or_else(run_not_found)
 }
 
+/// One of the viewer's crew runs, waiting for a busy pool rather than failing (for the
+/// subscription, which a busy pool must delay, not end).
+pub async fn get_run_patiently(
+    state: &AppState,
+    viewer: &Viewer,
+    id: Uuid,
+) -> AppResult<CrewRunRow> {
+    let user_id = viewer.id();
+    crate::db::patient(
+        &state.pool,
+        Duration::from_secs(60),
+        "reading a followed crew run",
+        move |conn| Box::pin(model::find_run_owned(conn, user_id, id)),
+    )
+    .await?
+    .ok_or_else(run_not_found)
+}
+
 /// A page of the viewer's crew runs, newest first, optionally of one crew.
 pub async fn runs_page(
     state: &AppState,
@@ -541,10 +591,7 @@ pub async fn run(
     inputs: Value,
 ) -> AppResult<CrewRunRow> {
     let user_id = viewer.id();
-    let mut conn = state.pool.get().await?;
-    let crew = model::find_owned(&mut conn, user_id, crew_id)
-        .await?
-        .ok_or_else(not_found)?;
+    let crew = get(state, viewer, crew_id).await?;
     let tasks = crew.task_list();
     let values = check_inputs(&tasks, &inputs)?;
     let mut wanted: Vec<Uuid> = crew.agent_ids.clone();
@@ -555,35 +602,53 @@ pub async fn run(
         .filter(|a| a.user_id == user_id)
         .map(|a| (a.id, a))
         .collect();
+    let hierarchical = crew.process == CrewProcess::Hierarchical;
+    // A manager delegates only to members that can run.
     let members: Vec<AgentRow> = crew
         .agent_ids
         .iter()
         .filter_map(|id| by_id.get(id).cloned())
+        .filter(|a| a.is_active)
         .collect();
     let mut planned = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
-        let agent = match task.agent_id {
-            Some(id) => {
-                let agent = by_id.get(&id).cloned().ok_or_else(|| {
-                    AppError::bad_input(
-                        "crewId",
-                        format!("task {i}'s agent was deleted: update the crew"),
-                    )
-                })?;
+        let agent = match task.agent_id.map(|id| by_id.get(&id)) {
+            // In a HIERARCHICAL crew the agent is a hint: a deleted or inactive one is dropped.
+            Some(Some(agent)) if hierarchical && !agent.is_active => None,
+            Some(None) if hierarchical => None,
+            Some(Some(agent)) => {
                 if !agent.is_active {
-                    return Err(cannot_run(&format!("task {i}"), &agent, "it is inactive"));
+                    return Err(cannot_run(&format!("task {i}"), agent, "it is inactive"));
                 }
-                Some(agent)
+                Some(agent.clone())
+            }
+            Some(None) => {
+                return Err(AppError::bad_input(
+                    "crewId",
+                    format!("task {i}'s agent was deleted: update the crew"),
+                ));
             }
             None => None,
         };
-        planned.push(runner::PlannedTask {
+        let task = runner::PlannedTask {
             index: i,
             description: interpolate(&task.description, &values),
             expected_output: interpolate(&task.expected_output, &values),
             agent,
             context: task.context_of(i),
-        });
+        };
+        let chars = runner::task_input(&task, &[]).chars().count();
+        if chars > runner::MAX_TASK_TEXT_CHARS {
+            return Err(AppError::bad_input(
+                "inputs",
+                format!(
+                    "filled in, task {i} would be {chars} characters; a task's own text may have \
+                     at most {} (earlier outputs come on top): shorten the inputs",
+                    runner::MAX_TASK_TEXT_CHARS
+                ),
+            ));
+        }
+        planned.push(task);
     }
     let manager = match crew.process {
         CrewProcess::Sequential => None,
@@ -603,7 +668,7 @@ pub async fn run(
             if members.is_empty() {
                 return Err(AppError::bad_input(
                     "crewId",
-                    "the crew's agents were deleted: update the crew",
+                    "none of the crew's agents can run (deleted or inactive): update the crew",
                 ));
             }
             Some(manager)
@@ -612,9 +677,23 @@ pub async fn run(
     let cap = state.config.max_concurrent_executions;
     let inputs_json = serde_json::to_value(&values).map_err(|e| AppError::Internal(e.into()))?;
     let crew_for_tx = crew.clone();
+    let mut conn = state.pool.get().await?;
     let row = conn
         .transaction::<_, AppError, _>(async move |conn| {
             executions::service::lock_user(conn, user_id).await?;
+            // The crew must still exist, and stays until the run is stored (deleteCrew takes
+            // the row FOR UPDATE, so it waits, then sees the run and answers CONFLICT).
+            let present = crews::table
+                .filter(crews::id.eq(crew_for_tx.id))
+                .filter(crews::user_id.eq(user_id))
+                .select(crews::id)
+                .for_key_share()
+                .first::<Uuid>(conn)
+                .await
+                .optional()?;
+            if present.is_none() {
+                return Err(not_found());
+            }
             let crews_running: i64 = crew_runs::table
                 .filter(crew_runs::user_id.eq(user_id))
                 .filter(crew_runs::status.eq_any(CrewRunStatus::UNFINISHED))
@@ -687,5 +766,43 @@ pub async fn cancel(state: &AppState, viewer: &Viewer, id: Uuid) -> AppResult<Cr
             return Ok(current);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_are_names_in_single_braces_and_other_braces_are_text() {
+        assert_eq!(
+            placeholders("Research {topic} for {audience}, then {topic} again"),
+            ["topic", "audience"]
+        );
+        assert_eq!(
+            placeholders(r#"JSON {"a": 1} {not a name} {x1} {_y} {1z} { {ok}"#),
+            ["x1", "_y", "ok"]
+        );
+        assert!(placeholders("no braces").is_empty());
+    }
+
+    #[test]
+    fn interpolation_is_one_pass_so_values_are_never_expanded() {
+        let values = inputs(&[("a", "{b}{b}"), ("b", "boom")]);
+        assert_eq!(
+            interpolate("{a} and {b} and {c}", &values),
+            "{b}{b} and boom and {c}"
+        );
+        assert_eq!(
+            interpolate(r#"{"json": {a}}"#, &values),
+            r#"{"json": {b}{b}}"#
+        );
     }
 }

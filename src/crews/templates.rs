@@ -3,6 +3,7 @@
 //! creates ordinary agents (and a crew) through the same services and rules as `createAgent`
 //! and `createCrew`, so nothing about the result is special.
 
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
 
 use crate::{
@@ -214,7 +215,7 @@ pub struct Instance {
 /// Creates one agent of a template, under its name or the first free variant of it (`Writer
 /// 2`, …).
 async fn create_agent(
-    state: &AppState,
+    conn: &mut AsyncPgConnection,
     viewer: &Viewer,
     template: &AgentTemplate,
     api_key_id: &str,
@@ -242,7 +243,7 @@ async fn create_agent(
                 .collect(),
             config: Some(json!({})),
         };
-        match agents::service::create(state, viewer, input).await {
+        match agents::service::create_on(conn, viewer, input).await {
             Err(AppError::Conflict(_)) => continue, // the name is taken: try the next
             other => return other,
         }
@@ -254,8 +255,8 @@ async fn create_agent(
 }
 
 /// Creates what template `id` describes for the viewer, every agent on their key `api_key_id`
-/// with `model`. All or nothing: when a later part fails, the agents already created are
-/// deleted again. Errors name the argument (`apiKeyId`, `model`) as `createAgent` would.
+/// with `model`, in one transaction: all or nothing. Errors name the argument (`apiKeyId`,
+/// `model`) as `createAgent` names the input's field.
 pub async fn instantiate(
     state: &AppState,
     viewer: &Viewer,
@@ -264,55 +265,29 @@ pub async fn instantiate(
     model: &str,
 ) -> AppResult<Instance> {
     let template = find(id)?;
-    let mut created: Vec<AgentRow> = Vec::new();
-    let result = async {
-        for agent in template.agents.iter().chain(template.manager.as_ref()) {
-            let row = create_agent(state, viewer, agent, api_key_id, model).await?;
-            created.push(row);
-        }
-        if template.kind == TemplateKind::Agent {
-            return Ok(None);
-        }
-        let members = &created[..template.agents.len()];
-        let mut crew_name = template.name.to_owned();
-        for attempt in 2..=21 {
-            let input = CrewInput {
-                name: crew_name.clone(),
-                description: Some(template.description.to_owned()),
-                process: template.process,
-                agent_ids: members.iter().map(|a| a.id.to_string()).collect(),
-                manager_agent_id: template
-                    .manager
-                    .as_ref()
-                    .and_then(|_| created.last())
-                    .map(|a| a.id.to_string()),
-                tasks: template
-                    .tasks
-                    .iter()
-                    .map(|t| TaskInput {
-                        description: t.description.to_owned(),
-                        expected_output: t.expected_output.to_owned(),
-                        agent_id: t
-                            .agent
-                            .and_then(|i| members.get(i))
-                            .map(|a| a.id.to_string()),
-                        context: None,
-                    })
-                    .collect(),
-            };
-            match service::create(state, viewer, input).await {
-                Err(AppError::Conflict(_)) => crew_name = format!("{} {attempt}", template.name),
-                other => return other.map(Some),
+    let (api_key_id, model) = (api_key_id.to_owned(), model.to_owned());
+    let mut conn = state.pool.get().await?;
+    let result = conn
+        .transaction::<_, AppError, _>(async |conn| {
+            let mut created: Vec<AgentRow> = Vec::new();
+            for agent in template.agents.iter().chain(template.manager.as_ref()) {
+                created.push(create_agent(conn, viewer, agent, &api_key_id, &model).await?);
             }
-        }
-        Err(AppError::Conflict(format!(
-            "you already have crews named `{}` 1 to 20: rename some",
-            template.name
-        )))
-    }
-    .await;
-    // The error from the input names `input.apiKeyId`: the argument here is `apiKeyId`.
-    let result = result.map_err(|e| match e {
+            if template.kind == TemplateKind::Agent {
+                return Ok(Instance {
+                    agents: created,
+                    crew: None,
+                });
+            }
+            let crew = create_crew(conn, viewer, template, &created).await?;
+            Ok(Instance {
+                agents: created,
+                crew: Some(crew),
+            })
+        })
+        .await;
+    // The errors of the input name `input.apiKeyId`: the argument here is `apiKeyId`.
+    result.map_err(|e| match e {
         AppError::BadInput { field, message } => AppError::BadInput {
             field: field
                 .strip_prefix("input.")
@@ -321,19 +296,54 @@ pub async fn instantiate(
             message,
         },
         other => other,
-    });
-    match result {
-        Ok(crew) => Ok(Instance {
-            agents: created,
-            crew,
-        }),
-        Err(e) => {
-            for agent in &created {
-                if let Err(undo) = agents::service::delete(state, viewer, agent.id).await {
-                    tracing::warn!(agent.id = %agent.id, error = %undo.message(), "could not undo a template's agent");
-                }
-            }
-            Err(e)
+    })
+}
+
+/// Creates a crew template's crew from its agents just created (the members, then the
+/// manager), under its name or the first free variant of it.
+async fn create_crew(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    template: &Template,
+    created: &[AgentRow],
+) -> AppResult<CrewRow> {
+    let members = &created[..template.agents.len().min(created.len())];
+    for attempt in 1..=20 {
+        let name = match attempt {
+            1 => template.name.to_owned(),
+            n => format!("{} {n}", template.name),
+        };
+        let input = CrewInput {
+            name,
+            description: Some(template.description.to_owned()),
+            process: template.process,
+            agent_ids: members.iter().map(|a| a.id.to_string()).collect(),
+            manager_agent_id: template
+                .manager
+                .as_ref()
+                .and_then(|_| created.last())
+                .map(|a| a.id.to_string()),
+            tasks: template
+                .tasks
+                .iter()
+                .map(|t| TaskInput {
+                    description: t.description.to_owned(),
+                    expected_output: t.expected_output.to_owned(),
+                    agent_id: t
+                        .agent
+                        .and_then(|i| members.get(i))
+                        .map(|a| a.id.to_string()),
+                    context: None,
+                })
+                .collect(),
+        };
+        match service::create_on(conn, viewer, input).await {
+            Err(AppError::Conflict(_)) => continue, // the name is taken: try the next
+            other => return other,
         }
     }
+    Err(AppError::Conflict(format!(
+        "you already have crews named `{}` 1 to 20: rename some",
+        template.name
+    )))
 }

@@ -407,8 +407,13 @@ impl Hub {
                 self.cancel(id);
             }
             SIGNAL_CHANNEL => {
-                if let Some(tx) = lock(&self.signals).get(&id) {
-                    tx.send_modify(|n| *n += 1);
+                let mut signals = lock(&self.signals);
+                match signals.get(&id) {
+                    Some(tx) if tx.receiver_count() == 0 => {
+                        signals.remove(&id);
+                    }
+                    Some(tx) => tx.send_modify(|n| *n += 1),
+                    None => {}
                 }
             }
             _ => {}

@@ -101,6 +101,13 @@ pub async fn start_crew_step(
     if input.trim().is_empty() {
         return Err(AppError::bad_input("input", "must not be empty"));
     }
+    let chars = input.chars().count();
+    if chars > MAX_INPUT_CHARS {
+        return Err(AppError::bad_input(
+            "input",
+            format!("must be at most {MAX_INPUT_CHARS} characters (got {chars})"),
+        ));
+    }
     let mut conn = state.pool.get().await?;
     let agent = agents::model::find_owned(&mut conn, user_id, agent_id)
         .await?
@@ -342,7 +349,12 @@ async fn request_cancel(
 }
 
 /// Stops a crew step the caller started (no ownership check: the crew runner holds the id).
+/// The step's runner works in this process, so the switch reaches it without the database; the
+/// flag is for a runner that has not registered yet.
 pub async fn cancel_step(state: &AppState, id: Uuid) -> AppResult<()> {
+    if state.hub.cancel(id) {
+        return Ok(());
+    }
     let mut conn = state.pool.get().await?;
     request_cancel(state, &mut conn, id).await
 }

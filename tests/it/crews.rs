@@ -219,6 +219,23 @@ async fn crew_inputs_are_checked_before_anything_runs() {
     );
     let none = w.ask(RUN, json!({"c": crew_id})).await;
     assert_eq!(field(&none), "inputs.topic");
+    // Filled in, a task's own text is bounded.
+    let long = w
+        .ask(
+            CREATE,
+            json!({"i": {"name": "Long", "agentIds": [w.agent_id], "tasks": [
+                {"description": "{t} {t} {t} {t}", "expectedOutput": "e", "agentId": w.agent_id}]}}),
+        )
+        .await;
+    let long_id = id_at(&long, &["createCrew"]);
+    let too_long = w
+        .ask(RUN, json!({"c": long_id, "in": {"t": "x".repeat(4000)}}))
+        .await;
+    assert_eq!(
+        (code(&too_long), field(&too_long)),
+        ("BAD_USER_INPUT", "inputs"),
+        "{too_long}"
+    );
     let runs = w
         .ask("{ crewRuns { edges { node { id } } } }", json!({}))
         .await;
@@ -751,18 +768,28 @@ async fn templates_are_listed_and_a_crew_template_is_made_and_runs_in_one_mutati
 async fn a_crew_run_whose_coordinator_died_is_failed_by_a_live_instance_and_its_watchers_told() {
     let (w, writer) = crew_world(|_| {}).await;
     let crew_id = id_at(&sequential_crew(&w, &writer).await, &["createCrew"]);
-    // A crew run left RUNNING by a process that died an hour ago.
+    // A crew run left RUNNING by a process that is about to die: followed while alive, then
+    // its heartbeat goes stale.
     let id = "01a24038-0000-7000-8000-00000000c0de";
     w.app
         .sql(&format!(
-            "INSERT INTO crew_runs (id, user_id, crew_id, crew_name, process, status, started_at, heartbeat_at) \
-             VALUES ('{id}', '{}', '{crew_id}', 'Research and write', 'SEQUENTIAL', 'RUNNING', now() - interval '1 hour', now() - interval '1 hour')",
+            "INSERT INTO crew_runs (id, user_id, crew_id, crew_name, process, status, started_at) \
+             VALUES ('{id}', '{}', '{crew_id}', 'Research and write', 'SEQUENTIAL', 'RUNNING', now())",
             w.user.user_id
         ))
         .await;
-    let items = follow(&w.app, &w.user.access, id)
-        .await
-        .expect("subscription");
+    let (app, token) = (&w.app, w.user.access.clone());
+    let following = follow(app, &token, id);
+    let dying = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        w.app
+            .sql(&format!(
+                "UPDATE crew_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = '{id}'"
+            ))
+            .await;
+    };
+    let (items, ()) = tokio::join!(following, dying);
+    let items = items.expect("subscription");
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["kind"], "FAILED");
     assert_eq!(
@@ -777,4 +804,69 @@ async fn a_crew_run_whose_coordinator_died_is_failed_by_a_live_instance_and_its_
         )
         .await;
     assert_eq!(delete["data"]["deleteCrew"], true, "{delete}");
+}
+
+#[tokio::test]
+async fn cancelling_a_hierarchical_crew_cancels_the_delegated_run_and_delegations_go_one_at_a_time()
+{
+    let (w, writer) = crew_world(|_| {}).await;
+    w.fake
+        .set_stream(slow(&["a", "b", "c", "d", "e", "f", "g", "h"], 250));
+    let crew = w
+        .ask(
+            CREATE,
+            json!({"i": {"name": "M", "process": "HIERARCHICAL", "managerAgentId": w.agent_id, "agentIds": [writer],
+                   "tasks": [{"description": "d", "expectedOutput": "e"}]}}),
+        )
+        .await;
+    let crew_id = id_at(&crew, &["createCrew"]);
+    // Two delegations in one turn: the second waits for the first.
+    w.fake.queue_tool_turn(ToolTurn::calls(&[
+        ("delegate_task", r#"{"coworker": "Writer", "task": "one"}"#),
+        ("delegate_task", r#"{"coworker": "Writer", "task": "two"}"#),
+    ]));
+    let run_id = id_at(&w.ask(RUN, json!({"c": crew_id})).await, &["runCrew"]);
+    let mut steps = Value::Null;
+    for _ in 0..200 {
+        let run = w.ask(CREW_RUN, json!({"id": run_id})).await;
+        steps = run["data"]["crewRun"]["executions"].clone();
+        if steps[1]["status"] == "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(steps[1]["status"], "RUNNING", "{steps}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = w.ask(CREW_RUN, json!({"id": run_id})).await;
+    assert_eq!(
+        run["data"]["crewRun"]["executions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "the manager and one delegation: the second waits"
+    );
+    let body = w
+        .ask(
+            "mutation($id: ID!) { cancelCrewRun(id: $id) { status } }",
+            json!({"id": run_id}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["cancelCrewRun"]["status"], "CANCELLED",
+        "{body}"
+    );
+    // The delegated run is cancelled too (its provider stream dropped), and nothing else starts.
+    let delegated = steps[1]["id"].as_str().unwrap();
+    assert_eq!(w.finished(delegated).await["status"], "CANCELLED");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = finished(&w, &run_id).await;
+    let statuses: Vec<&str> = run["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["CANCELLED", "CANCELLED"]);
+    assert_eq!(completions(&w).len(), 2, "manager and one delegation only");
 }
