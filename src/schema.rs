@@ -65,9 +65,22 @@ pub struct Subscription(ExecutionsSubscription, CrewsSubscription);
 #[derive(Clone)]
 pub struct AppSchema {
     schema: Schema<Query, Mutation, Subscription>,
+    /// The same schema with the depth limit of introspection-only operations
+    /// ([`INTROSPECTION_MAX_DEPTH`]): the standard introspection query of graphql-js (what
+    /// codegen tools, Rover, Postman and Insomnia send) nests type references deeper than data
+    /// queries may go. Every other limit is the same, and an operation that selects anything
+    /// besides `__schema`, `__type` and `__typename` runs on the main schema.
+    introspection: Schema<Query, Mutation, Subscription>,
     max_aliases: usize,
     parsed: ParsedDocuments,
 }
+
+/// The depth limit of operations that select only introspection (`__schema`, `__type`,
+/// `__typename`). graphql-js's `getIntrospectionQuery` reaches 13 (its `TypeRef` fragment nests
+/// `ofType` nine levels under `__schema { types { fields { type } } }`); introspection reads
+/// only the schema, so a deeper limit costs nothing but the response's size, which the query's
+/// own size bounds.
+pub const INTROSPECTION_MAX_DEPTH: usize = 20;
 
 /// How many distinct query texts keep their parsed document (least recently used dropped).
 const PARSED_CAPACITY: usize = 256;
@@ -136,12 +149,72 @@ impl ParsedDocuments {
     }
 }
 
+/// Whether the operation `request` will run selects only introspection at its root (through
+/// fragments too). Such an operation reads nothing but the schema.
+fn introspection_only(request: &mut Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return false;
+    };
+    let document: &ExecutableDocument = document;
+    let operation = match (&document.operations, operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
+            Some(op) => op,
+            None => return false,
+        },
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => match ops.values().next() {
+            Some(op) => op,
+            None => return false,
+        },
+        _ => return false,
+    };
+    fn only_meta(
+        set: &SelectionSet,
+        document: &ExecutableDocument,
+        fragments_left: &mut usize,
+    ) -> bool {
+        set.items.iter().all(|selection| match &selection.node {
+            Selection::Field(field) => {
+                matches!(
+                    field.node.name.node.as_str(),
+                    "__schema" | "__type" | "__typename"
+                )
+            }
+            Selection::InlineFragment(inline) => {
+                only_meta(&inline.node.selection_set.node, document, fragments_left)
+            }
+            Selection::FragmentSpread(spread) => {
+                // Bounded: fragment cycles are refused by validation, but this runs before it.
+                if *fragments_left == 0 {
+                    return false;
+                }
+                *fragments_left -= 1;
+                document
+                    .fragments
+                    .get(&spread.node.fragment_name.node)
+                    .is_some_and(|f| {
+                        only_meta(&f.node.selection_set.node, document, fragments_left)
+                    })
+            }
+        })
+    }
+    operation.node.ty == async_graphql::parser::types::OperationType::Query
+        && only_meta(&operation.node.selection_set.node, document, &mut 64)
+}
+
 impl Executor for AppSchema {
     async fn execute(&self, mut request: Request) -> Response {
         if let Err(error) = self.parsed.check(&mut request, self.max_aliases) {
             return Response::from_errors(vec![error]);
         }
-        let mut response = self.schema.execute(request).await;
+        let schema = if introspection_only(&mut request) {
+            &self.introspection
+        } else {
+            &self.schema
+        };
+        let mut response = schema.execute(request).await;
         limits::code_request_errors(&mut response);
         response
     }
@@ -183,8 +256,13 @@ pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscri
 
 /// The schema a server executes, holding the shared state.
 pub fn build_schema(state: &AppState) -> AppSchema {
+    let config = &state.config;
     AppSchema {
-        schema: schema_builder(&state.config).data(state.clone()).finish(),
+        schema: schema_builder(config).data(state.clone()).finish(),
+        introspection: schema_builder(config)
+            .limit_depth(config.max_query_depth.max(INTROSPECTION_MAX_DEPTH))
+            .data(state.clone())
+            .finish(),
         max_aliases: state.config.max_aliases,
         parsed: ParsedDocuments::new(),
     }

@@ -161,6 +161,30 @@ async fn the_graphql_http_audit_suite_passes_every_must_audit() {
 }
 
 #[tokio::test]
+async fn graphql_js_standard_introspection_queries_pass_the_limits_and_build_a_client_schema() {
+    let app = TestApp::spawn().await;
+    let out = run_script("introspect.mjs", &[app.url("/graphql")], GUARD).await;
+    assert!(out.status.success(), "introspect.mjs failed: {out:#?}");
+    let summary: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("introspect.mjs summary is not JSON ({e}): {out:#?}"));
+    for variant in ["default", "everything"] {
+        let v = &summary[variant];
+        assert_eq!(v["status"], 200, "{summary}");
+        assert!(v["types"].as_u64().unwrap_or(0) > 50, "{summary}");
+        assert_eq!(v["hasCrew"], true, "{summary}");
+        assert_eq!(v["hasSubscription"], true, "{summary}");
+    }
+    report(
+        "graphql-js-introspection",
+        &format!(
+            "getIntrospectionQuery (default options, and with descriptions, inputValueDeprecation, \
+             schemaDescription, specifiedByUrl, directiveIsRepeatable) → buildClientSchema: {} types",
+            summary["everything"]["types"]
+        ),
+    );
+}
+
+#[tokio::test]
 async fn apollo_client_4_signs_up_runs_an_agent_and_streams_events_over_the_split_link() {
     let (app, _fake) = app_with_fake_provider().await;
     let ws = format!("ws://{}/graphql", app.addr);

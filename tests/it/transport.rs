@@ -298,16 +298,18 @@ async fn batches_run_up_to_the_limit_and_larger_ones_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn deep_queries_are_refused() {
-    let app = TestApp::spawn().await;
+/// `__schema { types { fields { type { ofType { … name } } } } }` with `levels` of `ofType`
+/// (depth `levels + 5`), after `prefix` at the root.
+fn type_refs(prefix: &str, levels: usize) -> String {
     let mut deep = String::from("name");
-    for _ in 0..14 {
+    for _ in 0..levels {
         deep = format!("ofType {{ {deep} }}");
     }
-    let query = format!("{{ __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}");
-    let body = app.gql(&query, json!({})).await;
-    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    format!("{{ {prefix} __schema {{ types {{ fields {{ type {{ {deep} }} }} }} }} }}")
+}
+
+fn refused_as_too_deep(body: &serde_json::Value) {
+    assert_eq!(code(body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert!(
         body["errors"][0]["message"]
             .as_str()
@@ -317,6 +319,51 @@ async fn deep_queries_are_refused() {
         "{body}"
     );
     assert!(body["data"].is_null());
+}
+
+#[tokio::test]
+async fn deep_queries_are_refused_and_only_pure_introspection_may_go_deeper() {
+    let app = TestApp::spawn().await;
+    let user = app.register("deep@example.com").await;
+    // Depth 14: over the limit of 12 for anything that reads data...
+    let mixed = app
+        .gql_as(Some(&user.access), &type_refs("me { id }", 9), json!({}))
+        .await;
+    refused_as_too_deep(&mixed);
+    let mut data = String::from("id");
+    for _ in 0..4 {
+        data = format!("agent {{ executions(first: 1) {{ nodes {{ {data} }} }} }}");
+    }
+    let data = format!(
+        "{{ agents(first: 1) {{ nodes {{ executions(first: 1) {{ nodes {{ {data} }} }} }} }} }}"
+    );
+    refused_as_too_deep(&app.gql_as(Some(&user.access), &data, json!({})).await);
+    // ... but an operation that only introspects may (graphql-js's standard introspection
+    // query reaches 13), up to 20.
+    let introspection = app.gql(&type_refs("__typename", 9), json!({})).await;
+    assert!(introspection.get("errors").is_none(), "{introspection}");
+    assert!(introspection["data"]["__schema"]["types"].is_array());
+    refused_as_too_deep(&app.gql(&type_refs("", 17), json!({})).await);
+    // Through a fragment too, and only for the operation that runs.
+    let fragment = format!(
+        "query Meta {{ ...F }} query Data {{ me {{ id }} }} fragment F on Query {}",
+        type_refs("__typename", 9)
+    );
+    let run = |name: &'static str| {
+        let (app, fragment) = (&app, fragment.clone());
+        async move {
+            app.post(None, &json!({"query": fragment, "operationName": name}))
+                .await
+                .json::<serde_json::Value>()
+                .await
+                .expect("JSON response")
+        }
+    };
+    let body = run("Meta").await;
+    assert!(body.get("errors").is_none(), "{body}");
+    // The document's fragment is deep either way: for the data operation it is not used, so
+    // validation refuses it as unused, never running it on the deeper limit.
+    assert_eq!(code(&run("Data").await), "GRAPHQL_VALIDATION_FAILED");
 }
 
 #[tokio::test]
