@@ -383,8 +383,9 @@ def xact_count(url, db):
     return int(psql(url, f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
 
 
-def statements_per_request(port, url, db, token, firsts):
-    """SQL statements per `agents(first: N)` request, for each N in `firsts`. Every statement
+def statements_per_request(port, url, db, token, firsts, query=None, variables=None, label="agents(first: {})"):
+    """SQL statements per request of `query` (W3's `agents(first: N)` by default) for each
+    case in `firsts` (turned into variables by `variables`). Every statement
     Agentry sends outside an explicit transaction is a transaction of its own, so for a read-only
     request the growth of pg_stat_database's transaction count is its number of statements.
     Sequential requests, minus the background rate measured over an idle period (the hub's and
@@ -400,17 +401,24 @@ def statements_per_request(port, url, db, token, firsts):
     for first in firsts:
         before, t0 = xact_count(url, db), time.time()
         for _ in range(P["statement_requests"]):
-            c.gql(W3_QUERY, {"first": first}, token)
+            c.gql(query or W3_QUERY, (variables or (lambda n: {"first": n}))(first), token)
         time.sleep(settle)
         total = xact_count(url, db) - before - idle_rate * (time.time() - t0)
         out[f"first_{first}"] = total / P["statement_requests"]
-        log(f"  agents(first: {first}): {out[f'first_{first}']:.2f} statements per request")
+        log(f"  {label.format(first)}: {out[f'first_{first}']:.2f} statements per request")
     return out
 
 
 W3_QUERY = """query($first: Int!) { agents(first: $first) { nodes { id name model isActive
   apiKey { id name provider maskedKey }
   executions(first: 5) { nodes { id status inputTokens outputTokens costUsd createdAt } } } } }"""
+
+
+W10_QUERY = """query($g: [UsageGroup!]) { me { usage(groupBy: $g) {
+  total { executions inputTokens outputTokens cost }
+  groups { day agentId agentName totals { executions cost } } } } }"""
+# W10's cases: no grouping, and by day and agent (every agent of the seeded user, each day).
+W10_GROUPS = {0: [], 1: ["DAY", "AGENT"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -893,6 +901,19 @@ def main():
     else:
         w["W3"]["statements_per_request"] = statements_per_request(ports["agentry"], db_url, db, tokens[0], (1, 50))
 
+    # --- W10 ---------------------------------------------------------------------------------
+    log("W10 usage report of the seeded user, by day and agent")
+    w10_body = {"query": W10_QUERY, "variables": {"g": W10_GROUPS[1]}}
+    report = c.gql(W10_QUERY, {"g": W10_GROUPS[1]}, tokens[0])["data"]["me"]["usage"]
+    assert report["total"]["executions"] > 0 and len(report["groups"]) > 1, "W10 data missing"
+    w["W10"] = wrk("W10", ports["agentry"], w10_body, [tokens[0]])
+    w["W10"]["runs_summed"] = report["total"]["executions"]
+    w["W10"]["groups"] = len(report["groups"])
+    if not SMOKE:
+        w["W10"]["statements_per_request"] = statements_per_request(
+            ports["agentry"], db_url, db, tokens[0], (0, 1), query=W10_QUERY,
+            variables=lambda n: {"g": W10_GROUPS[n]}, label="usage(groupBy: case {})")
+
     # --- W4 ----------------------------------------------------------------------------------
     log("W4 createAgent")
     create = {"query": "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
@@ -1170,6 +1191,11 @@ def markdown(r):
     ]
     if "first_1" in spr:
         lines.append(f"| W3 SQL statements per request | first: 1 → {spr['first_1']:.2f}, first: 50 → {spr['first_50']:.2f} | **{q['W3_statements_first50_vs_first1']:.2f}** × (N=50 vs N=1) | constant {mark(spr['first_50'] <= spr['first_1'] + 1.5)} |")
+    if "W10" in w:
+        u = w["W10"]
+        us = u.get("statements_per_request", {})
+        stmts = f"; statements per request {us['first_0']:.2f} ungrouped, {us['first_1']:.2f} by day and agent" if "first_0" in us else ""
+        lines.append(f"| W10 usage report by day and agent ({u['runs_summed']:,} runs summed into {u['groups']:,} groups) | {f(u['rps'])} req/s, p99 {f(u['p99_ms'], 1)} ms{stmts} | {u['rps'] / b['pgbench']['tps']:.3f} × pgbench TPS | statements constant {mark(us.get('first_1', 0) <= us.get('first_0', 0) + 0.5) if 'first_0' in us else ''} |")
     lines += [
         f"| W4 `createAgent` | {f(w['W4']['rps'])} req/s, p99 {f(w['W4']['p99_ms'], 1)} ms | {q['W4_vs_pgbench']:.3f} × pgbench TPS | |",
         f"| W5 logins (cost {b['bcrypt']['cost']}) | {f(w['W5_logins']['rps'], 1)} logins/s | **{q['W5_logins_vs_bcrypt_max']:.2f}** × the bcrypt maximum | |",

@@ -38,6 +38,8 @@ pub mod oauth;
 pub mod threads;
 /// Agent tools: web search, Wikipedia, calculator, HTTP GET, run by the runner's tool loop.
 pub mod tools;
+/// Usage reports: runs, tokens and exact cost grouped by day, agent, model, provider, key.
+pub mod usage;
 /// Accounts, sessions, roles, admin actions, audit log.
 pub mod users;
 

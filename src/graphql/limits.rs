@@ -53,16 +53,23 @@ pub fn check(request: &mut Request, max_aliases: usize) -> Result<(), ServerErro
 /// Codes the errors of a request async-graphql refused before executing it (a validation rule,
 /// the depth, complexity or directive limit): such a response has no data and its errors no
 /// path. Resolver errors carry a path, and Agentry's own errors a code already.
+///
+/// An argument whose value async-graphql could not read as its type (a `null` inside a list of
+/// non-null items, say) fails at its field, with a path but without a code: such errors (their
+/// message ends `(occurred while parsing "<type>")`) are `BAD_USER_INPUT`.
 pub fn code_request_errors(response: &mut Response) {
-    if response.data != Value::Null {
-        return;
-    }
+    let refused = response.data == Value::Null;
     for error in &mut response.errors {
-        if error.path.is_empty() {
-            let extensions = error.extensions.get_or_insert_with(Default::default);
-            if extensions.get("code").is_none() {
-                extensions.set("code", VALIDATION_FAILED);
-            }
+        let code = if error.path.is_empty() && refused {
+            VALIDATION_FAILED
+        } else if error.message.contains("(occurred while parsing \"") {
+            "BAD_USER_INPUT"
+        } else {
+            continue;
+        };
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", code);
         }
     }
 }
@@ -92,4 +99,31 @@ fn count_aliases(document: &ExecutableDocument) -> usize {
                 .map(|f| in_set(&f.node.selection_set.node)),
         )
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_argument_that_failed_to_parse_at_its_field_is_bad_user_input() {
+        let mut error = async_graphql::ServerError::new(
+            "Expected input type \"UsageGroup\", found null. (occurred while parsing \"[UsageGroup!]\")",
+            None,
+        );
+        error.path = vec![async_graphql::PathSegment::Field("me".into())];
+        let other = async_graphql::ServerError::new("something else", None);
+        let mut response = Response::from_errors(vec![error, other]);
+        response.data =
+            async_graphql::Value::from_json(serde_json::json!({"me": null})).expect("a JSON value");
+        code_request_errors(&mut response);
+        let code = |i: usize| {
+            response.errors[i]
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("code").cloned())
+        };
+        assert_eq!(code(0), Some(async_graphql::Value::from("BAD_USER_INPUT")));
+        assert_eq!(code(1), None, "other errors keep their own codes");
+    }
 }

@@ -13,6 +13,7 @@ use crate::{
     error::AppError,
     graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
     oauth::graphql::OAuthAccount,
+    usage::{graphql::UsageReport, model::UsageGroup},
     users::{
         admin,
         model::{AuditRow, Role, UserRow, UserStatus},
@@ -71,6 +72,24 @@ impl User {
         }
         let rows = crate::oauth::accounts::list(state(ctx)?, viewer.id()).await?;
         Ok(rows.into_iter().map(OAuthAccount).collect())
+    }
+
+    /// Runs, tokens and exact cost between `since` (inclusive) and `until` (exclusive) by the
+    /// time each run was accepted, grouped by any of DAY (UTC), AGENT, MODEL, PROVIDER, API_KEY.
+    /// The user themselves and admins may read it.
+    async fn usage(
+        &self,
+        ctx: &Context<'_>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        group_by: Option<Vec<UsageGroup>>,
+    ) -> async_graphql::Result<UsageReport> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let user_id = parse_id("id", &self.id)?;
+        let group_by = group_by.unwrap_or_default();
+        let report =
+            crate::usage::service::report(state(ctx)?, viewer, user_id, since, until, group_by);
+        Ok(UsageReport(report.await?))
     }
 
     /// This user's agents, newest first. Only the user themselves may list them.

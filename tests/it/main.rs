@@ -24,4 +24,5 @@ mod streams;
 mod threads;
 mod tools;
 mod transport;
+mod usage;
 mod websocket;

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS executions_user_usage_idx;
