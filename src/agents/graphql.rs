@@ -14,7 +14,7 @@ use crate::{
     api_keys::graphql::{ApiKey, LlmProvider},
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page},
+        graphql::{Execution, executions_page, run_text},
         model::{ExecutionStatus, RunFilter},
     },
     graphql::{
@@ -117,7 +117,7 @@ impl Agent {
             let rows = ctx
                 .data::<Loaders>()?
                 .recent_executions
-                .load_one((self.0.id, page.fetch_limit()))
+                .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
                 .await?
                 .unwrap_or_default();
             return Ok(page.connection(rows, |e| e.id, Execution));

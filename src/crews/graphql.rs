@@ -18,7 +18,7 @@ use crate::{
     },
     error::AppError,
     executions::{
-        graphql::{Execution, ExecutionEvent},
+        graphql::{Execution, ExecutionEvent, run_text},
         model::CrewRole,
     },
     graphql::{
@@ -215,7 +215,7 @@ impl CrewRun {
         let mut rows = ctx
             .data::<Loaders>()?
             .crew_run_executions
-            .load_one((self.0.id, MAX_STEPS_LISTED))
+            .load_one((self.0.id, MAX_STEPS_LISTED, run_text(ctx, false)))
             .await?
             .unwrap_or_default();
         rows.reverse();

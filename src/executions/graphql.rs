@@ -12,7 +12,7 @@ use crate::{
     error::AppError,
     executions::{
         live,
-        model::{CrewRole, EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter},
+        model::{CrewRole, EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter, RunText},
         service,
     },
     files::graphql::File,
@@ -164,6 +164,26 @@ impl Execution {
             .into_iter()
             .map(|row| ExecutionEvent(Arc::new(row)))
             .collect())
+    }
+}
+
+/// Whether the runs a field returns need their text: only when `input` or `output` is selected
+/// on them (in a connection, under `nodes` or `edges { node }`), so a list that shows status
+/// and cost does not read every run's output. Fragments and aliases count.
+pub fn run_text(ctx: &Context<'_>, connection: bool) -> RunText {
+    let here = ctx.look_ahead();
+    let shows_text = |runs: async_graphql::Lookahead<'_>| {
+        runs.field("input").exists() || runs.field("output").exists()
+    };
+    let needed = if connection {
+        shows_text(here.field("nodes")) || shows_text(here.field("edges").field("node"))
+    } else {
+        shows_text(here)
+    };
+    if needed {
+        RunText::With
+    } else {
+        RunText::Without
     }
 }
 

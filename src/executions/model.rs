@@ -246,37 +246,114 @@ pub enum RecentOf {
     CrewRun,
 }
 
+/// Whether a batch read of runs carries their input and output text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunText {
+    /// The whole rows.
+    With,
+    /// `input` and `output` left empty: a list that does not show them (a page of agents with
+    /// their runs' status and cost) need not read and copy every run's output.
+    Without,
+}
+
+/// Every column of `executions` but `input` and `output`, which are empty, in one list.
+const RUN_COLUMNS_WITHOUT_TEXT: &str = "id, user_id, agent_id, api_key_id, provider, model, status, \
+    ''::text AS input, ''::text AS output, error, input_tokens, output_tokens, cost_micros, \
+    cost_estimated, last_sequence, cancel_requested, heartbeat_at, created_at, started_at, \
+    finished_at, thread_id, crew_run_id, crew_role, crew_task";
+
 /// The newest `limit` runs of each agent (thread, crew run) in `ids`, in one statement
-/// (DataLoader), newest first.
+/// (DataLoader), each parent's newest first.
 pub async fn recent_runs(
     conn: &mut AsyncPgConnection,
     of: RecentOf,
     ids: &[Uuid],
     limit: i64,
+    text: RunText,
 ) -> QueryResult<Vec<ExecutionRow>> {
-    use diesel::sql_types::{Array, BigInt, Bool};
+    // A lateral join per parent: each side uses the parent's (parent, id) index. (Selecting
+    // the rows by `id IN (…)` to decode them by position instead was slower: the planner's
+    // semi-join costs more than decoding by name saves.)
     let parent = match of {
         RecentOf::Agent => "agent_id",
         RecentOf::Thread => "thread_id",
         RecentOf::CrewRun => "crew_run_id",
     };
-    // The ids come from a lateral join per parent, each on its (parent, id) index; the rows
-    // themselves are selected by the query builder, so they decode by position (decoding by
-    // column name was a tenth of the agents page's CPU).
-    let newest = diesel::dsl::sql::<Bool>("executions.id IN (SELECT e.id FROM unnest(")
-        .bind::<Array<diesel::sql_types::Uuid>, _>(ids.to_vec())
-        .sql(&format!(
-            "::uuid[]) AS p(id) CROSS JOIN LATERAL \
-             (SELECT id FROM executions WHERE {parent} = p.id ORDER BY id DESC LIMIT "
-        ))
-        .bind::<BigInt, _>(limit)
-        .sql(") e)");
-    executions::table
-        .filter(newest)
-        .order(executions::id.desc())
-        .select(ExecutionRow::as_select())
-        .load(conn)
+    let columns = match text {
+        RunText::With => "*",
+        RunText::Without => RUN_COLUMNS_WITHOUT_TEXT,
+    };
+    let sql = format!(
+        "SELECT e.* FROM unnest($1::uuid[]) AS a(id) CROSS JOIN LATERAL \
+         (SELECT {columns} FROM executions WHERE {parent} = a.id ORDER BY id DESC LIMIT $2) e"
+    );
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids.to_vec())
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load::<ExecutionRowByName>(conn)
         .await
+        .map(|rows| rows.into_iter().map(Into::into).collect())
+}
+
+/// [`ExecutionRow`] loaded from raw SQL by column name.
+#[derive(QueryableByName)]
+#[diesel(table_name = executions, check_for_backend(diesel::pg::Pg))]
+struct ExecutionRowByName {
+    id: Uuid,
+    user_id: Uuid,
+    agent_id: Uuid,
+    api_key_id: Option<Uuid>,
+    provider: String,
+    model: String,
+    status: ExecutionStatus,
+    input: String,
+    output: String,
+    error: Option<String>,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_micros: i64,
+    cost_estimated: bool,
+    last_sequence: i32,
+    cancel_requested: bool,
+    heartbeat_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    thread_id: Option<Uuid>,
+    crew_run_id: Option<Uuid>,
+    crew_role: Option<CrewRole>,
+    crew_task: Option<i32>,
+}
+
+impl From<ExecutionRowByName> for ExecutionRow {
+    fn from(r: ExecutionRowByName) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            agent_id: r.agent_id,
+            api_key_id: r.api_key_id,
+            provider: r.provider,
+            model: r.model,
+            status: r.status,
+            input: r.input,
+            output: r.output,
+            error: r.error,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_micros: r.cost_micros,
+            cost_estimated: r.cost_estimated,
+            last_sequence: r.last_sequence,
+            cancel_requested: r.cancel_requested,
+            heartbeat_at: r.heartbeat_at,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            thread_id: r.thread_id,
+            crew_run_id: r.crew_run_id,
+            crew_role: r.crew_role,
+            crew_task: r.crew_task,
+        }
+    }
 }
 
 /// Totals of one key's runs.

@@ -20,7 +20,8 @@ use crate::{
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, SIGNAL_CHANNEL, notify},
         model::{
-            self, CrewRole, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, UsageRow,
+            self, CrewRole, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, RunText,
+            UsageRow,
         },
         runner,
     },
@@ -379,7 +380,8 @@ pub async fn of_crew_run(
         "reading a crew run's steps",
         move |conn| {
             Box::pin(async move {
-                model::recent_runs(conn, RecentOf::CrewRun, &[crew_run_id], limit).await
+                let text = RunText::With;
+                model::recent_runs(conn, RecentOf::CrewRun, &[crew_run_id], limit, text).await
             })
         },
     )
@@ -412,24 +414,29 @@ pub async fn events_of(
     Ok(model::events_after(&mut conn, run.id, after, i64::from(first)).await?)
 }
 
-/// The newest runs of many agents (or threads) at once, keyed by (parent id, how many), for the
-/// request's DataLoaders: one statement per distinct page size (usually one for the whole
-/// batch). No owner filter: the ids come from rows the viewer was already allowed to read.
+/// Key of a batch read of runs: the parent (agent, thread, crew run), how many, and whether
+/// with their text.
+pub type RecentKey = (Uuid, i64, RunText);
+
+/// The newest runs of many agents (or threads, crew runs) at once, keyed by (parent id, how
+/// many, with text or not), for the request's DataLoaders: one statement per distinct page
+/// size and text choice (usually one for the whole batch). No owner filter: the ids come from
+/// rows the viewer was already allowed to read.
 pub async fn recent_runs(
     pool: &Pool,
     of: RecentOf,
-    keys: &[(Uuid, i64)],
-) -> AppResult<HashMap<(Uuid, i64), Vec<ExecutionRow>>> {
+    keys: &[RecentKey],
+) -> AppResult<HashMap<RecentKey, Vec<ExecutionRow>>> {
     let mut conn = pool.get().await?;
-    let mut by_limit: HashMap<i64, Vec<Uuid>> = HashMap::new();
-    for (parent, limit) in keys {
-        by_limit.entry(*limit).or_default().push(*parent);
+    let mut by_shape: HashMap<(i64, RunText), Vec<Uuid>> = HashMap::new();
+    for (parent, limit, text) in keys {
+        by_shape.entry((*limit, *text)).or_default().push(*parent);
     }
-    let mut out: HashMap<(Uuid, i64), Vec<ExecutionRow>> = HashMap::new();
-    for (limit, parents) in by_limit {
-        let rows = model::recent_runs(&mut conn, of, &parents, limit).await?;
+    let mut out: HashMap<RecentKey, Vec<ExecutionRow>> = HashMap::new();
+    for ((limit, text), parents) in by_shape {
+        let rows = model::recent_runs(&mut conn, of, &parents, limit, text).await?;
         for parent in &parents {
-            out.insert((*parent, limit), Vec::new());
+            out.insert((*parent, limit, text), Vec::new());
         }
         for row in rows {
             let parent = match of {
@@ -438,7 +445,7 @@ pub async fn recent_runs(
                 RecentOf::CrewRun => row.crew_run_id,
             };
             if let Some(parent) = parent {
-                out.entry((parent, limit)).or_default().push(row);
+                out.entry((parent, limit, text)).or_default().push(row);
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::{
     error::AppError,
     executions::{
         model::{ExecutionRow, RecentOf, UsageRow},
-        service::{self as executions, UsageKey},
+        service::{self as executions, RecentKey, UsageKey},
     },
     state::AppState,
 };
@@ -38,11 +38,11 @@ pub struct LoaderSet {
     pub api_keys: DataLoader<ApiKeyLoader>,
     /// Agents by id (cached per request; lists feed it what they loaded).
     pub agents: DataLoader<AgentLoader, HashMapCache>,
-    /// The newest N runs of each agent, keyed by (agent id, N).
+    /// The newest N runs of each agent, keyed by (agent id, N, with text).
     pub recent_executions: DataLoader<RecentExecutionsLoader>,
-    /// The newest N runs of each thread, keyed by (thread id, N).
+    /// The newest N runs of each thread, keyed by (thread id, N, with text).
     pub thread_executions: DataLoader<RecentExecutionsLoader>,
-    /// The runs of each crew run, newest first, keyed by (crew run id, N).
+    /// The runs of each crew run, newest first, keyed by (crew run id, N, with text).
     pub crew_run_executions: DataLoader<RecentExecutionsLoader>,
     /// The newest N runs of each crew, keyed by (crew id, N).
     pub crew_runs: DataLoader<CrewRunsLoader>,
@@ -117,17 +117,18 @@ impl Loader<Uuid> for AgentLoader {
     }
 }
 
-/// Loads the newest runs of many agents (or threads) at once, keyed by (parent id, how many).
+/// Loads the newest runs of many agents (threads, crew runs) at once, keyed by (parent id, how
+/// many, with their text or not).
 pub struct RecentExecutionsLoader(Pool, RecentOf);
 
-impl Loader<(Uuid, i64)> for RecentExecutionsLoader {
+impl Loader<RecentKey> for RecentExecutionsLoader {
     type Value = Vec<ExecutionRow>;
     type Error = LoadError;
 
     async fn load(
         &self,
-        keys: &[(Uuid, i64)],
-    ) -> Result<HashMap<(Uuid, i64), Vec<ExecutionRow>>, LoadError> {
+        keys: &[RecentKey],
+    ) -> Result<HashMap<RecentKey, Vec<ExecutionRow>>, LoadError> {
         executions::recent_runs(&self.0, self.1, keys)
             .await
             .map_err(load_error)

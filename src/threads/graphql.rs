@@ -13,7 +13,7 @@ use crate::{
     agents::graphql::Agent,
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page},
+        graphql::{Execution, executions_page, run_text},
         model::RunFilter,
     },
     graphql::{
@@ -66,7 +66,7 @@ impl Thread {
             let rows = ctx
                 .data::<Loaders>()?
                 .thread_executions
-                .load_one((self.0.id, page.fetch_limit()))
+                .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
                 .await?
                 .unwrap_or_default();
             return Ok(page.connection(rows, |e| e.id, Execution));

@@ -114,6 +114,45 @@ async fn runs_are_listed_newest_first_and_filtered() {
     );
     let bad = list(json!({"a": "nope"})).await;
     assert_eq!((code(&bad), field(&bad)), ("BAD_USER_INPUT", "agentId"));
+
+    // An agent's runs come with their text when it is selected — directly, through a fragment
+    // or under an alias — and the same runs without it otherwise.
+    for selection in [
+        "nodes { id input output }",
+        "edges { node { id ...T } }",
+        "nodes { id ... on Execution { said: output input } }",
+    ] {
+        let body = w
+            .ask(
+                &format!(
+                    "query {{ agents(first: 5) {{ nodes {{ executions(first: 10) {{ {selection} }} }} }} }}{}",
+                    if selection.contains("...T") { " fragment T on Execution { input output }" } else { "" }
+                ),
+                json!({}),
+            )
+            .await;
+        let runs = &body["data"]["agents"]["nodes"][0]["executions"];
+        let first = runs["nodes"][1]
+            .as_object()
+            .or(runs["edges"][1]["node"].as_object());
+        let first = first.unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(first["input"], "run 2", "{selection}: {body}");
+        let output = first.get("output").or(first.get("said")).unwrap();
+        assert_eq!(output, "r", "{selection}: {body}");
+    }
+    let plain = w
+        .ask(
+            "{ agents(first: 5) { nodes { executions(first: 10) { nodes { id status } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        plain["data"]["agents"]["nodes"][0]["executions"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]
