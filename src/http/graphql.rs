@@ -268,20 +268,87 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// The GraphiQL release the playground page loads (from unpkg, with React 18). Pinned, so the
-/// page is the same everywhere and the browser test can serve these exact files offline from
-/// tests/js/node_modules (keep it equal to `graphiql` in tests/js/package.json).
+/// The GraphiQL release of the playground (with React 18), served from the binary: the files in
+/// assets/graphiql/ (keep it equal to `graphiql` in tests/js/package.json).
 pub const GRAPHIQL_VERSION: &str = "4.1.2";
+
+/// The playground's files, embedded at build time from the pinned npm releases in
+/// assets/graphiql/ (their licenses beside them), so `/graphql` works with no internet: (name,
+/// media type, bytes).
+const GRAPHIQL_ASSETS: [(&str, &str, &[u8]); 4] = [
+    (
+        "graphiql.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/graphiql/graphiql.min.js"),
+    ),
+    (
+        "graphiql.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../assets/graphiql/graphiql.min.css"),
+    ),
+    (
+        "react.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/graphiql/react.production.min.js"),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/graphiql/react-dom.production.min.js"),
+    ),
+];
+
+/// `GET /graphiql/{version}/{file}`: one of the playground's files, wherever the playground is
+/// on; cached for a year (the version is in the path).
+pub async fn graphiql_asset(
+    State(http): State<HttpState>,
+    axum::extract::Path((version, file)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let asset = GRAPHIQL_ASSETS
+        .iter()
+        .find(|(name, _, _)| *name == file)
+        .filter(|_| version == GRAPHIQL_VERSION && http.app.config.graphiql_enabled());
+    match asset {
+        Some((_, media_type, bytes)) => (
+            [
+                (header::CONTENT_TYPE, *media_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
 
 /// The playground. Its fetcher merges the headers pane into the WebSocket `connection_init`
 /// payload, so `{"Authorization": "Bearer …"}` there authenticates queries and subscriptions.
+/// async-graphql's page loads its files from unpkg; here they come from this server
+/// ([`graphiql_asset`]), and nothing else leaves it (no favicon from graphql.org).
 fn graphiql() -> String {
-    async_graphql::http::GraphiQLSource::build()
+    let page = async_graphql::http::GraphiQLSource::build()
         .version(GRAPHIQL_VERSION)
         .endpoint("/graphql")
         .subscription_endpoint("/graphql")
         .title("Agentry GraphiQL")
-        .finish()
+        .finish();
+    let local = format!("/graphiql/{GRAPHIQL_VERSION}");
+    page.replace(
+        "https://unpkg.com/react@18/umd/react.development.js",
+        &format!("{local}/react.production.min.js"),
+    )
+    .replace(
+        "https://unpkg.com/react-dom@18/umd/react-dom.development.js",
+        &format!("{local}/react-dom.production.min.js"),
+    )
+    .replace(
+        &format!("https://unpkg.com/graphiql@{GRAPHIQL_VERSION}/"),
+        &format!("{local}/"),
+    )
+    .replace(
+        r#"<link rel="icon" href="https://graphql.org/favicon.ico">"#,
+        "",
+    )
 }
 
 /// `Authorization: Bearer <token>`, if present.
@@ -312,5 +379,34 @@ pub fn request_meta(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_playground_loads_nothing_from_elsewhere_and_every_file_it_names_is_served() {
+        let page = graphiql();
+        assert!(
+            !page.contains("https://"),
+            "an off-site URL is left in the page"
+        );
+        let local = format!("/graphiql/{GRAPHIQL_VERSION}/");
+        let named: Vec<&str> = page
+            .match_indices(&local)
+            .map(|(at, _)| {
+                let rest = &page[at + local.len()..];
+                &rest[..rest.find('"').unwrap_or(rest.len())]
+            })
+            .collect();
+        assert_eq!(named.len(), 4, "{named:?}");
+        for file in named {
+            assert!(
+                GRAPHIQL_ASSETS.iter().any(|(name, _, _)| *name == file),
+                "{file} is not embedded"
+            );
+        }
     }
 }

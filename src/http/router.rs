@@ -41,6 +41,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/files/{id}", get(super::files::download))
+        .route("/graphiql/{version}/{file}", get(graphql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -143,6 +144,7 @@ async fn edge(State(edge): State<Edge>, mut request: Request, next: Next) -> Res
 fn route_label(matched: Option<&axum::extract::MatchedPath>) -> &'static str {
     match matched.map(axum::extract::MatchedPath::as_str) {
         Some("/graphql") => "/graphql",
+        Some("/graphiql/{version}/{file}") => "/graphiql",
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",

@@ -172,11 +172,48 @@ async fn graphiql_is_served_to_browsers_in_development_only() {
             .contains("graphiql")
     );
 
+    // Its files come from the server itself, cached for a year; other versions and names are
+    // not found.
+    let asset = |app: &TestApp, path: &str| {
+        let request = app.http.get(app.url(path));
+        async move { request.send().await.unwrap() }
+    };
+    let version = agentry::http::graphql::GRAPHIQL_VERSION;
+    let js = asset(&app, &format!("/graphiql/{version}/graphiql.min.js")).await;
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(
+        js.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert!(js.bytes().await.unwrap().len() > 100_000);
+    let css = asset(&app, &format!("/graphiql/{version}/graphiql.min.css")).await;
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(
+        asset(&app, "/graphiql/0.0.1/graphiql.min.js")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        asset(&app, &format!("/graphiql/{version}/secrets.txt"))
+            .await
+            .status(),
+        404
+    );
+
     let production = TestApp::spawn_with(|c| {
         c.environment = agentry::config::Environment::Production;
         c.bcrypt_cost = 10;
     })
     .await;
+    let off = asset(&production, &format!("/graphiql/{version}/graphiql.min.js")).await;
+    assert_eq!(off.status(), 404, "no playground, no playground files");
     let page = production
         .http
         .get(production.url("/graphql"))

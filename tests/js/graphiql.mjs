@@ -3,15 +3,12 @@
 //
 // Usage: node graphiql.mjs <baseUrl> <accessToken> <executionId> <screenshotPath>
 //
-// The page loads React and GraphiQL from unpkg; this machine (and CI) may be offline, so those
-// requests are answered with the very same files from tests/js/node_modules (the versions the
-// page asks for are pinned there). Every other request off the test server is refused. The
-// script types the token into the headers pane, runs `{ me { email } }` and a subscription to
+// The page loads React and GraphiQL from the server itself (embedded in the binary), so it runs
+// with the network blocked: every request off the test server is refused and counts as a
+// failure. The script types the token into the headers pane, runs `{ me { email } }` and a subscription to
 // a finished run, and prints a JSON line with what the result pane showed; exits 1 on error.
 
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const [baseUrl, token, executionId, screenshot] = process.argv.slice(2);
@@ -27,23 +24,6 @@ if (!existsSync(executablePath)) {
   );
   process.exit(1);
 }
-const modules = join(dirname(fileURLToPath(import.meta.url)), 'node_modules');
-const TYPES = { js: 'application/javascript', css: 'text/css', map: 'application/json' };
-
-/** `https://unpkg.com/<name>@<version>/<file>` → the file from node_modules/<name>. */
-function fromNodeModules(url) {
-  const match = /^\/((?:@[^/]+\/)?[^/@]+)@([^/]+)\/(.+)$/.exec(new URL(url).pathname);
-  if (!match) return null;
-  const [, name, wanted, file] = match;
-  const manifest = JSON.parse(readFileSync(join(modules, name, 'package.json'), 'utf8'));
-  // `react@18` asks for a major, `graphiql@4.1.2` for an exact release.
-  if (manifest.version !== wanted && manifest.version.split('.')[0] !== wanted) {
-    throw new Error(`the page wants ${name}@${wanted}, tests/js has ${manifest.version}`);
-  }
-  const path = join(modules, name, file);
-  if (!existsSync(path)) return null;
-  return { body: readFileSync(path), contentType: TYPES[file.split('.').pop()] ?? 'text/plain' };
-}
 
 const browser = await chromium.launch({
   executablePath,
@@ -57,19 +37,12 @@ let page;
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const origin = new URL(baseUrl).origin;
+  // The network is blocked: the page must load everything from the server itself.
   await context.route('**/*', async (route) => {
     const url = route.request().url();
     if (url.startsWith(origin)) return route.continue();
-    if (url.startsWith('https://unpkg.com/')) {
-      try {
-        const file = fromNodeModules(url);
-        if (file) return route.fulfill({ status: 200, contentType: file.contentType, body: file.body });
-        failures.push(`no local copy of ${url}`);
-      } catch (error) {
-        failures.push(error.message); // e.g. GRAPHIQL_VERSION and tests/js disagree
-      }
-    }
-    return route.fulfill({ status: 404, body: '' }); // favicon and anything else off-site
+    failures.push(`off-site request: ${url}`);
+    return route.abort('internetdisconnected');
   });
   page = await context.newPage();
   page.on('pageerror', (error) => failures.push(`page error: ${error.message}`));
