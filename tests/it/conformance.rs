@@ -185,6 +185,30 @@ async fn graphql_js_standard_introspection_queries_pass_the_limits_and_build_a_c
 }
 
 #[tokio::test]
+async fn graphql_codegen_client_preset_generates_types_from_the_running_server_that_tsc_accepts() {
+    let app = TestApp::spawn().await;
+    let out = run_script(
+        "codegen.mjs",
+        &[app.url("/graphql")],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(out.status.success(), "codegen.mjs failed: {out:#?}");
+    let summary: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("codegen.mjs summary is not JSON ({e}): {out:#?}"));
+    let generated = summary["generated"].as_array().expect("generated files");
+    assert!(generated.iter().any(|f| f == "graphql.ts"), "{summary}");
+    report(
+        "graphql-codegen",
+        &format!(
+            "@graphql-codegen/cli client preset from the server's URL: {} files; tsc --strict \
+             accepts them and typed uses of a query, a mutation and crewRunEvents",
+            generated.len()
+        ),
+    );
+}
+
+#[tokio::test]
 async fn apollo_client_4_signs_up_runs_an_agent_and_streams_events_over_the_split_link() {
     let (app, _fake) = app_with_fake_provider().await;
     let ws = format!("ws://{}/graphql", app.addr);
