@@ -399,18 +399,12 @@ impl Template {
     }
     /// The inputs a crew made from it needs in `runCrew`.
     async fn inputs(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for task in self.0.tasks {
-            for name in service::placeholders(task.description)
-                .into_iter()
-                .chain(service::placeholders(task.expected_output))
-            {
-                if !out.contains(&name) {
-                    out.push(name);
-                }
-            }
-        }
-        out
+        service::inputs_in(
+            self.0
+                .tasks
+                .iter()
+                .flat_map(|t| [t.description, t.expected_output]),
+        )
     }
 }
 

@@ -155,15 +155,19 @@ pub fn interpolate(text: &str, inputs: &BTreeMap<String, String>) -> String {
 
 /// The placeholders of a crew's tasks (descriptions and expected outputs), in order.
 pub fn inputs_of(tasks: &[TaskSpec]) -> Vec<String> {
+    inputs_in(
+        tasks
+            .iter()
+            .flat_map(|t| [t.description.as_str(), t.expected_output.as_str()]),
+    )
+}
+
+/// The placeholders of `texts`, each once, in order of first appearance.
+pub fn inputs_in<'t>(texts: impl IntoIterator<Item = &'t str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for task in tasks {
-        for name in placeholders(&task.description)
-            .into_iter()
-            .chain(placeholders(&task.expected_output))
-        {
-            if !out.contains(&name) {
-                out.push(name);
-            }
+    for name in texts.into_iter().flat_map(placeholders) {
+        if !out.contains(&name) {
+            out.push(name);
         }
     }
     out

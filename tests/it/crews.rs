@@ -297,10 +297,65 @@ async fn crew_definitions_are_validated_with_the_field_named_and_nothing_stored(
         .ask("{ crews { edges { node { id } } } }", json!({}))
         .await;
     assert_eq!(crews["data"]["crews"]["edges"], json!([]));
+    // At most 20 tasks and 20 members.
+    let many_tasks: Vec<Value> = (0..21).map(|_| task(&w.agent_id)).collect();
+    let body = w
+        .ask(
+            CREATE,
+            json!({"i": {"name": "c", "agentIds": [w.agent_id], "tasks": many_tasks}}),
+        )
+        .await;
+    assert_eq!(
+        (code(&body), field(&body)),
+        ("BAD_USER_INPUT", "input.tasks")
+    );
+    let many_members = vec![w.agent_id.clone(); 21];
+    let body = w
+        .ask(
+            CREATE,
+            json!({"i": {"name": "c", "agentIds": many_members, "tasks": [task(&w.agent_id)]}}),
+        )
+        .await;
+    assert_eq!(
+        (code(&body), field(&body)),
+        ("BAD_USER_INPUT", "input.agentIds")
+    );
     // Names are unique per user.
-    sequential_crew(&w, &writer).await;
+    let crew_id = id_at(&sequential_crew(&w, &writer).await, &["createCrew"]);
     let twice = sequential_crew(&w, &writer).await;
     assert_eq!(code(&twice), "CONFLICT");
+
+    // updateCrew replaces the crew whole, by the same rules.
+    const UPDATE: &str = "mutation($id: ID!, $i: CrewInput!) { updateCrew(id: $id, input: $i) { name inputs tasks { description agent { name } } agents { name } } }";
+    let updated = w
+        .ask(
+            UPDATE,
+            json!({"id": crew_id, "i": {"name": "Just write", "agentIds": [writer],
+                   "tasks": [{"description": "Write about {subject}", "expectedOutput": "e", "agentId": writer}]}}),
+        )
+        .await;
+    assert_eq!(
+        updated["data"]["updateCrew"],
+        json!({"name": "Just write", "inputs": ["subject"], "tasks": [{"description": "Write about {subject}", "agent": {"name": "Writer"}}], "agents": [{"name": "Writer"}]}),
+        "{updated}"
+    );
+    let refused = w
+        .ask(UPDATE, json!({"id": crew_id, "i": {"name": "x", "agentIds": [writer], "tasks": [task(&w.agent_id)]}}))
+        .await;
+    assert_eq!(
+        (code(&refused), field(&refused)),
+        ("BAD_USER_INPUT", "input.tasks[0].agentId")
+    );
+    let kept = w
+        .ask(
+            "query($id: ID!) { crew(id: $id) { name } }",
+            json!({"id": crew_id}),
+        )
+        .await;
+    assert_eq!(
+        kept["data"]["crew"]["name"], "Just write",
+        "a refused update changes nothing"
+    );
 }
 
 #[tokio::test]
