@@ -216,6 +216,34 @@ async fn usage_arguments_are_checked_and_only_the_user_and_admins_read_it() {
         ("BAD_USER_INPUT", "until")
     );
 
+    // More than 10,000 groups is refused, naming the argument.
+    w.app
+        .sql(&format!(
+            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input, created_at) \
+             SELECT gen_random_uuid(), a.user_id, a.id, a.api_key_id, 'OPENAI', 'gpt-4o-mini', 'SUCCEEDED', 'seed', \
+                    timestamptz '2000-01-01' + n * interval '1 day' \
+             FROM agents a, generate_series(1, 10001) n WHERE a.user_id = '{}'",
+            w.user.user_id
+        ))
+        .await;
+    let too_many = report(&w, None, None, &["DAY"]).await;
+    assert_eq!(
+        (code(&too_many), field(&too_many)),
+        ("BAD_USER_INPUT", "groupBy"),
+        "{too_many}"
+    );
+    let by_model = report(&w, None, None, &["MODEL"]).await;
+    assert_eq!(
+        by_model["data"]["me"]["usage"]["total"]["executions"],
+        10_002
+    );
+    w.app
+        .sql(&format!(
+            "DELETE FROM executions WHERE user_id = '{}' AND input = 'seed' AND cost_micros = 0",
+            w.user.user_id
+        ))
+        .await;
+
     // Another user sees only their own (nothing), and cannot reach this user's.
     let other = w.app.register("other-usage@example.com").await;
     let theirs = w.app.gql_as(Some(&other.access), REPORT, json!({})).await;
