@@ -23,6 +23,8 @@ pub enum ErrorCode {
     RateLimited,
     /// An upstream LLM or OAuth provider failed.
     ProviderError,
+    /// A spend budget or token cap does not allow the run (the message names the budget).
+    BudgetExceeded,
     /// Something broke on our side; the log has the details.
     Internal,
     /// The document does not parse (the GraphQL spec's name).
@@ -50,6 +52,7 @@ impl ErrorCode {
             Self::Conflict => "CONFLICT",
             Self::RateLimited => "RATE_LIMITED",
             Self::ProviderError => "PROVIDER_ERROR",
+            Self::BudgetExceeded => "BUDGET_EXCEEDED",
             Self::Internal => "INTERNAL_SERVER_ERROR",
             Self::GraphqlParseFailed => "GRAPHQL_PARSE_FAILED",
             Self::GraphqlValidationFailed => "GRAPHQL_VALIDATION_FAILED",
@@ -94,6 +97,8 @@ pub enum AppError {
     },
     /// An upstream provider failed; the message is safe to show.
     Provider(String),
+    /// A budget does not allow the run; the message names the budget and its numbers.
+    BudgetExceeded(String),
     /// Anything unexpected; logged, never shown.
     Internal(anyhow::Error),
 }
@@ -122,7 +127,8 @@ impl AppError {
             Self::Unauthenticated(m)
             | Self::Forbidden(m)
             | Self::Conflict(m)
-            | Self::Provider(m) => m.clone(),
+            | Self::Provider(m)
+            | Self::BudgetExceeded(m) => m.clone(),
             Self::NotFound { what } => format!("{what} not found"),
             Self::BadInput { field, message } => format!("{field}: {message}"),
             Self::RateLimited {
@@ -146,6 +152,7 @@ impl AppError {
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Provider(_) => ErrorCode::ProviderError,
+            Self::BudgetExceeded(_) => ErrorCode::BudgetExceeded,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -26,6 +26,8 @@ pub mod schema;
 pub mod agents;
 /// Users' LLM provider keys: the vault entries, live key tests, usage.
 pub mod api_keys;
+/// Spend budgets and token caps: refused runs, runs stopped mid-stream, admins' ceilings.
+pub mod budgets;
 /// Crews of agents working through tasks (sequential, or delegated by a manager).
 pub mod crews;
 /// Runs: runner, event log, live hub, cancellation, recovery.

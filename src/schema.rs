@@ -16,6 +16,7 @@ use futures_util::{StreamExt, stream::BoxStream};
 use crate::{
     agents::graphql::{AgentsMutation, AgentsQuery},
     api_keys::graphql::{ApiKeysMutation, ApiKeysQuery},
+    budgets::graphql::{BudgetsMutation, BudgetsQuery},
     config::Config,
     crews::graphql::{CrewsMutation, CrewsQuery, CrewsSubscription},
     executions::graphql::{ExecutionsMutation, ExecutionsQuery, ExecutionsSubscription},
@@ -40,6 +41,7 @@ pub struct Query(
     FilesQuery,
     ThreadsQuery,
     CrewsQuery,
+    BudgetsQuery,
 );
 
 /// Every mutation field, one object per domain.
@@ -53,6 +55,7 @@ pub struct Mutation(
     FilesMutation,
     ThreadsMutation,
     CrewsMutation,
+    BudgetsMutation,
 );
 
 /// Every subscription field, one object per domain.

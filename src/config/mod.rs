@@ -229,6 +229,24 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_CREW_MAX_DELEGATIONS", default_value_t = 10)]
     pub crew_max_delegations: u32,
 
+    /// Webhooks: seconds one delivery attempt may take (connect, send, answer) before it counts
+    /// as failed.
+    #[arg(long, env = "AGENTRY_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+
+    /// Webhooks: attempts per delivery before it is given up (FAILED).
+    #[arg(long, env = "AGENTRY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+
+    /// Webhooks: the wait before the first retry, in milliseconds; each further retry waits six
+    /// times longer (5 s, 30 s, 3 min, 18 min, 1.8 h, then 10 h at most).
+    #[arg(long, env = "AGENTRY_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
+
+    /// Webhooks: how often each instance looks for due deliveries, in milliseconds.
+    #[arg(long, env = "AGENTRY_WEBHOOK_POLL_MS", default_value_t = 1000)]
+    pub webhook_poll_ms: u64,
+
     /// Tools: seconds one tool call may take before it answers the model with a timeout error.
     #[arg(long, env = "AGENTRY_TOOL_TIMEOUT_SECS", default_value_t = 20)]
     pub tool_timeout_secs: u64,
@@ -428,6 +446,19 @@ impl Config {
             ),
             ("AGENTRY_TOOL_TIMEOUT_SECS", self.tool_timeout_secs as usize),
             ("AGENTRY_TOOL_RESULT_MAX_BYTES", self.tool_result_max_bytes),
+            (
+                "AGENTRY_WEBHOOK_TIMEOUT_SECS",
+                self.webhook_timeout_secs as usize,
+            ),
+            (
+                "AGENTRY_WEBHOOK_MAX_ATTEMPTS",
+                self.webhook_max_attempts as usize,
+            ),
+            (
+                "AGENTRY_WEBHOOK_RETRY_BASE_MS",
+                self.webhook_retry_base_ms as usize,
+            ),
+            ("AGENTRY_WEBHOOK_POLL_MS", self.webhook_poll_ms as usize),
             ("AGENTRY_FILE_MAX_BYTES", self.file_max_bytes),
             ("AGENTRY_FILES_MAX_PER_USER", self.files_max_per_user),
             ("AGENTRY_FILES_MAX_TOTAL_BYTES", self.files_max_total_bytes),

@@ -54,6 +54,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    budgets (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        scope -> Text,
+        api_key_id -> Nullable<Uuid>,
+        agent_id -> Nullable<Uuid>,
+        set_by_admin -> Bool,
+        monthly_limit_micros -> Nullable<Int8>,
+        run_token_limit -> Nullable<Int8>,
+        spent_month -> Date,
+        spent_micros -> Int8,
+        alerted_percent -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     crew_runs (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -232,9 +250,42 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhooks (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        url -> Text,
+        description -> Text,
+        events -> Array<Text>,
+        secret_ciphertext -> Bytea,
+        is_active -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        webhook_id -> Uuid,
+        user_id -> Uuid,
+        event_type -> Text,
+        payload -> Jsonb,
+        status -> Text,
+        attempt_count -> Int4,
+        attempts -> Jsonb,
+        next_attempt_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(agents -> api_keys (api_key_id));
 diesel::joinable!(agents -> users (user_id));
 diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(budgets -> agents (agent_id));
+diesel::joinable!(budgets -> api_keys (api_key_id));
+diesel::joinable!(budgets -> users (user_id));
 diesel::joinable!(crew_runs -> crews (crew_id));
 diesel::joinable!(crew_runs -> users (user_id));
 diesel::joinable!(crews -> users (user_id));
@@ -254,11 +305,14 @@ diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(executions -> threads (thread_id));
 diesel::joinable!(threads -> agents (agent_id));
 diesel::joinable!(threads -> users (user_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhooks -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     agents,
     api_keys,
     audit_log,
+    budgets,
     crew_runs,
     crews,
     execution_events,
@@ -271,4 +325,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     sessions,
     threads,
     users,
+    webhook_deliveries,
+    webhooks,
 );

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::{
     agents,
     api_keys::{self, model::ApiKeyRow},
+    budgets::service::Allowance,
     db::{
         Pool,
         schema::{executions, idempotency_keys},
@@ -74,6 +75,13 @@ fn runnable_key(agent_active: bool, key: Option<ApiKeyRow>) -> AppResult<ApiKeyR
     Ok(key)
 }
 
+/// About how many tokens a run's first request is (system prompt and input, four characters a
+/// token), for the per-run token caps of budgets.
+fn input_estimate(agent: &agents::model::AgentRow, input: &str) -> i64 {
+    let chars = agents::service::system_prompt(agent).len() + input.len() + 200;
+    i64::try_from(chars.div_ceil(4)).unwrap_or(i64::MAX)
+}
+
 /// Where a run started by a crew run belongs.
 #[derive(Debug, Clone, Copy)]
 pub struct CrewLink {
@@ -115,6 +123,12 @@ pub async fn start_crew_step(
         .ok_or(AppError::NotFound { what: "agent" })?;
     let key = api_keys::model::find_owned(&mut conn, user_id, agent.api_key_id).await?;
     let key = runnable_key(agent.is_active, key)?;
+    let allowance = Allowance::of_run(&mut conn, user_id, key.id, agent.id).await?;
+    let estimate = input_estimate(&agent, input);
+    allowance.admit(
+        estimate,
+        state.pricing.cost_micros(&agent.model, estimate, 0),
+    )?;
     let execution = conn
         .transaction::<_, AppError, _>(async |conn| {
             let execution: ExecutionRow = diesel::insert_into(executions::table)
@@ -144,7 +158,14 @@ pub async fn start_crew_step(
         .await?;
     drop(conn);
     tracing::info!(execution.id = %execution.id, crew_run.id = %link.crew_run_id, agent.id = %agent.id, "crew step queued");
-    let runner = runner::spawn(state.clone(), execution.clone(), agent, key, extension);
+    let runner = runner::spawn(
+        state.clone(),
+        execution.clone(),
+        agent,
+        key,
+        extension,
+        allowance,
+    );
     Ok((execution, runner))
 }
 
@@ -197,6 +218,7 @@ pub async fn execute(
     let key_lookup = api_keys::model::find_owned(&mut conn, user_id, agent.api_key_id).await?;
     let agent_active = agent.is_active;
     let agent_for_tx = agent.clone();
+    let pricing = &state.pricing;
     let (execution, key, created) = conn
         .transaction::<_, AppError, _>(async move |conn| {
             // One user at a time: the idempotency check and the concurrency count see each
@@ -221,6 +243,9 @@ pub async fn execute(
                 }
             }
             let key = runnable_key(agent_active, key_lookup)?;
+            let allowance = Allowance::of_run(conn, user_id, key.id, agent_for_tx.id).await?;
+            let estimate = input_estimate(&agent_for_tx, &input);
+            allowance.admit(estimate, pricing.cost_micros(&agent_for_tx.model, estimate, 0))?;
             let running = unfinished_count(conn, user_id).await?;
             if let Some(thread_id) = thread_id {
                 crate::threads::service::admit_run(conn, user_id, thread_id, agent_for_tx.id, &input).await?;
@@ -259,12 +284,19 @@ pub async fn execute(
                     .await?;
             }
             notify(conn, EXECUTION_CHANNEL, &format!("{}:{user_id}", execution.id)).await?;
-            Ok((execution, Some(key), true))
+            Ok((execution, Some((key, allowance)), true))
         })
         .await?;
-    if created && let Some(key) = key {
+    if created && let Some((key, allowance)) = key {
         tracing::info!(execution.id = %execution.id, agent.id = %agent.id, user.id = %user_id, "run queued");
-        runner::spawn(state.clone(), execution.clone(), agent, key, None);
+        runner::spawn(
+            state.clone(),
+            execution.clone(),
+            agent,
+            key,
+            None,
+            allowance,
+        );
     }
     Ok(execution)
 }

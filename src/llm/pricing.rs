@@ -90,6 +90,14 @@ impl Pricing {
     }
 }
 
+/// Micro-dollars as an exact decimal amount of USD (`0.012345`): how money is shown where it
+/// must add up (usage reports, budgets).
+pub fn exact_usd(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let micros = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
 /// "2.50" (USD per million tokens) → 2_500_000 pico-dollars per token; at most 6 decimals.
 fn usd_per_million_to_pico(value: &serde_json::Value) -> anyhow::Result<i64> {
     let text = match value {
@@ -134,6 +142,14 @@ mod tests {
         assert_eq!(pricing.cost_micros("gpt-4o-mini", 3, 0), Some(0));
         assert_eq!(pricing.cost_micros("gpt-4o-mini", 4, 0), Some(1));
         assert_eq!(pricing.cost_micros("no-such-model", 10, 10), None);
+    }
+
+    #[test]
+    fn micro_dollars_print_as_exact_decimals() {
+        assert_eq!(exact_usd(0), "0.000000");
+        assert_eq!(exact_usd(12_345), "0.012345");
+        assert_eq!(exact_usd(1_234_567_890), "1234.567890");
+        assert_eq!(exact_usd(-5), "-0.000005");
     }
 
     #[test]

@@ -3,17 +3,13 @@
 use async_graphql::{ID, Object};
 use chrono::{DateTime, Utc};
 
-use crate::usage::{
-    model::{UsageGroup, UsageRow},
-    service::Report,
+use crate::{
+    llm::pricing::exact_usd,
+    usage::{
+        model::{UsageGroup, UsageRow},
+        service::Report,
+    },
 };
-
-/// Micro-dollars as an exact decimal amount of USD (`0.012345`).
-fn exact_usd(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let micros = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
 
 /// Runs, tokens and cost of a set of runs.
 pub struct UsageTotals(UsageRow);
@@ -111,18 +107,5 @@ impl UsageReport {
     /// grouped).
     async fn groups(&self) -> Vec<UsageGroupRow> {
         self.0.groups.iter().cloned().map(UsageGroupRow).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exact_usd;
-
-    #[test]
-    fn micro_dollars_print_as_exact_decimals() {
-        assert_eq!(exact_usd(0), "0.000000");
-        assert_eq!(exact_usd(12_345), "0.012345");
-        assert_eq!(exact_usd(1_234_567_890), "1234.567890");
-        assert_eq!(exact_usd(-5), "-0.000005");
     }
 }

@@ -32,6 +32,10 @@ pub mod actions {
     pub const OAUTH_UNLINK: &str = "oauth.unlink";
     /// A rotated-away refresh token was presented again; its family was revoked.
     pub const REFRESH_TOKEN_REUSE: &str = "session.refresh_token_reuse";
+    /// An admin set a user's spend ceiling.
+    pub const CEILING_SET: &str = "budget.ceiling_set";
+    /// An admin removed a user's spend ceiling.
+    pub const CEILING_REMOVE: &str = "budget.ceiling_remove";
 }
 
 /// Appends one audit row.

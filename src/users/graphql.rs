@@ -92,6 +92,18 @@ impl User {
         Ok(UsageReport(report.await?))
     }
 
+    /// The ceiling an admin set on this user's spending (null when none). The user themselves
+    /// and admins may read it.
+    async fn ceiling(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<crate::budgets::graphql::Budget>> {
+        let viewer = request_context(ctx)?.viewer()?;
+        let user_id = parse_id("id", &self.id)?;
+        let row = crate::budgets::service::ceiling_of(state(ctx)?, viewer, user_id).await?;
+        Ok(row.map(crate::budgets::graphql::Budget))
+    }
+
     /// This user's agents, newest first. Only the user themselves may list them.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn agents(

@@ -9,6 +9,7 @@ mod agents;
 mod api_keys;
 mod auth;
 mod bootstrap;
+mod budgets;
 mod conformance;
 mod crews;
 mod executions;

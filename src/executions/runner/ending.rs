@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{Outcome, WRITE_PATIENCE, writer::Writer, writer::insert_event};
 use crate::{
-    api_keys,
+    api_keys, budgets,
     db::{patient, schema::executions},
     executions::{
         hub::{EXECUTION_CHANNEL, RUN_CHANNEL, notify},
@@ -23,13 +23,20 @@ struct Ending {
     status: ExecutionStatus,
     terminal: EventKind,
     error: Option<String>,
+    /// The error code of a failure a client may act on (BUDGET_EXCEEDED).
+    code: Option<&'static str>,
 }
 
 impl Ending {
     /// The ending of an outcome; `None` for [`Outcome::Lost`] (someone else ended the run).
     fn of(outcome: Outcome, timeout_secs: u64) -> Option<Self> {
+        let mut code = None;
         let (status, terminal, error) = match outcome {
             Outcome::Lost => return None,
+            Outcome::OverBudget(message) => {
+                code = Some(crate::error::ErrorCode::BudgetExceeded.as_str());
+                (ExecutionStatus::Failed, EventKind::Failed, Some(message))
+            }
             Outcome::Succeeded => (ExecutionStatus::Succeeded, EventKind::Completed, None),
             Outcome::Failed(message) => (ExecutionStatus::Failed, EventKind::Failed, Some(message)),
             Outcome::Cancelled => (ExecutionStatus::Cancelled, EventKind::Cancelled, None),
@@ -43,14 +50,18 @@ impl Ending {
             status,
             terminal,
             error,
+            code,
         })
     }
 
     /// The terminal event's data.
     fn event_data(&self) -> serde_json::Value {
-        match &self.error {
-            Some(message) => json!({ "status": self.status.as_str(), "error": message }),
-            None => json!({ "status": self.status.as_str() }),
+        match (&self.error, self.code) {
+            (Some(message), Some(code)) => {
+                json!({ "status": self.status.as_str(), "error": message, "code": code })
+            }
+            (Some(message), None) => json!({ "status": self.status.as_str(), "error": message }),
+            (None, _) => json!({ "status": self.status.as_str() }),
         }
     }
 }
@@ -132,6 +143,8 @@ pub(super) async fn finish(
     let accounting = Accounting::of(writer, usage, usage_estimated, ending.status);
     let execution = &writer.execution;
     let (id, key_id, user_id) = (execution.id, execution.api_key_id, execution.user_id);
+    let agent_id = execution.agent_id;
+    let month = crate::budgets::model::month_of(Utc::now());
     let usage_sequence = writer.sequence + 1;
     let terminal_sequence = writer.sequence + 2;
     let (status, terminal) = (ending.status, ending.terminal);
@@ -163,6 +176,24 @@ pub(super) async fn finish(
             insert_event(conn, id, terminal_sequence, terminal, terminal_data, at).await?;
             if let Some(key_id) = key_id {
                 api_keys::model::mark_used(conn, key_id).await?;
+            }
+            if accounting.cost_micros > 0 {
+                let crossed = budgets::service::charge(
+                    conn,
+                    user_id,
+                    key_id,
+                    agent_id,
+                    accounting.cost_micros,
+                    month,
+                )
+                .await?;
+                for crossing in crossed {
+                    tracing::info!(
+                        budget.id = %crossing.budget.id,
+                        percent = crossing.budget.alerted_percent,
+                        "a budget reached an alert level"
+                    );
+                }
             }
             notify(conn, RUN_CHANNEL, &format!("{id}:{terminal_sequence}")).await?;
             notify(conn, EXECUTION_CHANNEL, &format!("{id}:{user_id}")).await?;

@@ -29,6 +29,7 @@ use tokio::time::{Instant, Sleep};
 use crate::{
     agents::{model::AgentRow, service::system_prompt},
     api_keys::{model::ApiKeyRow, service::reveal},
+    budgets::service::Allowance,
     executions::model::ExecutionRow,
     llm::{
         ProviderKind, for_kind,
@@ -43,10 +44,12 @@ use crate::{
 };
 
 mod ending;
+mod meter;
 mod tool_calls;
 mod writer;
 
 use ending::finish;
+use meter::Meter;
 use writer::Writer;
 
 /// A delta buffer this large is written at once, whatever the batching window.
@@ -62,12 +65,15 @@ enum Outcome {
     Failed(String),
     Cancelled,
     TimedOut,
+    /// A budget stopped the run (FAILED, with BUDGET_EXCEEDED in its terminal event).
+    OverBudget(String),
     /// Someone else ended the run (recovery): write nothing more.
     Lost,
 }
 
 /// Starts the runner task for a freshly created run, with the functions of `extension` offered
-/// besides the agent's tools; the task ends once the run has ended (or was abandoned to
+/// besides the agent's tools, metered against `allowance` (the budgets covering it as they
+/// stood when it was admitted); the task ends once the run has ended (or was abandoned to
 /// recovery).
 pub fn spawn(
     state: AppState,
@@ -75,10 +81,11 @@ pub fn spawn(
     agent: AgentRow,
     key: ApiKeyRow,
     extension: Option<Arc<dyn Extension>>,
+    allowance: Allowance,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let id = execution.id;
-        if let Err(e) = run(&state, execution, agent, key, extension).await {
+        if let Err(e) = run(&state, execution, agent, key, extension, allowance).await {
             // The run could not be ended cleanly; recovery will end it when its heartbeat stops.
             tracing::error!(execution.id = %id, error = ?e, "runner failed");
         }
@@ -93,6 +100,7 @@ async fn run(
     agent: AgentRow,
     key: ApiKeyRow,
     extension: Option<Arc<dyn Extension>>,
+    allowance: Allowance,
 ) -> anyhow::Result<()> {
     let mut cancelled = state.hub.register_runner(execution.id);
     let Some(cancel_requested) = writer::start(state, &execution).await? else {
@@ -129,6 +137,7 @@ async fn run(
     tokio::pin!(deadline);
     let mut usage: Option<(i64, i64)> = None;
     let mut usage_estimated = false;
+    let mut meter = Meter::new(allowance, &state.pricing, &execution.model);
 
     let outcome = if cancel_requested || *cancelled.borrow() {
         Outcome::Cancelled
@@ -141,6 +150,7 @@ async fn run(
             deadline: &mut deadline,
             usage: &mut usage,
             usage_estimated: &mut usage_estimated,
+            meter: &mut meter,
         };
         run.converse(&mut request).await?
     };
@@ -192,6 +202,8 @@ struct Steps<'r, 'a, 'd> {
     usage: &'r mut Option<(i64, i64)>,
     /// Whether some turn's tokens were estimated.
     usage_estimated: &'r mut bool,
+    /// The run's budgets and what it has used.
+    meter: &'r mut Meter<'a>,
 }
 
 impl Steps<'_, '_, '_> {
@@ -202,6 +214,13 @@ impl Steps<'_, '_, '_> {
         let window = Duration::from_millis(self.writer.state.config.stream_flush_ms);
         let mut round = 1;
         loop {
+            let request_tokens = estimate_turn(request, &Turn::default()).0;
+            if let Some(reason) = self
+                .meter
+                .start_turn(self.usage.unwrap_or_default(), request_tokens)
+            {
+                return Ok(Outcome::OverBudget(reason));
+            }
             let stream = match open_stream(
                 self.writer,
                 self.key,
@@ -225,10 +244,16 @@ impl Steps<'_, '_, '_> {
                 self.deadline,
                 window,
                 &mut turn,
+                self.meter,
             )
             .await?;
             let counted = match turn.usage {
                 Some(reported) => Some(reported),
+                // Stopped by a budget: what the meter counted is what the run is charged.
+                None if matches!(outcome, Outcome::OverBudget(_)) => {
+                    *self.usage_estimated = true;
+                    Some(self.meter.turn_usage())
+                }
                 // A tool loop's turn without a usage report still cost tokens: about four
                 // characters a token of what was sent and received, and the cost says estimated.
                 // (A plain run without one, outside a thread, is estimated at its end.)
@@ -414,6 +439,7 @@ async fn stream_output(
     deadline: &mut Pin<&mut Sleep>,
     window: Duration,
     turn: &mut Turn,
+    meter: &mut Meter<'_>,
 ) -> anyhow::Result<Outcome> {
     let config = &writer.state.config;
     let heartbeat_every = Duration::from_secs(config.execution_heartbeat_secs);
@@ -431,7 +457,7 @@ async fn stream_output(
                 if writer.flush_due(window) > Instant::now() {
                     continue; // held back by watchers that have not taken the last event
                 }
-                if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn) {
+                if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn, meter) {
                     return Ok(outcome); // the caller writes the buffer first
                 }
                 if !writer.flush().await? {
@@ -449,6 +475,9 @@ async fn stream_output(
                     if total > max_output {
                         return Ok(output_cap_reached(max_output));
                     }
+                    if let Some(reason) = meter.take(text.len()) {
+                        return Ok(Outcome::OverBudget(reason));
+                    }
                     writer.pending.push_str(&text);
                     if turn.keep_text {
                         turn.text.push_str(&text);
@@ -456,7 +485,7 @@ async fn stream_output(
                     // After a quiet spell (or with a full buffer) write at once, taking along
                     // what has already arrived: a burst becomes one event, not one plus a batch.
                     if writer.flush_due(window) <= Instant::now() {
-                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn) {
+                        if let Some(outcome) = take_ready(writer, &mut stream, max_output, turn, meter) {
                             return Ok(outcome); // the caller writes the buffer first
                         }
                         if !writer.flush().await? {
@@ -487,6 +516,7 @@ fn take_ready(
     stream: &mut EventStream,
     max_output: usize,
     turn: &mut Turn,
+    meter: &mut Meter<'_>,
 ) -> Option<Outcome> {
     use futures_util::FutureExt;
     while writer.pending.len() < FLUSH_BYTES {
@@ -495,6 +525,9 @@ fn take_ready(
             Some(Ok(StreamEvent::Delta(text))) => {
                 if writer.output_len + writer.pending.len() + text.len() > max_output {
                     return Some(output_cap_reached(max_output));
+                }
+                if let Some(reason) = meter.take(text.len()) {
+                    return Some(Outcome::OverBudget(reason));
                 }
                 writer.pending.push_str(&text);
                 if turn.keep_text {
