@@ -44,6 +44,8 @@ pub mod tools;
 pub mod usage;
 /// Accounts, sessions, roles, admin actions, audit log.
 pub mod users;
+/// Webhooks: signed deliveries of account events from a durable queue, with retries.
+pub mod webhooks;
 
 // What the domains stand on.
 /// Passwords (bcrypt), tokens (JWT, refresh tokens), the vault (AES-256-GCM-SIV).

@@ -296,9 +296,10 @@ async fn rotate_encryption_key(config: &Config) -> anyhow::Result<()> {
     let mut conn = state.pool.get().await?;
     let keys = api_keys::service::rewrap_all(&mut conn, &state.vault, 100).await?;
     let oauth = oauth::accounts::rewrap_all(&mut conn, &state.vault, 100).await?;
+    let hooks = agentry::webhooks::service::rewrap_all(&mut conn, &state.vault, 100).await?;
     println!(
-        "rewrapped {} secrets ({keys} api_keys, {oauth} oauth_accounts/oauth_states) under key `{}`",
-        keys + oauth,
+        "rewrapped {} secrets ({keys} api_keys, {oauth} oauth_accounts/oauth_states, {hooks} webhooks) under key `{}`",
+        keys + oauth + hooks,
         state.vault.active_key_id()
     );
     Ok(())

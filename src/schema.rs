@@ -27,6 +27,7 @@ use crate::{
     threads::graphql::{ThreadsMutation, ThreadsQuery},
     tools::graphql::ToolsQuery,
     users::graphql::{UsersMutation, UsersQuery},
+    webhooks::graphql::{WebhooksMutation, WebhooksQuery},
 };
 
 /// Every query field, one object per domain.
@@ -42,6 +43,7 @@ pub struct Query(
     ThreadsQuery,
     CrewsQuery,
     BudgetsQuery,
+    WebhooksQuery,
 );
 
 /// Every mutation field, one object per domain.
@@ -56,6 +58,7 @@ pub struct Mutation(
     ThreadsMutation,
     CrewsMutation,
     BudgetsMutation,
+    WebhooksMutation,
 );
 
 /// Every subscription field, one object per domain.

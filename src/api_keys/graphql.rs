@@ -307,6 +307,7 @@ impl ApiKeysMutation {
                 latency_ms,
                 message,
                 models,
+                ..
             },
         ) = service::test(state(ctx)?, viewer, id).await?;
         Ok(ApiKeyTestResult {

@@ -302,21 +302,43 @@ pub async fn test(
             latency_ms: 0,
             message: refused,
             models: Vec::new(),
+            rejected: false,
         },
     };
     let mut conn = state.pool.get().await?;
-    let row = diesel::update(api_keys::table.find(id))
-        .filter(api_keys::user_id.eq(viewer.id()))
-        .set((
-            api_keys::last_tested_at.eq(diesel::dsl::now),
-            api_keys::last_test_ok.eq(result.ok),
-            api_keys::last_test_message.eq(&result.message),
-        ))
-        .returning(ApiKeyRow::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()?
-        .ok_or_else(not_found)?;
+    let user_id = viewer.id();
+    let rejected = result.rejected.then(|| {
+        serde_json::json!({
+            "apiKeyId": id,
+            "provider": row.provider,
+            "executionId": null,
+            "error": result.message,
+        })
+    });
+    let (ok, message) = (result.ok, result.message.clone());
+    let row = diesel_async::AsyncConnection::transaction::<_, AppError, _>(
+        &mut conn,
+        async move |conn| {
+            let row = diesel::update(api_keys::table.find(id))
+                .filter(api_keys::user_id.eq(user_id))
+                .set((
+                    api_keys::last_tested_at.eq(diesel::dsl::now),
+                    api_keys::last_test_ok.eq(ok),
+                    api_keys::last_test_message.eq(&message),
+                ))
+                .returning(ApiKeyRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?
+                .ok_or_else(not_found)?;
+            if let Some(data) = rejected {
+                let event = crate::webhooks::model::WebhookEvent::ApiKeyRejected;
+                crate::webhooks::service::enqueue(conn, user_id, event, data).await?;
+            }
+            Ok(row)
+        },
+    )
+    .await?;
     tracing::info!(user.id = %viewer.id(), api_key.id = %id, ok = result.ok, latency_ms = result.latency_ms, "API key tested");
     Ok((row, result))
 }

@@ -28,6 +28,7 @@ use crate::{
     request::{RequestMeta, Viewer},
     state::AppState,
     users::{audit, model::Role},
+    webhooks::model::WebhookEvent,
 };
 
 /// Largest monthly limit: USD 1,000,000.
@@ -376,6 +377,29 @@ pub async fn charge(
     month: chrono::NaiveDate,
 ) -> diesel::QueryResult<Vec<model::Crossing>> {
     model::charge(conn, user_id, api_key_id, agent_id, cost_micros, month).await
+}
+
+/// The webhook event and data of a budget that reached an alert level with the run `execution_id`.
+pub fn alert(crossing: &model::Crossing, execution_id: Uuid) -> (WebhookEvent, serde_json::Value) {
+    let budget = &crossing.budget;
+    let event = if budget.alerted_percent >= 100 {
+        WebhookEvent::BudgetExceeded
+    } else {
+        WebhookEvent::BudgetWarning
+    };
+    let data = json!({
+        "budgetId": budget.id,
+        "scope": budget.scope.as_str(),
+        "apiKeyId": budget.api_key_id,
+        "agentId": budget.agent_id,
+        "setByAdmin": budget.set_by_admin,
+        "percent": budget.alerted_percent,
+        "monthlyLimit": budget.monthly_limit_micros.map(exact_usd),
+        "spentThisMonth": exact_usd(budget.spent_micros),
+        "periodStart": budget.spent_month.to_string(),
+        "executionId": execution_id,
+    });
+    (event, data)
 }
 
 /// One budget's hold on a run.

@@ -25,6 +25,14 @@ struct Recovered {
     user_id: Uuid,
     #[diesel(sql_type = diesel::sql_types::Integer)]
     last_sequence: i32,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    agent_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    api_key_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    model: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    provider: String,
 }
 
 /// Ends every unfinished run silent for longer than `stale`; returns how many.
@@ -40,7 +48,7 @@ pub async fn recover_stale(conn: &mut AsyncPgConnection, stale: Duration) -> any
                               WHERE status IN ('QUEUED', 'RUNNING') \
                                 AND heartbeat_at < now() - make_interval(secs => $1) \
                               ORDER BY heartbeat_at LIMIT 100 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, user_id, last_sequence",
+                 RETURNING id, user_id, last_sequence, agent_id, api_key_id, model, provider",
             )
             .bind::<diesel::sql_types::Double, _>(stale_secs)
             .bind::<diesel::sql_types::Text, _>(DEAD_RUNNER)
@@ -58,6 +66,18 @@ pub async fn recover_stale(conn: &mut AsyncPgConnection, stale: Duration) -> any
                 .await?;
                 notify(conn, RUN_CHANNEL, &format!("{}:{}", row.id, row.last_sequence)).await?;
                 notify(conn, EXECUTION_CHANNEL, &format!("{}:{}", row.id, row.user_id)).await?;
+                let data = serde_json::json!({
+                    "executionId": row.id,
+                    "agentId": row.agent_id,
+                    "apiKeyId": row.api_key_id,
+                    "status": "FAILED",
+                    "error": DEAD_RUNNER,
+                    "errorCode": null,
+                    "model": row.model,
+                    "provider": row.provider,
+                });
+                let event = crate::webhooks::model::WebhookEvent::ExecutionFailed;
+                crate::webhooks::service::enqueue(conn, row.user_id, event, data).await?;
             }
             Ok(rows)
         })

@@ -286,6 +286,7 @@ pub async fn serve(
         crate::executions::hub::spawn_listener(app.hub.clone(), app.config.database_url.clone());
     let recovery = crate::executions::recovery::spawn(app.clone());
     let crew_recovery = crate::crews::runner::spawn_recovery(app.clone());
+    let webhooks = crate::webhooks::dispatch::spawn(app.clone());
     let router = router(app.clone());
     let drain = Duration::from_secs(app.config.shutdown_drain_secs);
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
@@ -329,6 +330,7 @@ pub async fn serve(
     listener_task.abort();
     recovery.abort();
     crew_recovery.abort();
+    webhooks.abort();
     result
 }
 

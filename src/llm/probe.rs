@@ -17,6 +17,8 @@ pub struct ProbeResult {
     pub message: String,
     /// Model ids the key can use (first 200).
     pub models: Vec<String>,
+    /// The provider answered that the key is not valid (HTTP 401 or 403).
+    pub rejected: bool,
 }
 
 /// Most bytes of a models listing (or error) read.
@@ -67,6 +69,7 @@ pub async fn list_models(
         latency_ms,
         message,
         models: Vec::new(),
+        rejected: false,
     };
     let (status, body) = match outcome {
         Err(_) => {
@@ -94,6 +97,7 @@ pub async fn list_models(
             latency_ms,
             message: "the key works: a test search answered".into(),
             models: Vec::new(),
+            rejected: false,
         },
         200..=299 => {
             let models = model_ids(&body);
@@ -102,12 +106,16 @@ pub async fn list_models(
                 latency_ms,
                 message: format!("the key works: {} models available", models.len()),
                 models,
+                rejected: false,
             }
         }
-        401 | 403 => fail(format!(
-            "the provider rejected the key (HTTP {}){upstream}",
-            status.as_u16()
-        )),
+        401 | 403 => ProbeResult {
+            rejected: true,
+            ..fail(format!(
+                "the provider rejected the key (HTTP {}){upstream}",
+                status.as_u16()
+            ))
+        },
         429 => fail(format!(
             "the provider is rate-limiting this key (HTTP 429){upstream}"
         )),

@@ -26,4 +26,5 @@ mod threads;
 mod tools;
 mod transport;
 mod usage;
+mod webhooks;
 mod websocket;

@@ -15,7 +15,9 @@ use crate::{
         hub::{EXECUTION_CHANNEL, RUN_CHANNEL, notify},
         model::{self, EventKind, EventRow, ExecutionStatus},
     },
+    llm::pricing::exact_usd,
     state::AppState,
+    webhooks::{self, model::WebhookEvent},
 };
 
 /// How a run that is still ours ends: its status, terminal event and error message.
@@ -25,12 +27,15 @@ struct Ending {
     error: Option<String>,
     /// The error code of a failure a client may act on (BUDGET_EXCEEDED).
     code: Option<&'static str>,
+    /// The provider rejected the run's key.
+    key_rejected: bool,
 }
 
 impl Ending {
     /// The ending of an outcome; `None` for [`Outcome::Lost`] (someone else ended the run).
     fn of(outcome: Outcome, timeout_secs: u64) -> Option<Self> {
         let mut code = None;
+        let mut key_rejected = false;
         let (status, terminal, error) = match outcome {
             Outcome::Lost => return None,
             Outcome::OverBudget(message) => {
@@ -38,6 +43,10 @@ impl Ending {
                 (ExecutionStatus::Failed, EventKind::Failed, Some(message))
             }
             Outcome::Succeeded => (ExecutionStatus::Succeeded, EventKind::Completed, None),
+            Outcome::KeyRejected(message) => {
+                key_rejected = true;
+                (ExecutionStatus::Failed, EventKind::Failed, Some(message))
+            }
             Outcome::Failed(message) => (ExecutionStatus::Failed, EventKind::Failed, Some(message)),
             Outcome::Cancelled => (ExecutionStatus::Cancelled, EventKind::Cancelled, None),
             Outcome::TimedOut => (
@@ -51,7 +60,18 @@ impl Ending {
             terminal,
             error,
             code,
+            key_rejected,
         })
+    }
+
+    /// The webhook event of a run ending so.
+    fn webhook_event(&self) -> WebhookEvent {
+        match self.status {
+            ExecutionStatus::Succeeded => WebhookEvent::ExecutionSucceeded,
+            ExecutionStatus::Cancelled => WebhookEvent::ExecutionCancelled,
+            ExecutionStatus::TimedOut => WebhookEvent::ExecutionTimedOut,
+            _ => WebhookEvent::ExecutionFailed,
+        }
     }
 
     /// The terminal event's data.
@@ -149,11 +169,37 @@ pub(super) async fn finish(
     let terminal_sequence = writer.sequence + 2;
     let (status, terminal) = (ending.status, ending.terminal);
     let events = (accounting.event_data(), ending.event_data());
+    let hook_event = ending.webhook_event();
+    let hook_data = json!({
+        "executionId": id,
+        "agentId": agent_id,
+        "apiKeyId": key_id,
+        "status": status.as_str(),
+        "error": ending.error,
+        "errorCode": ending.code,
+        "model": execution.model,
+        "provider": execution.provider,
+        "inputTokens": accounting.input_tokens,
+        "outputTokens": accounting.output_tokens,
+        "cost": exact_usd(accounting.cost_micros),
+        "costEstimated": accounting.cost_estimated,
+        "threadId": execution.thread_id,
+        "crewRunId": execution.crew_run_id,
+    });
+    let rejected = ending.key_rejected.then(|| {
+        json!({
+            "apiKeyId": key_id,
+            "provider": execution.provider,
+            "executionId": id,
+            "error": ending.error,
+        })
+    });
     let at = Utc::now();
     let stored = events.clone();
     let ended = patient(&state.pool, WRITE_PATIENCE, "ending a run", move |conn| {
         let error = ending.error.clone();
         let (usage_data, terminal_data) = stored.clone();
+        let (hook_data, rejected) = (hook_data.clone(), rejected.clone());
         Box::pin(conn.transaction(async move |conn| {
             let n = diesel::update(executions::table.find(id))
                 .filter(executions::status.eq(ExecutionStatus::Running))
@@ -188,12 +234,14 @@ pub(super) async fn finish(
                 )
                 .await?;
                 for crossing in crossed {
-                    tracing::info!(
-                        budget.id = %crossing.budget.id,
-                        percent = crossing.budget.alerted_percent,
-                        "a budget reached an alert level"
-                    );
+                    let (event, data) = budgets::service::alert(&crossing, id);
+                    webhooks::service::enqueue(conn, user_id, event, data).await?;
                 }
+            }
+            webhooks::service::enqueue(conn, user_id, hook_event, hook_data).await?;
+            if let Some(rejected) = rejected {
+                let event = WebhookEvent::ApiKeyRejected;
+                webhooks::service::enqueue(conn, user_id, event, rejected).await?;
             }
             notify(conn, RUN_CHANNEL, &format!("{id}:{terminal_sequence}")).await?;
             notify(conn, EXECUTION_CHANNEL, &format!("{id}:{user_id}")).await?;

@@ -67,6 +67,8 @@ enum Outcome {
     TimedOut,
     /// A budget stopped the run (FAILED, with BUDGET_EXCEEDED in its terminal event).
     OverBudget(String),
+    /// The provider rejected the run's key (FAILED; the `api_key.rejected` webhook goes out).
+    KeyRejected(String),
     /// Someone else ended the run (recovery): write nothing more.
     Lost,
 }
@@ -415,7 +417,10 @@ async fn open_stream(
     let mut beat = tokio::time::interval(Duration::from_secs(config.execution_heartbeat_secs));
     let opened = loop {
         tokio::select! {
-            opened = &mut opening => break opened.map_err(|e| Outcome::Failed(failure_message(&e))),
+            opened = &mut opening => break opened.map_err(|e| match e {
+                ProviderError::Rejected(_) => Outcome::KeyRejected(failure_message(&e)),
+                other => Outcome::Failed(failure_message(&other)),
+            }),
             () = crate::state::until_set(cancelled) => break Err(Outcome::Cancelled),
             () = deadline.as_mut() => break Err(Outcome::TimedOut),
             _ = beat.tick() => {
