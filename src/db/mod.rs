@@ -414,6 +414,14 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
         use diesel::Connection;
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .context("could not connect to run migrations")?;
+        // Several instances starting together (replicas, a migration Job beside them) take
+        // turns: the first migrates, the others then find nothing pending. The lock is the
+        // session's and goes with the connection.
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query("SELECT pg_advisory_lock(7220432)"),
+            &mut conn,
+        )
+        .context("could not take the migration lock")?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;

@@ -157,3 +157,61 @@ fn production_logs_are_json_lines() {
         ])
         .output();
 }
+
+/// The number after `key:` on its line in `text` (quotes allowed).
+fn number_after(text: &str, key: &str) -> u64 {
+    text.lines()
+        .map(str::trim)
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no number for {key}"))
+}
+
+#[test]
+fn kubernetes_manifests_set_known_settings_probe_real_routes_and_drain_within_the_grace_period() {
+    let known = variables();
+    for file in [
+        "deploy/k8s/configmap.yaml",
+        "deploy/k8s/secret.example.yaml",
+    ] {
+        let text = read(file);
+        let mut seen = 0;
+        for line in text.lines().map(|l| l.trim().trim_start_matches("# ")) {
+            if let Some((key, _)) = line.split_once(": ")
+                && (key.starts_with("AGENTRY_") || key == "DATABASE_URL")
+            {
+                assert!(
+                    known.contains(key),
+                    "{file} sets {key}, which agentry does not read"
+                );
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{file}: no settings found");
+    }
+    let config = read("deploy/k8s/configmap.yaml");
+    assert!(config.contains("AGENTRY_ENV: production"));
+    let deployment = read("deploy/k8s/deployment.yaml");
+    assert!(deployment.contains("path: /healthz") && deployment.contains("path: /readyz"));
+    assert!(number_after(&deployment, "replicas:") >= 2);
+    assert!(deployment.contains("args: [\"serve\"]"));
+    assert!(read("deploy/k8s/migrate-job.yaml").contains("args: [\"migrate\"]"));
+    // SIGTERM comes after preStop; then the drain and the grace period must fit before SIGKILL.
+    let pre_stop = 5;
+    assert!(deployment.contains("command: [\"sleep\", \"5\"]"));
+    let drain = number_after(&config, "AGENTRY_SHUTDOWN_DRAIN_SECS:");
+    let grace = number_after(&config, "AGENTRY_SHUTDOWN_GRACE_SECS:");
+    let kill_after = number_after(&deployment, "terminationGracePeriodSeconds:");
+    assert!(
+        pre_stop + drain + grace < kill_after,
+        "preStop {pre_stop} + drain {drain} + grace {grace} must fit in {kill_after} s"
+    );
+    // The image's user, so a read-only root filesystem and runAsNonRoot hold.
+    assert!(
+        deployment.contains("runAsUser: 10001")
+            && read("docker/Dockerfile").contains("--uid 10001")
+    );
+    assert!(read("deploy/k8s/pdb.yaml").contains("minAvailable: 1"));
+    let ingress = read("deploy/k8s/ingress.yaml");
+    assert!(ingress.contains("proxy-read-timeout") && ingress.contains("proxy-send-timeout"));
+}
