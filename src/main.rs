@@ -109,7 +109,19 @@ async fn main() -> ExitCode {
         "development"
     };
     let sentry = telemetry::sentry(config.sentry_dsn.as_ref(), environment);
-    telemetry::init_with_sentry(&config.log_filter, config.is_production(), sentry.is_some());
+    let otel = match telemetry::otel(&config) {
+        Ok(provider) => provider,
+        Err(err) => {
+            eprintln!("error: OpenTelemetry export could not be set up: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init_with(
+        &config.log_filter,
+        config.is_production(),
+        sentry.is_some(),
+        otel.as_ref(),
+    );
     let code = match run(cli.command.unwrap_or(Command::Serve), &mut config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -120,6 +132,10 @@ async fn main() -> ExitCode {
         }
     };
     drop(sentry); // flushes pending error reports
+    if let Some(provider) = otel {
+        // Sends the spans still batched; blocking, so off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     code
 }
 

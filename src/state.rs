@@ -296,6 +296,7 @@ impl AppState {
             &config.database_url,
             config.db_pool_size,
             query_counter.clone(),
+            config.otel_endpoint.is_some(),
         )?;
         let (revocations, _) = broadcast::channel(256);
         Ok(Self(Arc::new(Shared {

@@ -36,11 +36,30 @@ pub fn sentry(
 /// Installs the global subscriber, with the Sentry layer when `with_sentry` (error events
 /// become Sentry events, lower levels breadcrumbs).
 pub fn init_with_sentry(filter: &str, json: bool, with_sentry: bool) {
+    init_with(filter, json, with_sentry, None);
+}
+
+/// Installs the global subscriber, with the Sentry layer when `with_sentry` and, given a tracer
+/// provider ([`otel`]), the OpenTelemetry layer: every span (requests, GraphQL operations, SQL
+/// statements, provider calls, runs) is exported to the OTLP endpoint.
+pub fn init_with(
+    filter: &str,
+    json: bool,
+    with_sentry: bool,
+    otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) {
+    use opentelemetry::trace::TracerProvider;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let sentry_layer = with_sentry.then(sentry::integrations::tracing::layer);
+    let otel_layer = otel.map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("agentry"))
+            .with_tracked_inactivity(false)
+    });
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(sentry_layer);
+        .with(sentry_layer)
+        .with(otel_layer);
     let result = if json {
         registry
             .with(fmt::layer().json().with_current_span(true))
@@ -53,6 +72,73 @@ pub fn init_with_sentry(filter: &str, json: bool, with_sentry: bool) {
     };
     // Already installed (tests start many servers in one process): keep the first one.
     let _ = result;
+}
+
+/// The OpenTelemetry tracer provider when `OTEL_EXPORTER_OTLP_ENDPOINT` is set: spans are
+/// batched and sent over OTLP/HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or
+/// `http/json`) to `<endpoint>/v1/traces`, named `OTEL_SERVICE_NAME`. Shut it down before the
+/// process exits (flushes what is pending). Also installs the W3C `traceparent` propagator, so
+/// a request that carries one joins the caller's trace.
+pub fn otel(
+    config: &crate::config::Config,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let Some(endpoint) = config.otel_endpoint.as_deref() else {
+        return Ok(None);
+    };
+    let protocol = match config.otel_protocol.as_str() {
+        "http/json" => Protocol::HttpJson,
+        _ => Protocol::HttpBinary,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.otel_service_name.clone())
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(Some(provider))
+}
+
+/// The W3C trace id of `span` as 32 hex digits, when OpenTelemetry export is on (else `None`).
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Makes `span` a child of the trace named by the request's `traceparent` header (W3C Trace
+/// Context), when there is one and OpenTelemetry export is on.
+pub fn join_remote_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&Headers(headers))
+    });
+    let _ = span.set_parent(parent);
 }
 
 /// The Prometheus recorder of this process (installed once; every server in the process shares

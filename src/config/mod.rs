@@ -229,6 +229,23 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_CREW_MAX_DELEGATIONS", default_value_t = 10)]
     pub crew_max_delegations: u32,
 
+    /// OpenTelemetry: the OTLP/HTTP collector traces are exported to (the standard variable),
+    /// e.g. `http://otel-collector:4318`; spans go to `<endpoint>/v1/traces`. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+
+    /// OpenTelemetry: `http/protobuf` (the default) or `http/json`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
+    pub otel_protocol: String,
+
+    /// OpenTelemetry: the `service.name` of every exported span.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "agentry")]
+    pub otel_service_name: String,
+
     /// Webhooks: seconds one delivery attempt may take (connect, send, answer) before it counts
     /// as failed.
     #[arg(long, env = "AGENTRY_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
@@ -470,6 +487,23 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(name, "must be greater than 0".into()));
             }
+        }
+        if !matches!(self.otel_protocol.as_str(), "http/protobuf" | "http/json") {
+            return Err(ConfigError::Invalid(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                format!(
+                    "`{}` is not supported: use http/protobuf or http/json",
+                    self.otel_protocol
+                ),
+            ));
+        }
+        if let Some(endpoint) = &self.otel_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("`{endpoint}` is not an http(s) URL like http://otel-collector:4318"),
+            ));
         }
         for origin in &self.cors_origins {
             if origin.parse::<http::HeaderValue>().is_err() || !origin.starts_with("http") {

@@ -222,17 +222,51 @@ impl QueryCounter {
     }
 }
 
-impl diesel::connection::Instrumentation for QueryCounter {
+/// A connection's instrumentation: counts its statements and, when traces are exported, opens a
+/// `db.query` span for each (a child of whatever span is current: the request, the run), closed
+/// when the statement finishes. The span carries the statement text, never bound values (they
+/// may be secrets).
+struct Statements {
+    counter: QueryCounter,
+    spans: bool,
+    open: Option<tracing::Span>,
+}
+
+impl diesel::connection::Instrumentation for Statements {
     fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
-        if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
-            self.0.fetch_add(1, Ordering::Relaxed);
+        use diesel::connection::InstrumentationEvent;
+        match event {
+            InstrumentationEvent::StartQuery { query, .. } => {
+                self.counter.0.fetch_add(1, Ordering::Relaxed);
+                if !self.spans {
+                    return;
+                }
+                let statement = query.to_string();
+                let statement = statement
+                    .split_once(" -- binds:")
+                    .map_or(statement.as_str(), |(sql, _)| sql);
+                self.open = Some(tracing::info_span!(
+                    "db.query",
+                    otel.kind = "client",
+                    db.system.name = "postgresql",
+                    db.query.text = %statement,
+                ));
+            }
+            InstrumentationEvent::FinishQuery { .. } => self.open = None,
+            _ => {}
         }
     }
 }
 
 /// Builds the pool. Connections are made lazily, so a pool exists even while PostgreSQL is down
-/// and recovers by itself when it returns. Every connection reports its statements to `counter`.
-pub fn pool(database_url: &str, max_size: usize, counter: QueryCounter) -> anyhow::Result<Pool> {
+/// and recovers by itself when it returns. Every connection reports its statements to `counter`
+/// and, with `sql_spans`, opens a span per statement.
+pub fn pool(
+    database_url: &str,
+    max_size: usize,
+    counter: QueryCounter,
+    sql_spans: bool,
+) -> anyhow::Result<Pool> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     // No test query on every checkout (one round trip per borrowed connection); a connection
     // that broke is known as broken and replaced.
@@ -242,7 +276,11 @@ pub fn pool(database_url: &str, max_size: usize, counter: QueryCounter) -> anyho
         Box::pin(async move {
             use diesel_async::AsyncConnection as _;
             let mut conn = AsyncPgConnection::establish(url).await?;
-            conn.set_instrumentation(counter);
+            conn.set_instrumentation(Statements {
+                counter,
+                spans: sql_spans,
+                open: None,
+            });
             Ok(conn)
         })
     });

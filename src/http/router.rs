@@ -54,14 +54,49 @@ pub fn router(app: AppState) -> Router {
             Duration::from_secs(config.request_timeout_secs),
         ))
         .layer(cors(&config.cors_origins))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.0.as_str())
-                .unwrap_or_default();
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request.id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(|id| id.0.as_str())
+                        .unwrap_or_default();
+                    // The route, not the path (ids in paths would make every span name unique).
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("other", |p| p.as_str());
+                    let span = tracing::info_span!(
+                        "http",
+                        otel.name = %format_args!("{} {route}", request.method()),
+                        otel.kind = "server",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        http.route = route,
+                        http.response.status_code = tracing::field::Empty,
+                        request.id = %id,
+                        trace_id = tracing::field::Empty,
+                    );
+                    // With traces exported: join the caller's trace (`traceparent`), and put
+                    // the trace id on the span so every JSON log line of the request has it.
+                    crate::telemetry::join_remote_trace(&span, request.headers());
+                    if let Some(trace_id) = crate::telemetry::trace_id(&span) {
+                        span.record("trace_id", trace_id);
+                    }
+                    span
+                })
+                .on_response(
+                    |response: &axum::response::Response,
+                     _latency: Duration,
+                     span: &tracing::Span| {
+                        span.record(
+                            "http.response.status_code",
+                            i64::from(response.status().as_u16()),
+                        );
+                    },
+                ),
+        )
         .layer(middleware::from_fn_with_state(
             Edge {
                 production: config.is_production(),

@@ -24,6 +24,7 @@ mod rate_limit;
 mod streams;
 mod threads;
 mod tools;
+mod traces;
 mod transport;
 mod usage;
 mod webhooks;

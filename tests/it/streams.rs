@@ -176,6 +176,7 @@ async fn a_statement_cut_in_flight_is_retried_on_a_fresh_connection() {
         &proxy.url_for(&direct.database_url),
         2,
         agentry::db::QueryCounter::default(),
+        false,
     )
     .unwrap();
     let attempts = Arc::new(AtomicUsize::new(0));

@@ -85,14 +85,26 @@ pub fn spawn(
     extension: Option<Arc<dyn Extension>>,
     allowance: Allowance,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    // A run is its own trace (it outlives the request that started it).
+    let span = tracing::info_span!(
+        parent: None,
+        "execution.run",
+        execution.id = %execution.id,
+        agent.id = %agent.id,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace_id) = crate::telemetry::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    let task = async move {
         let id = execution.id;
         if let Err(e) = run(&state, execution, agent, key, extension, allowance).await {
             // The run could not be ended cleanly; recovery will end it when its heartbeat stops.
             tracing::error!(execution.id = %id, error = ?e, "runner failed");
         }
         state.hub.unregister_runner(id);
-    })
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span))
 }
 
 /// Runs one run from QUEUED to its terminal event.
@@ -412,6 +424,15 @@ async fn open_stream(
         Duration::from_millis(config.provider_retry_base_ms),
     );
     let opening_started = Instant::now();
+    let opening = tracing::Instrument::instrument(
+        opening,
+        tracing::info_span!(
+            "llm.request",
+            otel.kind = "client",
+            gen_ai.system = provider_kind.as_str(),
+            gen_ai.request.model = %request.model,
+        ),
+    );
     tokio::pin!(opening);
     // Retries may take a while: keep the heartbeat going meanwhile.
     let mut beat = tokio::time::interval(Duration::from_secs(config.execution_heartbeat_secs));
