@@ -455,11 +455,24 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
         // Several instances starting together (replicas, a migration Job beside them) take
         // turns: the first migrates, the others then find nothing pending. The lock is the
         // session's and goes with the connection.
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query("SELECT pg_advisory_lock(7220432)"),
+        #[derive(diesel::QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            locked: bool,
+        }
+        let first: Locked = diesel::RunQueryDsl::get_result(
+            diesel::sql_query("SELECT pg_try_advisory_lock(7220432) AS locked"),
             &mut conn,
         )
         .context("could not take the migration lock")?;
+        if !first.locked {
+            tracing::info!("waiting for another instance's migrations to finish");
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_advisory_lock(7220432)"),
+                &mut conn,
+            )
+            .context("could not take the migration lock")?;
+        }
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;

@@ -32,6 +32,8 @@ const LIMITER_PRUNE_PERIOD: Duration = Duration::from_secs(60);
 pub fn router(app: AppState) -> Router {
     let schema = schema::build_schema(&app);
     let config = app.config.clone();
+    // Request spans carry OpenTelemetry's fields only when traces are exported.
+    let traced = config.otel_endpoint.is_some();
     let http = HttpState {
         app: app.clone(),
         schema,
@@ -56,12 +58,16 @@ pub fn router(app: AppState) -> Router {
         .layer(cors(&config.cors_origins))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
+                .make_span_with(move |request: &Request| {
                     let id = request
                         .extensions()
                         .get::<RequestId>()
                         .map(|id| id.0.as_str())
                         .unwrap_or_default();
+                    if !traced {
+                        // No export: the plain span the logs need, nothing more per request.
+                        return tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request.id = %id);
+                    }
                     // The route, not the path (ids in paths would make every span name unique).
                     let route = request
                         .extensions()
@@ -87,9 +93,16 @@ pub fn router(app: AppState) -> Router {
                     span
                 })
                 .on_response(
-                    |response: &axum::response::Response,
-                     _latency: Duration,
-                     span: &tracing::Span| {
+                    move |response: &axum::response::Response,
+                          latency: Duration,
+                          span: &tracing::Span| {
+                        use tower_http::trace::OnResponse;
+                        // tower-http's own "finished processing request" line, as before.
+                        tower_http::trace::DefaultOnResponse::default()
+                            .on_response(response, latency, span);
+                        if !traced {
+                            return;
+                        }
                         span.record(
                             "http.response.status_code",
                             i64::from(response.status().as_u16()),

@@ -152,10 +152,14 @@ pub struct Claimed {
     /// The endpoint's id.
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub webhook_id: Uuid,
+    /// The payload's `type`.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub event_type: String,
     /// The body.
     #[diesel(sql_type = diesel::sql_types::Jsonb)]
     pub payload: serde_json::Value,
-    /// Attempts before this one.
+    /// Attempts before this one (also the claim's fence: the attempt is recorded only while
+    /// the count is still this).
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pub attempt_count: i32,
     /// The endpoint.
@@ -169,27 +173,38 @@ pub struct Claimed {
     pub is_active: bool,
 }
 
-/// Claims up to `limit` due deliveries for this instance: their next attempt moves `lease`
-/// ahead, so a crash mid-attempt is retried once the lease lapses, and SKIP LOCKED keeps two
-/// instances off the same row.
+/// Claims up to `limit` due deliveries for this instance, at most one per webhook and none of
+/// the webhooks in `busy` (those this instance is already sending to), so one slow endpoint
+/// cannot take every slot. A claim moves the next attempt `lease` ahead: a crash mid-attempt is
+/// retried once the lease lapses, and SKIP LOCKED keeps two instances off the same row.
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
     limit: i64,
     lease: std::time::Duration,
+    busy: &[Uuid],
 ) -> QueryResult<Vec<Claimed>> {
-    use diesel::sql_types::{BigInt, Double};
+    use diesel::sql_types::{Array, BigInt, Double, Uuid as SqlUuid};
     diesel::sql_query(
-        "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) \
-         FROM webhooks w \
-         WHERE w.id = d.webhook_id AND d.id IN ( \
-             SELECT id FROM webhook_deliveries \
-             WHERE status = 'PENDING' AND next_attempt_at <= now() \
-             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-         RETURNING d.id, d.user_id, d.webhook_id, d.payload, d.attempt_count, w.url, \
-                   w.secret_ciphertext, w.is_active",
+        "WITH ranked AS ( \
+             SELECT id, row_number() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at) AS r \
+             FROM (SELECT id, webhook_id, next_attempt_at FROM webhook_deliveries \
+                   WHERE status = 'PENDING' AND next_attempt_at <= now() \
+                     AND webhook_id <> ALL ($3) \
+                   ORDER BY next_attempt_at LIMIT 500) due), \
+         picked AS MATERIALIZED ( \
+             SELECT d.id FROM webhook_deliveries d JOIN ranked ON ranked.id = d.id AND ranked.r = 1 \
+             WHERE d.status = 'PENDING' AND d.next_attempt_at <= now() \
+             ORDER BY d.next_attempt_at LIMIT $1 \
+             FOR UPDATE OF d SKIP LOCKED) \
+         UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) \
+         FROM webhooks w, picked \
+         WHERE w.id = d.webhook_id AND d.id = picked.id \
+         RETURNING d.id, d.user_id, d.webhook_id, d.event_type, d.payload, d.attempt_count, \
+                   w.url, w.secret_ciphertext, w.is_active",
     )
     .bind::<BigInt, _>(limit)
     .bind::<Double, _>(lease.as_secs_f64())
+    .bind::<Array<SqlUuid>, _>(busy)
     .load(conn)
     .await
 }
@@ -215,13 +230,17 @@ impl Attempt {
 }
 
 /// Records an attempt: DELIVERED on success; otherwise FAILED when `retry_at` is `None` (no
-/// attempts left), else PENDING until `retry_at`.
+/// attempts left), else PENDING until `retry_at`. Fenced by the claim: written only while the
+/// delivery is still PENDING with `claimed_count` attempts (a late answer from an attempt whose
+/// lease lapsed, and which another instance made again, changes nothing). Returns whether it
+/// was written.
 pub async fn record_attempt(
     conn: &mut AsyncPgConnection,
     id: Uuid,
+    claimed_count: i32,
     attempt: &Attempt,
     retry_at: Option<DateTime<Utc>>,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     let entry = serde_json::json!([{
         "at": attempt.at,
         "statusCode": attempt.status_code,
@@ -236,28 +255,46 @@ pub async fn record_attempt(
             None => (DeliveryStatus::Failed, attempt.at, None),
         }
     };
-    diesel::sql_query(
+    let n = diesel::sql_query(
         "UPDATE webhook_deliveries SET status = $2, next_attempt_at = $3, delivered_at = $4, \
                 attempt_count = attempt_count + 1, attempts = attempts || $5 \
-         WHERE id = $1",
+         WHERE id = $1 AND status = 'PENDING' AND attempt_count = $6",
     )
     .bind::<diesel::sql_types::Uuid, _>(id)
     .bind::<diesel::sql_types::Text, _>(status)
     .bind::<diesel::sql_types::Timestamptz, _>(next)
     .bind::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>, _>(delivered)
     .bind::<diesel::sql_types::Jsonb, _>(entry)
+    .bind::<diesel::sql_types::Integer, _>(claimed_count)
     .execute(conn)
-    .await
-    .map(|_| ())
+    .await?;
+    Ok(n == 1)
 }
 
-/// Ends a delivery whose webhook was disabled before it went out.
-pub async fn fail_disabled(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
-    diesel::update(webhook_deliveries::table.find(id))
-        .set(webhook_deliveries::status.eq(DeliveryStatus::Failed))
-        .execute(conn)
-        .await
-        .map(|_| ())
+/// Deletes finished deliveries (DELIVERED or FAILED) created more than `days` ago; returns how
+/// many.
+pub async fn prune_finished(conn: &mut AsyncPgConnection, days: i32) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM webhook_deliveries WHERE status <> 'PENDING' \
+           AND created_at < now() - make_interval(days => $1)",
+    )
+    .bind::<diesel::sql_types::Integer, _>(days)
+    .execute(conn)
+    .await
+}
+
+/// The changes `updateWebhook` makes: only the fields given.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = webhooks)]
+pub struct WebhookChanges {
+    /// New endpoint.
+    pub url: Option<String>,
+    /// New events.
+    pub events: Option<Vec<String>>,
+    /// New description.
+    pub description: Option<String>,
+    /// New active flag.
+    pub is_active: Option<bool>,
 }
 
 /// The user's webhooks, oldest first.

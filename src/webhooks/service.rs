@@ -118,8 +118,11 @@ fn check_url(state: &AppState, field: &str, raw: &str) -> AppResult<String> {
     if url.fragment().is_some() {
         return Err(AppError::bad_input(field, "must not have a fragment"));
     }
+    // Deliveries go out under the tools' policy (public addresses only): none of the operator's
+    // allowlist, which is meant for their own providers. Host names are checked when a delivery
+    // connects (their addresses can change).
     state
-        .egress
+        .tool_egress
         .check_url(url.as_str())
         .map_err(|refused| AppError::bad_input(field, refused))?;
     Ok(url.to_string())
@@ -242,22 +245,34 @@ pub async fn update(
     let description = description
         .map(|d| check_description("input.description", d))
         .transpose()?;
+    let changes = model::WebhookChanges {
+        url,
+        events,
+        description,
+        is_active,
+    };
     let mut conn = state.pool.get().await?;
-    let current = model::find_owned(&mut conn, viewer.id(), id)
-        .await?
-        .ok_or_else(not_found)?;
-    Ok(diesel::update(webhooks::table.find(current.id))
-        .filter(webhooks::user_id.eq(viewer.id()))
-        .set((
-            webhooks::url.eq(url.unwrap_or(current.url)),
-            webhooks::events.eq(events.unwrap_or(current.events)),
-            webhooks::description.eq(description.unwrap_or(current.description)),
-            webhooks::is_active.eq(is_active.unwrap_or(current.is_active)),
-            webhooks::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(WebhookRow::as_returning())
-        .get_result(&mut conn)
-        .await?)
+    if changes.url.is_none()
+        && changes.events.is_none()
+        && changes.description.is_none()
+        && changes.is_active.is_none()
+    {
+        return model::find_owned(&mut conn, viewer.id(), id)
+            .await?
+            .ok_or_else(not_found);
+    }
+    // Only the fields given are written, so concurrent edits of different fields both hold.
+    diesel::update(
+        webhooks::table
+            .find(id)
+            .filter(webhooks::user_id.eq(viewer.id())),
+    )
+    .set((changes, webhooks::updated_at.eq(diesel::dsl::now)))
+    .returning(WebhookRow::as_returning())
+    .get_result(&mut conn)
+    .await
+    .optional()?
+    .ok_or_else(not_found)
 }
 
 /// Deletes a webhook and its deliveries.

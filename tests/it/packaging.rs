@@ -196,15 +196,16 @@ fn kubernetes_manifests_set_known_settings_probe_real_routes_and_drain_within_th
     assert!(number_after(&deployment, "replicas:") >= 2);
     assert!(deployment.contains("args: [\"serve\"]"));
     assert!(read("deploy/k8s/migrate-job.yaml").contains("args: [\"migrate\"]"));
-    // SIGTERM comes after preStop; then the drain and the grace period must fit before SIGKILL.
+    // SIGTERM comes after preStop; then the drain, the grace for requests and the grace for
+    // sockets and runs to settle (the server waits for each in turn) must fit before SIGKILL.
     let pre_stop = 5;
     assert!(deployment.contains("command: [\"sleep\", \"5\"]"));
     let drain = number_after(&config, "AGENTRY_SHUTDOWN_DRAIN_SECS:");
     let grace = number_after(&config, "AGENTRY_SHUTDOWN_GRACE_SECS:");
     let kill_after = number_after(&deployment, "terminationGracePeriodSeconds:");
     assert!(
-        pre_stop + drain + grace < kill_after,
-        "preStop {pre_stop} + drain {drain} + grace {grace} must fit in {kill_after} s"
+        pre_stop + drain + 2 * grace < kill_after,
+        "preStop {pre_stop} + drain {drain} + 2 × grace {grace} must fit in {kill_after} s"
     );
     // The image's user, so a read-only root filesystem and runAsNonRoot hold.
     assert!(

@@ -277,11 +277,13 @@ async fn failed_deliveries_are_retried_with_backoff_and_survive_a_server_restart
     .await;
     // The first attempt fails; the server stops before the retry is due.
     receiver.wait_for(1, 10).await;
-    let second = w.app.sibling().await;
     w.app.stop().await;
-    // The other instance (same database) finds the delivery in the queue and retries it.
+    // A new server on the same database finds the delivery in the queue and retries it.
+    let second = w.app.sibling().await;
     let received = receiver.wait_for(3, 20).await;
-    assert_eq!(received.len(), 3, "{received:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received_later = receiver.received();
+    assert_eq!(received_later.len(), 3, "{received_later:?}");
     let id = received[0].header("webhook-id").to_owned();
     assert!(received.iter().all(|r| r.header("webhook-id") == id));
     // Six times longer each time: 400 ms, then 2.4 s.
@@ -338,6 +340,53 @@ async fn a_delivery_is_given_up_after_its_attempts_and_an_inactive_webhook_queue
         w.app.count("SELECT count(*) FROM webhook_deliveries").await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_pending_delivery_of_a_webhook_made_inactive_ends_failed_with_the_reason_and_tests_still_go_out()
+ {
+    let w = fast_world(5, 1500).await;
+    let receiver = Receiver::start().await;
+    receiver.answer_with(&[500]);
+    let (hook, _) = register(&w, &receiver.url, &["EXECUTION_SUCCEEDED"]).await;
+    let run = w.start("Hello").await;
+    w.finished(&run).await;
+    receiver.wait_for(1, 10).await;
+    let body = w
+        .ask(
+            "mutation($id: ID!) { updateWebhook(id: $id, input: {isActive: false}) { isActive url } }",
+            json!({"id": hook}),
+        )
+        .await;
+    // Only the field given changed.
+    assert_eq!(
+        body["data"]["updateWebhook"]["url"],
+        receiver.url.as_str(),
+        "{body}"
+    );
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = deliveries(&w, &hook).await;
+        if listed[0]["status"] == "FAILED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(listed[0]["status"], "FAILED", "{listed:?}");
+    assert_eq!(listed[0]["attemptCount"], 2);
+    assert_eq!(
+        listed[0]["attempts"][1]["error"],
+        "not sent: the webhook is inactive"
+    );
+    assert_eq!(receiver.received().len(), 1, "nothing more was sent");
+    // A test delivery goes out to an inactive webhook all the same.
+    w.ask(
+        "mutation($id: ID!) { testWebhook(id: $id) { id } }",
+        json!({"id": hook}),
+    )
+    .await;
+    let received = receiver.wait_for(2, 10).await;
+    assert_eq!(received[1].json()["type"], "webhook.test");
 }
 
 #[tokio::test]
