@@ -209,7 +209,9 @@ pub struct Crossing {
 }
 
 /// Adds `cost_micros` of a run that just ended to every budget of the user covering it (the
-/// account's, the key's, the agent's), starting a new count when the month changed, and returns
+/// account's, the key's, the agent's), starting a new count when the month changed (never
+/// moving a counter back to an earlier month: an instance whose clock lags adds to the newer
+/// month's count), locking the rows in id order (two runs ending together cannot deadlock), and returns
 /// the budgets whose spend reached a new alert level (80 or 100 percent). Run it in the
 /// transaction that records the run's cost, so the counters never disagree with the runs.
 pub async fn charge(
@@ -223,12 +225,13 @@ pub async fn charge(
     use diesel::sql_types::{BigInt, Date, Nullable, Uuid as SqlUuid};
     let rows: Vec<Crossing> = diesel::sql_query(
         "WITH old AS ( \
-             SELECT id, CASE WHEN spent_month = $5 THEN spent_micros ELSE 0 END + $4 AS spent, \
-                    CASE WHEN spent_month = $5 THEN alerted_percent ELSE 0 END AS was \
+             SELECT id, GREATEST(spent_month, $5) AS month, \
+                    CASE WHEN spent_month >= $5 THEN spent_micros ELSE 0 END + $4 AS spent, \
+                    CASE WHEN spent_month >= $5 THEN alerted_percent ELSE 0 END AS was \
              FROM budgets \
              WHERE user_id = $1 AND (scope = 'USER' OR api_key_id = $2 OR agent_id = $3) \
-             FOR UPDATE) \
-         UPDATE budgets b SET spent_micros = old.spent, spent_month = $5, \
+             ORDER BY id FOR UPDATE) \
+         UPDATE budgets b SET spent_micros = old.spent, spent_month = old.month, \
              alerted_percent = GREATEST(old.was, CASE \
                  WHEN b.monthly_limit_micros IS NULL THEN 0 \
                  WHEN old.spent >= b.monthly_limit_micros THEN 100 \

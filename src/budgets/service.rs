@@ -204,10 +204,15 @@ async fn upsert(
         if let Some(existing) =
             model::find_target_for_update(conn, user_id, target, set_by_admin).await?
         {
+            // The alerts start over from the month's spend against the new limit: raising it
+            // after an alert lets the next crossing alert again; adding one does not alert for
+            // money spent before it existed.
+            let alerted = alert_level(limits.monthly_limit_micros, existing.spent_in(month));
             return Ok(diesel::update(budgets::table.find(existing.id))
                 .set((
                     budgets::monthly_limit_micros.eq(limits.monthly_limit_micros),
                     budgets::run_token_limit.eq(limits.run_token_limit),
+                    budgets::alerted_percent.eq(alerted),
                     budgets::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning(BudgetRow::as_returning())
@@ -216,11 +221,7 @@ async fn upsert(
         }
         let spent = model::spent_since(conn, user_id, target, since).await?;
         // Already at a level: no alert for what was spent before the budget existed.
-        let alerted = match limits.monthly_limit_micros {
-            Some(limit) if spent >= limit => 100,
-            Some(limit) if spent.saturating_mul(5) >= limit.saturating_mul(4) => 80,
-            _ => 0,
-        };
+        let alerted = alert_level(limits.monthly_limit_micros, spent);
         diesel::insert_into(budgets::table)
             .values((
                 budgets::id.eq(Uuid::now_v7()),
@@ -243,6 +244,15 @@ async fn upsert(
             }))
     })
     .await
+}
+
+/// The alert level (0, 80, 100) `spent` has reached of `limit`.
+fn alert_level(limit: Option<i64>, spent: i64) -> i32 {
+    match limit {
+        Some(limit) if spent >= limit => 100,
+        Some(limit) if spent.saturating_mul(5) >= limit.saturating_mul(4) => 80,
+        _ => 0,
+    }
 }
 
 /// Deletes one of the viewer's budgets. A ceiling an admin set is FORBIDDEN.
@@ -271,6 +281,12 @@ async fn ceiling_target(
     actor: &Viewer,
     user_id: Uuid,
 ) -> AppResult<()> {
+    if user_id == actor.id() {
+        return Err(AppError::bad_input(
+            "userId",
+            "you cannot set or remove your own ceiling: another admin or an owner must",
+        ));
+    }
     let user = crate::users::model::find_user(conn, user_id)
         .await?
         .ok_or(AppError::NotFound { what: "user" })?;
@@ -300,20 +316,25 @@ pub async fn set_ceiling(
         api_key_id: None,
         agent_id: None,
     };
-    let row = upsert(&mut conn, user_id, target, true, limits).await?;
-    audit::record(
-        &mut conn,
-        Some(meta),
-        Some(actor.id()),
-        audit::actions::CEILING_SET,
-        Some(user_id),
-        json!({
-            "monthlyLimit": limits.monthly_limit_micros.map(exact_usd),
-            "runTokenLimit": limits.run_token_limit,
-        }),
-    )
-    .await?;
-    Ok(row)
+    let actor_id = actor.id();
+    // The change and its audit entry are kept together or not at all.
+    conn.transaction::<_, AppError, _>(async move |conn| {
+        let row = upsert(conn, user_id, target, true, limits).await?;
+        audit::record(
+            conn,
+            Some(meta),
+            Some(actor_id),
+            audit::actions::CEILING_SET,
+            Some(user_id),
+            json!({
+                "monthlyLimit": limits.monthly_limit_micros.map(exact_usd),
+                "runTokenLimit": limits.run_token_limit,
+            }),
+        )
+        .await?;
+        Ok(row)
+    })
+    .await
 }
 
 /// Removes the ceiling of `user_id` (ADMIN or OWNER); false when there was none. Audited.
@@ -327,25 +348,29 @@ pub async fn remove_ceiling(
     use diesel_async::RunQueryDsl;
     let mut conn = state.pool.get().await?;
     ceiling_target(&mut conn, actor, user_id).await?;
-    let removed = diesel::delete(
-        budgets::table
-            .filter(budgets::user_id.eq(user_id))
-            .filter(budgets::set_by_admin.eq(true)),
-    )
-    .execute(&mut conn)
-    .await?;
-    if removed > 0 {
-        audit::record(
-            &mut conn,
-            Some(meta),
-            Some(actor.id()),
-            audit::actions::CEILING_REMOVE,
-            Some(user_id),
-            json!({}),
+    let actor_id = actor.id();
+    conn.transaction::<_, AppError, _>(async move |conn| {
+        let removed = diesel::delete(
+            budgets::table
+                .filter(budgets::user_id.eq(user_id))
+                .filter(budgets::set_by_admin.eq(true)),
         )
+        .execute(conn)
         .await?;
-    }
-    Ok(removed > 0)
+        if removed > 0 {
+            audit::record(
+                conn,
+                Some(meta),
+                Some(actor_id),
+                audit::actions::CEILING_REMOVE,
+                Some(user_id),
+                json!({}),
+            )
+            .await?;
+        }
+        Ok(removed > 0)
+    })
+    .await
 }
 
 /// The ceiling an admin set for `user_id`, as the viewer may see it (the user themselves, or
@@ -411,6 +436,8 @@ struct Hold {
     money: Option<(i64, i64)>,
     /// The per-run token cap.
     run_tokens: Option<i64>,
+    /// Set by an admin (the user cannot change it).
+    ceiling: bool,
 }
 
 /// The budgets covering one run, as they stood when it started.
@@ -444,12 +471,26 @@ impl Allowance {
     /// passes a token cap or what is left of a monthly limit.
     pub fn admit(&self, input_tokens: i64, input_cost_micros: Option<i64>) -> AppResult<()> {
         for hold in &self.holds {
+            // A model without a price would spend nothing on the meter: under an admin's money
+            // ceiling that would be a way around it, so such a run is refused.
+            if hold.ceiling && hold.money.is_some() && input_cost_micros.is_none() {
+                return Err(AppError::BudgetExceeded(format!(
+                    "the model has no price in the pricing table, so {} (a monthly limit) \
+                     cannot be kept: choose a priced model, or ask an admin",
+                    hold.label
+                )));
+            }
             if let Some((limit, spent)) = hold.money
                 && spent >= limit
             {
+                let remedy = if hold.ceiling {
+                    "ask an admin to raise it"
+                } else {
+                    "raise it with setBudget"
+                };
                 return Err(AppError::BudgetExceeded(format!(
                     "the monthly budget of {} is spent: USD {} of USD {} this month (it resets \
-                     on the 1st, UTC); raise it with setBudget",
+                     on the 1st, UTC); {remedy}",
                     hold.label,
                     exact_usd(spent),
                     exact_usd(limit)
@@ -477,6 +518,35 @@ impl Allowance {
             }
         }
         Ok(())
+    }
+
+    /// The most output tokens the next model turn may produce: under every token cap after
+    /// `tokens` used so far (the turn's request included), and within what is left of every
+    /// monthly limit after `cost_micros` so far at `output_pico` per output token (when the
+    /// model has a price). `None` when no budget limits it. The runner lowers the request's
+    /// `max_tokens` to it, so the provider itself stops there.
+    pub fn output_room(
+        &self,
+        tokens: i64,
+        cost_micros: Option<i64>,
+        output_pico: Option<i64>,
+    ) -> Option<i64> {
+        let mut room: Option<i64> = None;
+        let mut narrow = |r: i64| room = Some(room.map_or(r, |m| m.min(r)));
+        for hold in &self.holds {
+            if let Some(cap) = hold.run_tokens {
+                narrow(cap.saturating_sub(tokens));
+            }
+            if let (Some((limit, spent)), Some(cost), Some(pico)) =
+                (hold.money, cost_micros, output_pico)
+                && pico > 0
+            {
+                let left_pico =
+                    i128::from(limit.saturating_sub(spent).saturating_sub(cost)) * 1_000_000;
+                narrow(i64::try_from(left_pico / i128::from(pico)).unwrap_or(i64::MAX));
+            }
+        }
+        room.map(|r| r.max(0))
     }
 
     /// Why a run that has used `tokens` so far, costing `cost_micros` (when the model has a
@@ -529,6 +599,7 @@ fn hold(row: &CoveringRow, month: chrono::NaiveDate) -> Hold {
             .monthly_limit_micros
             .map(|limit| (limit, budget.spent_in(month))),
         run_tokens: budget.run_token_limit,
+        ceiling: budget.set_by_admin,
     }
 }
 
@@ -573,6 +644,7 @@ mod tests {
                 label: "your account".into(),
                 money: Some((1_000_000, 400_000)),
                 run_tokens: Some(100),
+                ceiling: false,
             }],
         };
         assert!(allowance.admit(100, Some(600_000)).is_ok());
@@ -588,10 +660,54 @@ mod tests {
                 label: "agent `x`".into(),
                 money: Some((1_000_000, 1_000_000)),
                 run_tokens: None,
+                ceiling: false,
             }],
         };
         let err = spent.admit(1, None).unwrap_err();
         assert_eq!(err.code().as_str(), "BUDGET_EXCEEDED");
         assert!(err.message().contains("USD 1.000000 of USD 1.000000"));
+    }
+
+    #[test]
+    fn the_output_room_is_the_tightest_of_the_token_caps_and_the_money_left() {
+        let allowance = Allowance {
+            holds: vec![
+                Hold {
+                    label: "a".into(),
+                    money: Some((1_000, 400)),
+                    run_tokens: None,
+                    ceiling: false,
+                },
+                Hold {
+                    label: "b".into(),
+                    money: None,
+                    run_tokens: Some(500),
+                    ceiling: false,
+                },
+            ],
+        };
+        // 600 micro-dollars left minus 100 spent by this run, at 10 micro-dollars a token: 50.
+        assert_eq!(
+            allowance.output_room(100, Some(100), Some(10_000_000)),
+            Some(50)
+        );
+        // Unpriced: only the token cap holds it.
+        assert_eq!(allowance.output_room(100, None, None), Some(400));
+        assert_eq!(allowance.output_room(600, None, None), Some(0));
+        assert_eq!(
+            Allowance::default().output_room(100, Some(1), Some(1)),
+            None
+        );
+        // An admin's money ceiling refuses unpriced models outright.
+        let ceiling = Allowance {
+            holds: vec![Hold {
+                label: "c".into(),
+                money: Some((1_000, 0)),
+                run_tokens: None,
+                ceiling: true,
+            }],
+        };
+        assert!(ceiling.admit(10, None).is_err());
+        assert!(ceiling.admit(10, Some(1)).is_ok());
     }
 }

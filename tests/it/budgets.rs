@@ -247,6 +247,7 @@ async fn a_run_ending_charges_its_exact_cost_to_the_account_key_and_agent_budget
         )
         .await;
     let budgets = list["data"]["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 4, "{list}");
     for budget in budgets {
         let expected = if budget["agent"]["id"] == other.as_str() {
             "0.000000"
@@ -333,6 +334,20 @@ async fn a_run_over_its_token_cap_is_refused_at_start_or_stopped_mid_stream_with
         "{run}"
     );
     assert_eq!(run["costEstimated"], true);
+    // The provider was asked for no more output than the cap left after the input.
+    let asked = w
+        .fake
+        .requests()
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| r.body["max_tokens"].clone())
+        .unwrap();
+    assert_eq!(
+        asked,
+        json!(200 - run["inputTokens"].as_i64().unwrap()),
+        "{run}"
+    );
     for _ in 0..100 {
         if w.fake.client_disconnects() > 0 {
             break;
@@ -455,7 +470,7 @@ async fn an_admin_sets_a_ceiling_the_user_cannot_change_and_runs_are_held_to_it(
     assert_eq!(body["data"]["removeUserCeiling"], false, "{body}");
     let id = w.start("Hello").await;
     assert_eq!(w.finished(&id).await["status"], "SUCCEEDED");
-    // An admin cannot set an owner's ceiling.
+    // An admin cannot set an owner's ceiling, nor their own.
     let owner = w.app.user_with_role("owner@example.com", "OWNER").await;
     let body = as_admin(
         ceiling,
@@ -463,6 +478,39 @@ async fn an_admin_sets_a_ceiling_the_user_cannot_change_and_runs_are_held_to_it(
     )
     .await;
     assert_eq!(code(&body), "FORBIDDEN", "{body}");
+    let body = as_admin(
+        ceiling,
+        json!({"u": admin.user_id, "i": {"monthlyLimit": "1"}}),
+    )
+    .await;
+    assert_eq!(field(&body), "userId", "{body}");
+    let remove_own = "mutation($u: ID!) { removeUserCeiling(userId: $u) }";
+    let body = as_admin(remove_own, json!({"u": admin.user_id})).await;
+    assert_eq!(field(&body), "userId", "{body}");
+    // A money ceiling cannot be kept on a model without a price: such runs are refused.
+    as_admin(
+        ceiling,
+        json!({"u": w.user.user_id, "i": {"monthlyLimit": "100"}}),
+    )
+    .await;
+    let body = w.execute("Hello").await;
+    assert_eq!(code(&body), "BUDGET_EXCEEDED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no price"),
+        "{body}"
+    );
+    let audit = as_admin(
+        "{ auditLog(first: 20) { edges { node { action } } } }",
+        json!({}),
+    )
+    .await;
+    assert!(
+        audit.to_string().contains("budget.ceiling_remove"),
+        "{audit}"
+    );
 }
 
 #[tokio::test]
@@ -503,4 +551,43 @@ async fn another_users_budgets_keys_and_agents_are_out_of_reach() {
     .await;
     assert_eq!(code(&body), "FORBIDDEN", "{body}");
     assert_eq!(w.app.count("SELECT count(*) FROM budgets").await, 1);
+}
+
+#[tokio::test]
+async fn tool_call_arguments_count_against_the_token_cap_and_an_over_cap_call_is_never_run() {
+    let (_backends, w) = crate::tools::openai_world(&["CALCULATOR"], json!({})).await;
+    // One call whose arguments alone are about 1,000 tokens (four bytes a token).
+    let expression = vec!["1"; 2000].join("+");
+    w.fake
+        .queue_tool_turn(crate::common::fake_provider::ToolTurn::calls(&[(
+            "calculator",
+            &format!(r#"{{"expression": "{expression}"}}"#),
+        )]));
+    set(&w, json!({"scope": "USER", "runTokenLimit": 600})).await;
+    let id = w.start("Add them up").await;
+    let run = w.finished(&id).await;
+    assert_eq!(run["status"], "FAILED", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("per-run cap of 600 tokens"),
+        "{run}"
+    );
+    let events = w.events(&id).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["kind"] != "TOOL_CALL" && e["kind"] != "TOOL_RESULT"),
+        "the call was not run: {events:?}"
+    );
+    assert_eq!(events.last().unwrap()["data"]["code"], "BUDGET_EXCEEDED");
+    // One provider request only: the loop did not go on.
+    let asked = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .count();
+    assert_eq!(asked, 1);
 }

@@ -429,6 +429,19 @@ async fn budget_alerts_and_keys_rejected_by_the_provider_are_delivered() {
     assert_eq!(exceeded["data"]["spentThisMonth"], "0.000900");
     // Each alert goes out once a month: a refused run sends nothing more.
     assert_eq!(code(&w.execute("Hello").await), "BUDGET_EXCEEDED");
+    // Raising the limit starts the alerts over from the month's spend: 900 of 1,000 is 90%,
+    // the warning level, so the next crossing is the 100% one.
+    w.ask(
+        "mutation { setBudget(input: {scope: USER, monthlyLimit: \"0.001\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        w.app
+            .count("SELECT alerted_percent::bigint FROM budgets")
+            .await,
+        80
+    );
 
     // The provider rejects the key, in a run and in a key test.
     w.ask(

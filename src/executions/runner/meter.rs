@@ -58,6 +58,34 @@ impl<'a> Meter<'a> {
         reason
     }
 
+    /// Why the run must stop before taking a tool call whose arguments are `bytes` long (None:
+    /// take it and count it, four bytes a token).
+    pub(super) fn take_call(&mut self, bytes: usize) -> Option<String> {
+        if self.allowance.is_unlimited() {
+            return None;
+        }
+        let reason = self.overrun(0, bytes);
+        if reason.is_none() {
+            self.turn_bytes += bytes;
+        }
+        reason
+    }
+
+    /// The most output tokens the turn about to be sent may ask for (its `max_tokens`), so
+    /// the provider itself stops within every cap and what is left of the money; `None` when
+    /// no budget limits it.
+    pub(super) fn output_room(&self) -> Option<u32> {
+        if self.allowance.is_unlimited() {
+            return None;
+        }
+        let input = self.done.0 + self.turn_input;
+        let cost = self.pricing.cost_micros(self.model, input, self.done.1);
+        let output_pico = self.pricing.price(self.model).map(|p| p.output_pico);
+        self.allowance
+            .output_room(input + self.done.1, cost, output_pico)
+            .map(|room| u32::try_from(room.max(1)).unwrap_or(u32::MAX))
+    }
+
     /// The (input, output) tokens of the turn under way, as metered.
     pub(super) fn turn_usage(&self) -> (i64, i64) {
         let by_bytes = i64::try_from(self.turn_bytes.div_ceil(4)).unwrap_or(i64::MAX);

@@ -227,6 +227,7 @@ impl Steps<'_, '_, '_> {
     async fn converse(&mut self, request: &mut ChatRequest) -> anyhow::Result<Outcome> {
         let window = Duration::from_millis(self.writer.state.config.stream_flush_ms);
         let mut round = 1;
+        let agent_max = request.max_output_tokens;
         loop {
             let request_tokens = estimate_turn(request, &Turn::default()).0;
             if let Some(reason) = self
@@ -235,6 +236,11 @@ impl Steps<'_, '_, '_> {
             {
                 return Ok(Outcome::OverBudget(reason));
             }
+            // The provider stops within the budgets by itself: no output past them is billed.
+            request.max_output_tokens = match self.meter.output_room() {
+                Some(room) => Some(agent_max.map_or(room, |max| max.min(room))),
+                None => agent_max,
+            };
             let stream = match open_stream(
                 self.writer,
                 self.key,
@@ -522,7 +528,12 @@ async fn stream_output(
                 Some(Ok(StreamEvent::Usage { input_tokens, output_tokens })) => {
                     turn.usage = Some((input_tokens, output_tokens));
                 }
-                Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
+                Some(Ok(StreamEvent::ToolCall(call))) => {
+                    if let Some(reason) = meter.take_call(call.arguments.len()) {
+                        return Ok(Outcome::OverBudget(reason));
+                    }
+                    turn.calls.push(call);
+                }
                 Some(Ok(StreamEvent::Finished { stop_reason })) => {
                     turn.stop_reason = stop_reason;
                     return Ok(Outcome::Succeeded);
@@ -564,7 +575,12 @@ fn take_ready(
                 input_tokens,
                 output_tokens,
             })) => turn.usage = Some((input_tokens, output_tokens)),
-            Some(Ok(StreamEvent::ToolCall(call))) => turn.calls.push(call),
+            Some(Ok(StreamEvent::ToolCall(call))) => {
+                if let Some(reason) = meter.take_call(call.arguments.len()) {
+                    return Some(Outcome::OverBudget(reason));
+                }
+                turn.calls.push(call);
+            }
             Some(Ok(StreamEvent::Finished { stop_reason })) => {
                 turn.stop_reason = stop_reason;
                 return Some(Outcome::Succeeded);
