@@ -7,7 +7,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(filter: &str, json: bool) {
-    init_with_sentry(filter, json, false);
+    init_with(filter, json, false, None);
 }
 
 /// Error reporting to Sentry, on only when `SENTRY_DSN` is set. Keep the guard alive until the
@@ -34,12 +34,7 @@ pub fn sentry(
 }
 
 /// Installs the global subscriber, with the Sentry layer when `with_sentry` (error events
-/// become Sentry events, lower levels breadcrumbs).
-pub fn init_with_sentry(filter: &str, json: bool, with_sentry: bool) {
-    init_with(filter, json, with_sentry, None);
-}
-
-/// Installs the global subscriber, with the Sentry layer when `with_sentry` and, given a tracer
+/// become Sentry events, lower levels breadcrumbs) and, given a tracer
 /// provider ([`otel`]), the OpenTelemetry layer: every span (requests, GraphQL operations, SQL
 /// statements, provider calls, runs) is exported to the OTLP endpoint.
 pub fn init_with(
@@ -94,7 +89,13 @@ pub fn otel(
         .with_http()
         .with_protocol(protocol)
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-        .build()?;
+        .build()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT `{endpoint}` is not usable ({e}): give an http(s) URL \
+                 like http://otel-collector:4318"
+            )
+        })?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(config.otel_service_name.clone())
         .build();

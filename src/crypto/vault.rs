@@ -223,6 +223,47 @@ fn split(stored: &[u8]) -> Result<(&str, &[u8], &[u8]), VaultError> {
     Ok((id, nonce, ciphertext))
 }
 
+/// Re-encrypts under the active key every secret of one column whose ciphertext is under
+/// another, in batches: `page` lists `(row id, user id, ciphertext)` after a cursor, `slot` says
+/// where a row's secret lives, and `swap` replaces a ciphertext only if it is still the one read
+/// (a concurrent write wins). Safe to interrupt and re-run. Returns how many rows changed. (Key
+/// rotation, `rotate-encryption-key`, runs it for every single-secret column.)
+pub async fn rewrap_column(
+    conn: &mut diesel_async::AsyncPgConnection,
+    vault: &Vault,
+    batch: i64,
+    page: impl AsyncFnMut(
+        &mut diesel_async::AsyncPgConnection,
+        Option<Uuid>,
+        i64,
+    ) -> diesel::QueryResult<Vec<(Uuid, Uuid, Vec<u8>)>>,
+    slot: fn(Uuid, Uuid) -> SecretSlot<'static>,
+    mut swap: impl AsyncFnMut(
+        &mut diesel_async::AsyncPgConnection,
+        Uuid,
+        &[u8],
+        &[u8],
+    ) -> diesel::QueryResult<bool>,
+) -> anyhow::Result<u64> {
+    crate::db::for_each_row(
+        conn,
+        batch,
+        page,
+        |row| row.0,
+        async |conn, (id, user_id, stored)| {
+            if !vault.needs_rewrap(&stored) {
+                return Ok(false);
+            }
+            let where_ = slot(id, user_id);
+            let fresh = vault
+                .rewrap(where_, &stored)
+                .map_err(|e| anyhow::anyhow!("{} row {id}: {e}", where_.table))?;
+            Ok(swap(conn, id, &stored, &fresh).await?)
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

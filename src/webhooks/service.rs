@@ -385,20 +385,13 @@ pub async fn rewrap_all(
     vault: &Vault,
     batch: i64,
 ) -> anyhow::Result<u64> {
-    crate::db::for_each_row(
+    crate::crypto::vault::rewrap_column(
         conn,
+        vault,
         batch,
         async |conn, after, n| model::page_all(conn, after, n).await,
-        |row| row.0,
-        async |conn, (id, user_id, stored)| {
-            if !vault.needs_rewrap(&stored) {
-                return Ok(false);
-            }
-            let fresh = vault
-                .rewrap(slot(id, user_id), &stored)
-                .map_err(|e| anyhow::anyhow!("webhooks row {id}: {e}"))?;
-            Ok(model::swap_ciphertext(conn, id, &stored, &fresh).await?)
-        },
+        slot,
+        async |conn, id, old, new| model::swap_ciphertext(conn, id, old, new).await,
     )
     .await
 }

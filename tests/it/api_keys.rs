@@ -526,6 +526,15 @@ async fn rotating_the_encryption_key_leaves_every_key_usable_with_only_the_new_o
         .await;
         ids.push(id_at(&created, &["createApiKey"]));
     }
+    // A webhook's signing secret is in the vault too.
+    let hook = app
+        .gql_as(
+            Some(&user.access),
+            "mutation { createWebhook(input: {url: \"https://example.com/hooks\", events: [EXECUTION_FAILED]}) { webhook { id } } }",
+            json!({}),
+        )
+        .await;
+    let hook = id_at(&hook, &["createWebhook", "webhook"]);
     let new_key = "next:bmV4dC1rZXktbmV4dC1rZXktbmV4dC1rZXktMDAwMiE=";
     let rotate = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_agentry"))
@@ -549,9 +558,19 @@ async fn rotating_the_encryption_key_leaves_every_key_usable_with_only_the_new_o
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("rewrapped 2 secrets"),
+        String::from_utf8_lossy(&output.stdout).contains("rewrapped 3 secrets")
+            && String::from_utf8_lossy(&output.stdout).contains("1 webhooks"),
         "{}",
         String::from_utf8_lossy(&output.stdout)
+    );
+    // The webhook's secret is now under the new key (the key id follows the version byte and
+    // its length).
+    assert_eq!(
+        app.count(&format!(
+            "SELECT position('next'::bytea in secret_ciphertext)::bigint FROM webhooks WHERE id = '{hook}'"
+        ))
+        .await,
+        3
     );
     // Re-running finds nothing left to do.
     assert!(String::from_utf8_lossy(&rotate().stdout).contains("rewrapped 0 secrets"));

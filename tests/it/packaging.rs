@@ -216,3 +216,21 @@ fn kubernetes_manifests_set_known_settings_probe_real_routes_and_drain_within_th
     let ingress = read("deploy/k8s/ingress.yaml");
     assert!(ingress.contains("proxy-read-timeout") && ingress.contains("proxy-send-timeout"));
 }
+
+#[test]
+fn opentelemetry_settings_are_checked_at_start_up_naming_the_variable() {
+    for (name, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_agentry"))
+            .arg("migrate")
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/never")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}={value} was accepted");
+        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+    }
+}

@@ -536,6 +536,35 @@ async fn webhook_rules_name_the_field_and_another_users_webhooks_are_out_of_reac
         .await;
     assert_eq!(code(&body), "CONFLICT", "{body}");
 
+    // updateWebhook keeps the same rules, and a refused change changes nothing.
+    for (input, expected) in [
+        (json!({"url": "http://169.254.169.254/latest"}), "input.url"),
+        (json!({"events": []}), "input.events"),
+    ] {
+        let body = w
+            .ask(
+                "mutation($id: ID!, $i: UpdateWebhookInput!) { updateWebhook(id: $id, input: $i) { id } }",
+                json!({"id": first, "i": input.clone()}),
+            )
+            .await;
+        assert_eq!(field(&body), expected, "{input}: {body}");
+    }
+    let kept = w
+        .ask(
+            "query($id: ID!) { webhook(id: $id) { url events } }",
+            json!({"id": first}),
+        )
+        .await;
+    assert_eq!(
+        kept["data"]["webhook"]["url"],
+        receiver.url.as_str(),
+        "{kept}"
+    );
+    assert_eq!(
+        kept["data"]["webhook"]["events"],
+        json!(["EXECUTION_FAILED"])
+    );
+
     // Another user sees none of it and can change none of it.
     let eve = w.app.register("eve@example.com").await;
     let as_eve = |query: &'static str| {
@@ -570,4 +599,37 @@ async fn webhook_rules_name_the_field_and_another_users_webhooks_are_out_of_reac
         )
         .await;
     assert_eq!(body["data"]["deleteWebhook"], true, "{body}");
+}
+
+#[tokio::test]
+async fn production_accepts_only_https_webhook_urls() {
+    let app = crate::common::TestApp::spawn_with(|c| {
+        c.environment = agentry::config::Environment::Production;
+        c.bcrypt_cost = 10;
+    })
+    .await;
+    let user = app.register("prod-hooks@example.com").await;
+    let body = app
+        .gql_as(
+            Some(&user.access),
+            CREATE,
+            json!({"i": {"url": "http://example.com/hooks", "events": ["EXECUTION_FAILED"]}}),
+        )
+        .await;
+    assert_eq!(field(&body), "input.url", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https"),
+        "{body}"
+    );
+    let body = app
+        .gql_as(
+            Some(&user.access),
+            CREATE,
+            json!({"i": {"url": "https://example.com/hooks", "events": ["EXECUTION_FAILED"]}}),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
 }
