@@ -1,6 +1,6 @@
 //! `AppState`: everything a request may need, built once at start-up and shared by reference.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use tokio::sync::{broadcast, watch};
@@ -12,31 +12,41 @@ use crate::{
     db::Pool,
     llm::pricing::Pricing,
     rate_limit::RateLimiters,
+    users::session_cache::SessionCache,
 };
 
-/// Something that ends live WebSocket connections: a revoked session, or every session of a
-/// user (suspension, role change, password change).
+/// A change to who may do what: a revoked session, or every session of a user (suspension,
+/// role change, password change), which end live WebSocket connections; a changed user row;
+/// and the LISTEN connection's state. The session cache ([`SessionCache`]) follows them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
     /// One session (refresh-token family) was revoked.
     Session(Uuid),
     /// Every session of this user was revoked.
     User(Uuid),
-    /// Announcements may have been missed (this server's LISTEN connection was down): every
-    /// socket checks its own session now. Never sent to other servers.
+    /// The user's row changed (e.g. the profile) without revoking anything: cached copies of
+    /// it are stale. Sockets stay open.
+    Changed(Uuid),
+    /// Announcements may have been missed (this server's LISTEN connection was down) and are
+    /// heard again: every socket checks its own session now. Never sent to other servers.
     Recheck,
+    /// This server's LISTEN connection is down: announcements of other servers are not heard
+    /// until the next [`Revocation::Recheck`]. Never sent to other servers.
+    Unheard,
 }
 
 /// The NOTIFY channel that carries revocations to every server on the database.
 pub const REVOKE_CHANNEL: &str = "agentry_revoke";
 
 impl Revocation {
-    /// The NOTIFY payload, `<id>:session` or `<id>:user`; `None` for what stays on this server.
+    /// The NOTIFY payload, `<id>:session`, `<id>:user` or `<id>:changed`; `None` for what
+    /// stays on this server.
     pub fn to_payload(self) -> Option<String> {
         match self {
             Self::Session(id) => Some(format!("{id}:session")),
             Self::User(id) => Some(format!("{id}:user")),
-            Self::Recheck => None,
+            Self::Changed(id) => Some(format!("{id}:changed")),
+            Self::Recheck | Self::Unheard => None,
         }
     }
 
@@ -47,6 +57,7 @@ impl Revocation {
         match kind {
             "session" => Some(Self::Session(id)),
             "user" => Some(Self::User(id)),
+            "changed" => Some(Self::Changed(id)),
             _ => None,
         }
     }
@@ -81,8 +92,11 @@ pub struct Shared {
     pub passwords: PasswordHasher,
     /// Per-client and sign-in rate limiters.
     pub limiters: RateLimiters,
-    /// Revocations, fanned out to open WebSockets so they close at once.
+    /// Revocations, fanned out to open WebSockets so they close at once, and to the session
+    /// cache.
     pub revocations: broadcast::Sender<Revocation>,
+    /// Sessions recently found live (see [`SessionCache`]).
+    pub sessions: SessionCache,
     /// SQL statements run through the pool.
     pub query_counter: crate::db::QueryCounter,
     /// Secrets at rest (AES-256-GCM-SIV).
@@ -299,6 +313,10 @@ impl AppState {
             config.otel_endpoint.is_some(),
         )?;
         let (revocations, _) = broadcast::channel(256);
+        let sessions = SessionCache::new(
+            Duration::from_millis(config.session_cache_ms),
+            revocations.subscribe(),
+        );
         Ok(Self(Arc::new(Shared {
             query_counter,
             vault: Arc::new(vault),
@@ -318,6 +336,7 @@ impl AppState {
             config: Arc::new(config),
             pool,
             revocations,
+            sessions,
         })))
     }
 
@@ -338,8 +357,10 @@ impl AppState {
         );
     }
 
-    /// Announces a revocation to open WebSockets: here at once, and on every other server on
-    /// the database through NOTIFY (their sockets of that session or user close too).
+    /// Announces a revocation to open WebSockets and the session cache: here at once (before
+    /// this returns, so the mutation's answer cannot overtake it), and on every other server on
+    /// the database through NOTIFY (their sockets of that session or user close too, their
+    /// caches forget it).
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
         let Some(payload) = revocation.to_payload() else {

@@ -357,6 +357,12 @@ pub struct Config {
     #[arg(long, env = "AGENTRY_DATALOADER_DELAY_MS", default_value_t = 2)]
     pub dataloader_delay_ms: u64,
 
+    /// Milliseconds an authenticated session is remembered, sparing the session query of the
+    /// next requests with the same token (0: off; at most 60000). Revocations still apply at
+    /// once: they evict it here and, through NOTIFY, on every server.
+    #[arg(long, env = "AGENTRY_SESSION_CACHE_MS", default_value_t = 2000)]
+    pub session_cache_ms: u64,
+
     /// Bearer token required on `GET /metrics` (open when unset; bind privately or set it).
     #[arg(long, env = "AGENTRY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<SecretString>,
@@ -435,6 +441,15 @@ impl Config {
                 format!(
                     "must be between 32 and 128, got {}",
                     self.rate_limit_ipv6_prefix
+                ),
+            ));
+        }
+        if self.session_cache_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "AGENTRY_SESSION_CACHE_MS",
+                format!(
+                    "must be at most 60000 (a minute), got {}",
+                    self.session_cache_ms
                 ),
             ));
         }

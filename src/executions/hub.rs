@@ -454,7 +454,10 @@ pub fn spawn_listener(hub: Arc<Hub>, database_url: String) -> tokio::task::JoinH
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match listen(&hub, &database_url).await {
+            let result = listen(&hub, &database_url).await;
+            // Until the next LISTEN, other servers' revocations go unheard.
+            let _ = hub.revocations.send(Revocation::Unheard);
+            match result {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");

@@ -589,7 +589,7 @@ fn concerns(identity: Option<&Identity>, revocation: Revocation) -> bool {
     match revocation {
         Revocation::Session(session) => session == viewer.session_id,
         Revocation::User(user) => user == viewer.id(),
-        Revocation::Recheck => false,
+        Revocation::Changed(_) | Revocation::Recheck | Revocation::Unheard => false,
     }
 }
 

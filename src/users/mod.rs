@@ -5,5 +5,6 @@ pub mod audit;
 pub mod graphql;
 pub mod model;
 pub mod service;
+pub mod session_cache;
 pub mod sessions;
 pub mod validate;

@@ -267,5 +267,7 @@ pub async fn update_profile(
         .returning(UserRow::as_returning())
         .get_result(&mut conn)
         .await?;
+    // Cached copies of the row (this server's and others') now show the old name.
+    state.revoke(Revocation::Changed(user.id));
     Ok(user)
 }

@@ -213,7 +213,9 @@ pub async fn still_valid(state: &AppState, viewer: &Viewer) -> bool {
 }
 
 /// Checks a bearer access token: signature and claims, then one query for a live session of an
-/// active user. Refusals are an [`Identity::Rejected`] with a reason safe to show.
+/// active user, unless the session cache found that session live moments ago (see
+/// [`crate::users::session_cache`]: revocations evict it first). Refusals are an
+/// [`Identity::Rejected`] with a reason safe to show.
 pub async fn authenticate(state: &AppState, bearer: &str) -> AppResult<Identity> {
     let claims = match state.jwt.verify(bearer) {
         Ok(claims) => claims,
@@ -221,8 +223,18 @@ pub async fn authenticate(state: &AppState, bearer: &str) -> AppResult<Identity>
             return Ok(Identity::Rejected(e.to_string()));
         }
     };
-    let mut conn = state.pool.get().await?;
-    let user = model::find_active_session_user(&mut conn, claims.sid, claims.sub).await?;
+    let user = match state.sessions.get(claims.sid, claims.sub) {
+        Some(user) => Some(user),
+        None => {
+            let ticket = state.sessions.ticket();
+            let mut conn = state.pool.get().await?;
+            let user = model::find_active_session_user(&mut conn, claims.sid, claims.sub).await?;
+            if let Some(user) = &user {
+                state.sessions.keep(ticket, claims.sid, user);
+            }
+            user
+        }
+    };
     Ok(match user {
         Some(user) => Identity::User(Box::new(Viewer {
             user,

@@ -1,6 +1,7 @@
 //! Accounts and sessions through the real HTTP API: register, login, refresh, logout,
 //! changePassword, updateProfile, me, and the token attacks of the security rules (ARCHITECTURE.md).
 
+mod session_cache;
 mod tokens;
 
 use crate::common;

@@ -170,6 +170,11 @@ pub fn test_config(database_url: &str) -> Config {
     config.db_pool_size = 4;
     config.data_dir = std::env::temp_dir().join("agentry-test-data");
     config.log_filter = "warn".into();
+    // Tests change users and sessions with SQL behind the server's back and expect the next
+    // request to see it; in production the database's triggers announce such changes within
+    // moments, but a test's next request may come first. The cache has its own tests
+    // (`auth::session_cache`), which turn it on.
+    config.session_cache_ms = 0;
     config
 }
 
