@@ -18,7 +18,8 @@ use crate::{
         model::{ExecutionStatus, RunFilter},
     },
     graphql::{
-        guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
+        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
+        request_context, state,
     },
     llm::ProviderKind,
     tools::AgentTool,
@@ -94,13 +95,13 @@ impl Agent {
         self.0.is_active
     }
     /// The API key runs use (masked).
-    async fn api_key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ApiKey>> {
+    async fn api_key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Eager<ApiKey>>> {
         let key = ctx
             .data::<Loaders>()?
             .api_keys
             .load_one(self.0.api_key_id)
             .await?;
-        Ok(key.map(ApiKey))
+        Ok(key.map(|row| Eager(ApiKey(row))))
     }
     /// This agent's runs, newest first.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
@@ -110,7 +111,7 @@ impl Agent {
         first: Option<i32>,
         after: Option<String>,
         status: Option<ExecutionStatus>,
-    ) -> async_graphql::Result<Connection<String, Execution>> {
+    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
         let page = Page::new(first, after)?;
         if page.after.is_none() && status.is_none() {
             // The common shape (`executions(first: 5)` under a list of agents) is batched.
@@ -120,7 +121,7 @@ impl Agent {
                 .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
                 .await?
                 .unwrap_or_default();
-            return Ok(page.connection(rows, |e| e.id, Execution));
+            return Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))));
         }
         let viewer = request_context(ctx)?.viewer()?;
         let of = RunFilter {

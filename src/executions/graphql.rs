@@ -17,7 +17,8 @@ use crate::{
     },
     files::graphql::File,
     graphql::{
-        guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
+        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
+        request_context, state,
     },
     request::Viewer,
     state::AppState,
@@ -193,9 +194,9 @@ pub async fn executions_page(
     viewer: &Viewer,
     of: RunFilter,
     page: Page,
-) -> async_graphql::Result<Connection<String, Execution>> {
+) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
     let rows = service::page(state, viewer, of, page.after, page.fetch_limit()).await?;
-    Ok(page.connection(rows, |e| e.id, Execution))
+    Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))))
 }
 
 /// Run queries.
@@ -232,7 +233,7 @@ impl ExecutionsQuery {
         status: Option<ExecutionStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Execution>> {
+    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let agent_id = agent_id.map(|id| parse_id("agentId", &id)).transpose()?;

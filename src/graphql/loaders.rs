@@ -21,14 +21,25 @@ use crate::{
     state::AppState,
 };
 
-/// Every loader of one request (cheap to clone: the loaders are shared).
+/// Every loader of one request (cheap to clone: the loaders are shared). The set is built on
+/// first use: most requests (`{ __typename }`, `me`, mutations) load no relation, and building
+/// seven loaders for each showed in the W1 profile.
 #[derive(Clone)]
-pub struct Loaders(std::sync::Arc<LoaderSet>);
+pub struct Loaders(std::sync::Arc<Lazy>);
+
+/// What a set is built from, and the set once built.
+struct Lazy {
+    pool: Pool,
+    delay: std::time::Duration,
+    set: std::sync::OnceLock<LoaderSet>,
+}
 
 impl std::ops::Deref for Loaders {
     type Target = LoaderSet;
     fn deref(&self) -> &LoaderSet {
-        &self.0
+        let lazy = &self.0;
+        lazy.set
+            .get_or_init(|| LoaderSet::new(lazy.pool.clone(), lazy.delay))
     }
 }
 
@@ -51,11 +62,19 @@ pub struct LoaderSet {
 }
 
 impl Loaders {
-    /// A fresh set for one request.
+    /// A fresh set for one request (built when first used).
     pub fn new(state: &AppState) -> Self {
-        let pool = state.pool.clone();
-        let delay = std::time::Duration::from_millis(state.config.dataloader_delay_ms);
-        Self(std::sync::Arc::new(LoaderSet {
+        Self(std::sync::Arc::new(Lazy {
+            pool: state.pool.clone(),
+            delay: std::time::Duration::from_millis(state.config.dataloader_delay_ms),
+            set: std::sync::OnceLock::new(),
+        }))
+    }
+}
+
+impl LoaderSet {
+    fn new(pool: Pool, delay: std::time::Duration) -> Self {
+        Self {
             api_keys: DataLoader::new(ApiKeyLoader(pool.clone()), tokio::spawn).delay(delay),
             agents: DataLoader::with_cache(
                 AgentLoader(pool.clone()),
@@ -80,7 +99,7 @@ impl Loaders {
             .delay(delay),
             crew_runs: DataLoader::new(CrewRunsLoader(pool.clone()), tokio::spawn).delay(delay),
             usage: DataLoader::new(UsageLoader(pool), tokio::spawn).delay(delay),
-        }))
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The toolkit every domain's resolvers share: reading the context, role guards, DataLoaders,
-//! cursor pagination, and the query limits the schema enforces. The schema itself is assembled
+//! cursor pagination, eager resolution of objects a response holds many of, and the query limits the schema enforces. The schema itself is assembled
 //! in [`crate::schema`] and served by [`crate::http`]; nothing here imports a domain's GraphQL.
 
 pub mod context;
+pub mod eager;
 pub mod guards;
 pub mod limits;
 pub mod loaders;

@@ -17,7 +17,8 @@ use crate::{
         model::RunFilter,
     },
     graphql::{
-        guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
+        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
+        request_context, state,
     },
     threads::{model::ThreadRow, service},
 };
@@ -59,7 +60,7 @@ impl Thread {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Execution>> {
+    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
         let page = Page::new(first, after)?;
         if page.after.is_none() {
             // The first page (a list of threads with their latest runs) is batched.
@@ -69,7 +70,7 @@ impl Thread {
                 .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
                 .await?
                 .unwrap_or_default();
-            return Ok(page.connection(rows, |e| e.id, Execution));
+            return Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))));
         }
         let viewer = request_context(ctx)?.viewer()?;
         let of = RunFilter {

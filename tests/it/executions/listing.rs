@@ -355,3 +355,105 @@ async fn statements_per_request_do_not_grow_with_the_number_of_agents() {
     assert_eq!(one, fifty, "statements for 1 agent: {one}, for 50: {fifty}");
     assert!(fifty <= 8, "{fifty} statements");
 }
+
+/// Every field of a run and of a key, as async-graphql's own resolution gives it (a single
+/// `execution(id:)` / `apiKey(id:)`) and as the eager resolution of lists gives it (runs and
+/// keys under a page of agents): the same values, in the order of the selection, through
+/// fragments and aliases, and a field's error recorded the same way.
+#[tokio::test]
+async fn eager_lists_answer_exactly_as_single_objects_do() {
+    let w = world().await;
+    w.fake.set_stream(slow(&["ok"], 0));
+    let done = w.start("first").await;
+    w.finished(&done).await;
+    w.fake.set_mode(Mode::Status {
+        status: 401,
+        retry_after_secs: None,
+    });
+    let failed = w.start("second").await;
+    w.finished(&failed).await;
+
+    const RUN: &str = "__typename id threadId crewRunId crewRole crewTask status input output error \
+        inputTokens outputTokens costUsd costEstimated model provider createdAt startedAt \
+        finishedAt said: output agent { id name } files { id } ...More";
+    const MORE: &str = "fragment More on Execution { n: inputTokens ... on Execution { status } events(first: 2) { sequence kind } }";
+    const KEY: &str = "__typename id name provider endpoint maskedKey isActive lastUsedAt \
+        lastTestedAt lastTestOk lastTestMessage";
+    let listed = w
+        .ask(
+            &format!(
+                "{{ agents(first: 5) {{ nodes {{ apiKey {{ {KEY} }} executions(first: 10) {{ nodes {{ {RUN} }} }} }} }} }} {MORE}"
+            ),
+            json!({}),
+        )
+        .await;
+    assert!(listed.get("errors").is_none(), "{listed}");
+    let agent = &listed["data"]["agents"]["nodes"][0];
+    let runs = agent["executions"]["nodes"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{listed}");
+    for run in runs {
+        let id = run["id"].as_str().unwrap();
+        let single = w
+            .ask(
+                &format!("query($id: ID!) {{ execution(id: $id) {{ {RUN} }} }} {MORE}"),
+                json!({"id": id}),
+            )
+            .await;
+        assert_eq!(run, &single["data"]["execution"], "run {id}");
+    }
+    // Keys come in the order of the selection (read from the raw text: `Value` sorts them).
+    let raw = w
+        .app
+        .post(
+            Some(&w.user.access),
+            &json!({"query": "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status id agent { name } __typename costUsd } } } } }"}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let at = |key: &str| {
+        raw.find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{raw}"))
+    };
+    assert!(
+        at("status") < at("id")
+            && at("id") < at("agent")
+            && at("agent") < at("__typename")
+            && at("__typename") < at("costUsd"),
+        "not in the selection's order: {raw}"
+    );
+    assert_eq!(runs[1]["status"], "SUCCEEDED");
+    assert_eq!(runs[0]["status"], "FAILED");
+    assert!(runs[0]["error"].is_string(), "{}", runs[0]);
+    let key_id = agent["apiKey"]["id"].as_str().unwrap();
+    let single = w
+        .ask(
+            &format!("query($id: ID!) {{ apiKey(id: $id) {{ {KEY} }} }}"),
+            json!({"id": key_id}),
+        )
+        .await;
+    assert_eq!(agent["apiKey"], single["data"]["apiKey"], "{listed}");
+
+    // A response key selected twice with different sub-selections is merged, as before.
+    let merged = w
+        .ask(
+            "{ agents(first: 1) { nodes { executions(first: 1) { nodes { agent { id } agent { name } } } } } }",
+            json!({}),
+        )
+        .await;
+    let agent = &merged["data"]["agents"]["nodes"][0]["executions"]["nodes"][0]["agent"];
+    assert!(
+        agent["id"].is_string() && agent["name"] == "Helper",
+        "{merged}"
+    );
+
+    // A field that fails under a list fails as it does on its own: `events(first: 0)`.
+    let bad = w
+        .ask(
+            "{ agents(first: 1) { nodes { executions(first: 1) { nodes { id events(first: 0) { sequence } } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&bad), "BAD_USER_INPUT", "{bad}");
+}
