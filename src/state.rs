@@ -313,9 +313,11 @@ impl AppState {
             config.otel_endpoint.is_some(),
         )?;
         let (revocations, _) = broadcast::channel(256);
+        let hearing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sessions = SessionCache::new(
             Duration::from_millis(config.session_cache_ms),
             revocations.subscribe(),
+            hearing.clone(),
         );
         Ok(Self(Arc::new(Shared {
             query_counter,
@@ -327,7 +329,7 @@ impl AppState {
             tool_egress,
             oauth: Arc::new(oauth),
             operator_http,
-            hub: crate::executions::hub::Hub::new(pool.clone(), revocations.clone()),
+            hub: crate::executions::hub::Hub::new(pool.clone(), revocations.clone(), hearing),
             shutdown: Arc::new(watch::channel(false).0),
             sockets: Arc::new(SocketTracker::default()),
             jwt: JwtKeys::new(&secret, config.access_token_ttl()),

@@ -105,6 +105,8 @@ pub struct Hub {
     resync: watch::Sender<u64>,
     /// Where revocations heard from other servers go (to this server's open sockets).
     revocations: broadcast::Sender<Revocation>,
+    /// True while the LISTEN connection is up (the session cache answers only then).
+    hearing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A subscription to one run's events; dropping it unregisters.
@@ -125,12 +127,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A new, empty hub that reads through `pool` and passes revocations other servers
-    /// announce to `revocations`.
-    pub fn new(pool: Pool, revocations: broadcast::Sender<Revocation>) -> Arc<Self> {
+    /// A new, empty hub that reads through `pool`, passes revocations other servers announce
+    /// to `revocations`, and keeps `hearing` true while its LISTEN connection is up.
+    pub fn new(
+        pool: Pool,
+        revocations: broadcast::Sender<Revocation>,
+        hearing: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             revocations,
+            hearing,
             runs: Mutex::default(),
             users: Mutex::default(),
             cancels: Mutex::default(),
@@ -456,6 +463,8 @@ pub fn spawn_listener(hub: Arc<Hub>, database_url: String) -> tokio::task::JoinH
         loop {
             let result = listen(&hub, &database_url).await;
             // Until the next LISTEN, other servers' revocations go unheard.
+            hub.hearing
+                .store(false, std::sync::atomic::Ordering::Release);
             let _ = hub.revocations.send(Revocation::Unheard);
             match result {
                 Ok(()) => backoff = Duration::from_millis(200),
@@ -496,6 +505,8 @@ async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres
     // Anything sent while we were not listening is in the tables: have everyone re-read, and
     // have every socket check its session (revocations announced meanwhile were missed).
     hub.resync();
+    hub.hearing
+        .store(true, std::sync::atomic::Ordering::Release);
     let _ = hub.revocations.send(Revocation::Recheck);
     while let Some(message) = rx.recv().await {
         if let tokio_postgres::AsyncMessage::Notification(n) = message {

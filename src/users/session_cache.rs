@@ -9,7 +9,8 @@
 //!   (`AppState::revoke` broadcasts before the mutation answers), and on every other server as
 //!   soon as its LISTEN connection hears the NOTIFY;
 //! - while this server's LISTEN connection is down (announcements could be missed) it answers
-//!   nothing and keeps nothing; when it is back, it starts empty;
+//!   nothing and keeps nothing; when it is back, it starts empty (a connection that dies
+//!   silently is noticed only when its socket errors: the lifetime bounds that case);
 //! - a lookup that raced a revocation is not kept: every applied revocation bumps a generation,
 //!   and an entry is stored only if no revocation was applied since its query began;
 //! - an entry lives at most `AGENTRY_SESSION_CACHE_MS` (2 s by default; 0 turns the cache off),
@@ -19,7 +20,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -35,6 +39,10 @@ const CAPACITY: usize = 10_000;
 /// Sessions recently found live, with their users.
 pub struct SessionCache {
     ttl: Duration,
+    /// Whether announcements from other servers are heard: set by the hub's LISTEN connection
+    /// (true once it listens, false as soon as it is lost), so a lost broadcast cannot leave
+    /// the cache answering while deaf.
+    hearing: Arc<AtomicBool>,
     inner: Mutex<Inner>,
 }
 
@@ -42,8 +50,8 @@ struct Inner {
     entries: HashMap<Uuid, Entry>,
     /// Revocations applied so far (see [`Ticket`]).
     generation: u64,
-    /// Whether announcements from other servers are heard (the LISTEN connection is up).
-    hearing: bool,
+    /// When expired entries were last dropped (at most once per lifetime when full).
+    swept: Instant,
     revocations: broadcast::Receiver<Revocation>,
 }
 
@@ -58,18 +66,27 @@ struct Entry {
 pub struct Ticket(Option<u64>);
 
 impl SessionCache {
-    /// An empty cache keeping entries for `ttl` (zero: off), following `revocations`. It stays
-    /// off until the LISTEN connection announces it hears ([`Revocation::Recheck`]).
-    pub fn new(ttl: Duration, revocations: broadcast::Receiver<Revocation>) -> Self {
+    /// An empty cache keeping entries for `ttl` (zero: off), following `revocations`. It
+    /// answers only while `hearing` is true (the LISTEN connection is up).
+    pub fn new(
+        ttl: Duration,
+        revocations: broadcast::Receiver<Revocation>,
+        hearing: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             ttl,
+            hearing,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 generation: 0,
-                hearing: false,
+                swept: Instant::now(),
                 revocations,
             }),
         }
+    }
+
+    fn hearing(&self) -> bool {
+        self.hearing.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -89,11 +106,11 @@ impl SessionCache {
         if self.ttl.is_zero() {
             return None;
         }
-        let mut inner = self.lock();
-        inner.apply_revocations();
-        if !inner.hearing {
+        if !self.hearing() {
             return None;
         }
+        let mut inner = self.lock();
+        inner.apply_revocations();
         let entry = inner.entries.get(&session)?;
         (entry.until > Instant::now() && entry.user.id == user_id).then(|| entry.user.clone())
     }
@@ -103,9 +120,12 @@ impl SessionCache {
         if self.ttl.is_zero() {
             return Ticket(None);
         }
+        if !self.hearing() {
+            return Ticket(None);
+        }
         let mut inner = self.lock();
         inner.apply_revocations();
-        Ticket(inner.hearing.then_some(inner.generation))
+        Ticket(Some(inner.generation))
     }
 
     /// Keeps what the database said about `session`, unless a revocation was applied since
@@ -116,12 +136,16 @@ impl SessionCache {
         };
         let mut inner = self.lock();
         inner.apply_revocations();
-        if !inner.hearing || inner.generation != generation {
+        if !self.hearing() || inner.generation != generation {
             return;
         }
         let now = Instant::now();
         if inner.entries.len() >= CAPACITY {
-            inner.entries.retain(|_, entry| entry.until > now);
+            // Full: drop what expired, at most once per lifetime (not on every miss).
+            if now.duration_since(inner.swept) >= self.ttl {
+                inner.entries.retain(|_, entry| entry.until > now);
+                inner.swept = now;
+            }
             if inner.entries.len() >= CAPACITY {
                 return;
             }
@@ -170,14 +194,9 @@ impl Inner {
             Revocation::User(user) | Revocation::Changed(user) => {
                 self.entries.retain(|_, entry| entry.user.id != user);
             }
-            Revocation::Recheck => {
-                self.forget_all();
-                self.hearing = true;
-            }
-            Revocation::Unheard => {
-                self.forget_all();
-                self.hearing = false;
-            }
+            // The LISTEN connection came back or was lost: whatever was kept may have missed
+            // announcements (the `hearing` flag says whether to answer).
+            Revocation::Recheck | Revocation::Unheard => self.forget_all(),
         }
     }
 
@@ -207,30 +226,46 @@ mod tests {
         }
     }
 
-    fn cache(ttl_ms: u64) -> (SessionCache, broadcast::Sender<Revocation>) {
+    /// A cache that hears announcements, its broadcast and its hearing flag.
+    fn cache(ttl_ms: u64) -> (SessionCache, broadcast::Sender<Revocation>, Arc<AtomicBool>) {
         let (tx, rx) = broadcast::channel(4);
-        (SessionCache::new(Duration::from_millis(ttl_ms), rx), tx)
+        let hearing = Arc::new(AtomicBool::new(true));
+        (
+            SessionCache::new(Duration::from_millis(ttl_ms), rx, hearing.clone()),
+            tx,
+            hearing,
+        )
     }
 
     #[test]
     fn keeps_nothing_until_announcements_are_heard_and_after_they_stop() {
-        let (cache, tx) = cache(60_000);
+        let (cache, tx, hearing) = cache(60_000);
+        hearing.store(false, Ordering::Release);
         let (s, u) = (Uuid::now_v7(), Uuid::now_v7());
         cache.keep(cache.ticket(), s, &user(u));
         assert!(cache.get(s, u).is_none(), "kept before LISTEN was up");
+        hearing.store(true, Ordering::Release);
         tx.send(Revocation::Recheck).unwrap();
         cache.keep(cache.ticket(), s, &user(u));
         assert_eq!(cache.get(s, u).map(|r| r.id), Some(u));
         assert!(cache.get(s, Uuid::now_v7()).is_none(), "another user id");
-        tx.send(Revocation::Unheard).unwrap();
+        // Deaf: nothing answered even before the broadcast says so (it may be lost).
+        hearing.store(false, Ordering::Release);
         assert!(cache.get(s, u).is_none(), "answered while deaf");
+        tx.send(Revocation::Unheard).unwrap();
         assert!(cache.is_empty());
+        // A lookup that began while hearing and ends deaf is not kept.
+        hearing.store(true, Ordering::Release);
+        let ticket = cache.ticket();
+        hearing.store(false, Ordering::Release);
+        cache.keep(ticket, s, &user(u));
+        hearing.store(true, Ordering::Release);
+        assert!(cache.get(s, u).is_none(), "kept a lookup that ended deaf");
     }
 
     #[test]
     fn revocations_evict_and_a_racing_lookup_is_not_kept() {
-        let (cache, tx) = cache(60_000);
-        tx.send(Revocation::Recheck).unwrap();
+        let (cache, tx, _) = cache(60_000);
         let (s1, s2, u) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         cache.keep(cache.ticket(), s1, &user(u));
         cache.keep(cache.ticket(), s2, &user(u));
@@ -252,8 +287,7 @@ mod tests {
 
     #[test]
     fn a_lagged_receiver_forgets_everything_and_entries_expire() {
-        let (cache, tx) = cache(30);
-        tx.send(Revocation::Recheck).unwrap();
+        let (cache, tx, _) = cache(30);
         let (s, u) = (Uuid::now_v7(), Uuid::now_v7());
         cache.keep(cache.ticket(), s, &user(u));
         for _ in 0..10 {
@@ -268,8 +302,7 @@ mod tests {
 
     #[test]
     fn zero_lifetime_turns_it_off() {
-        let (cache, tx) = cache(0);
-        tx.send(Revocation::Recheck).unwrap();
+        let (cache, _, _) = cache(0);
         let (s, u) = (Uuid::now_v7(), Uuid::now_v7());
         cache.keep(cache.ticket(), s, &user(u));
         assert!(cache.get(s, u).is_none());

@@ -67,9 +67,15 @@ async fn refused_within(app: &TestApp, token: &str, within: Duration) {
 }
 
 #[tokio::test]
-async fn a_cached_session_is_refused_at_once_after_logout_suspension_or_password_change() {
+async fn a_cached_session_sees_logout_password_role_profile_and_suspension_at_once() {
     let app = cached_app().await;
-    let admin = app.user_with_role("boss@example.com", "ADMIN").await;
+    let admin = app.user_with_role("boss@example.com", "OWNER").await;
+    // Only the server's own eviction may make these pass: the triggers' announcements, which
+    // would reach this server's cache moments later, are off.
+    app.sql("ALTER TABLE users DISABLE TRIGGER users_announce_change")
+        .await;
+    app.sql("ALTER TABLE sessions DISABLE TRIGGER sessions_announce_end")
+        .await;
 
     // Logout of one session.
     let laptop = app.register("cache@example.com").await;
@@ -119,9 +125,30 @@ async fn a_cached_session_is_refused_at_once_after_logout_suspension_or_password
         "password change was late: {me}"
     );
 
-    // A suspension ends the fresh one too.
+    // A role change shows at once.
     warm(&app, &fresh).await;
     let user_id = app.gql_as(Some(&fresh), ME, json!({})).await["data"]["me"]["id"].clone();
+    let body = app
+        .gql_as(
+            Some(&admin.access),
+            "mutation($id: ID!) { setUserRole(userId: $id, role: ADMIN) { role } }",
+            json!({"id": user_id}),
+        )
+        .await;
+    assert_eq!(body["data"]["setUserRole"]["role"], "ADMIN", "{body}");
+    // The session lives on with the new role, seen at once.
+    let me = app.gql_as(Some(&fresh), ME, json!({})).await;
+    assert_eq!(
+        me["data"]["me"]["role"], "ADMIN",
+        "role change was late: {me}"
+    );
+
+    // A suspension ends a new sign-in's.
+    let fresh = app
+        .login("cache@example.com", "amber-lantern-quartz-55")
+        .await
+        .access;
+    warm(&app, &fresh).await;
     let body = app
         .gql_as(
             Some(&admin.access),
