@@ -246,6 +246,9 @@ impl Executor for AppSchema {
 
 /// The schema's shape with its limits, without server state (enough to export the SDL).
 pub fn schema_builder(config: &Config) -> SchemaBuilder<Query, Mutation, Subscription> {
+    // No `.extension(…)`: `graphql::eager` resolves fields without async-graphql's per-field
+    // extension hooks, which is only the same as async-graphql's resolution while there are
+    // none. Tracing and metrics wrap the whole operation instead (`http::observe`).
     let mut builder = Schema::build(
         Query::default(),
         Mutation::default(),
