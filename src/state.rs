@@ -35,22 +35,13 @@ pub enum Revocation {
     Unheard,
 }
 
-/// The NOTIFY channel that carries revocations to every server on the database.
+/// The NOTIFY channel that carries revocations to every server on the database (sent by the
+/// database's triggers when a user or session changes).
 pub const REVOKE_CHANNEL: &str = "agentry_revoke";
 
 impl Revocation {
-    /// The NOTIFY payload, `<id>:session`, `<id>:user` or `<id>:changed`; `None` for what
-    /// stays on this server.
-    pub fn to_payload(self) -> Option<String> {
-        match self {
-            Self::Session(id) => Some(format!("{id}:session")),
-            Self::User(id) => Some(format!("{id}:user")),
-            Self::Changed(id) => Some(format!("{id}:changed")),
-            Self::Recheck | Self::Unheard => None,
-        }
-    }
-
-    /// Reads a NOTIFY payload written by [`Revocation::to_payload`].
+    /// Reads a NOTIFY payload, `<id>:session`, `<id>:user` or `<id>:changed`, as the database
+    /// triggers of migration 000014 write them.
     pub fn from_payload(payload: &str) -> Option<Self> {
         let (id, kind) = payload.split_once(':')?;
         let id = Uuid::parse_str(id).ok()?;
@@ -359,34 +350,12 @@ impl AppState {
         );
     }
 
-    /// Announces a revocation to open WebSockets and the session cache: here at once (before
-    /// this returns, so the mutation's answer cannot overtake it), and on every other server on
-    /// the database through NOTIFY (their sockets of that session or user close too, their
-    /// caches forget it).
+    /// Applies a revocation on this server at once, before this returns (so the mutation's
+    /// answer cannot overtake it): its open WebSockets of that session or user close and the
+    /// session cache forgets it. Other servers hear of the change from the database itself:
+    /// the triggers of migration 000014 send it on [`REVOKE_CHANNEL`] when the change commits.
     pub fn revoke(&self, revocation: Revocation) {
         let _ = self.revocations.send(revocation);
-        let Some(payload) = revocation.to_payload() else {
-            return;
-        };
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let sent = crate::db::patient(
-                &pool,
-                std::time::Duration::from_secs(30),
-                "announcing a revocation",
-                move |conn| {
-                    let payload = payload.clone();
-                    Box::pin(async move {
-                        crate::executions::hub::notify(conn, REVOKE_CHANNEL, &payload).await
-                    })
-                },
-            )
-            .await;
-            if let Err(error) = sent {
-                // Other servers' sockets then close at their token's expiry at the latest.
-                tracing::warn!(%error, "could not announce a revocation to other servers");
-            }
-        });
     }
 }
 

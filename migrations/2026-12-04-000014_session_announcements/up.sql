@@ -1,7 +1,9 @@
--- Every server keeps recently authenticated sessions for a moment (AGENTRY_SESSION_CACHE_MS).
--- The application announces its own revocations; these triggers announce every other change
--- to a user or a session, however it is made (an operator's SQL included), on the channel the
--- servers already LISTEN to. NOTIFY is delivered at commit, so nothing is announced early.
+-- Every server keeps recently authenticated sessions for a moment (AGENTRY_SESSION_CACHE_MS)
+-- and closes the WebSockets of ended sessions. These triggers announce every change to a user
+-- or a session to all servers, however it is made (the application's or an operator's SQL), on
+-- the channel the servers LISTEN to. NOTIFY is delivered at commit: nothing is announced early,
+-- and nothing committed goes unannounced. (The server that made a change applies it at once
+-- itself, before it answers.)
 --   <id>:user     status, role or password changed, or the user is gone: every session of the
 --                 user ends on every server (cached sessions forgotten, WebSockets closed)
 --   <id>:changed  what a session shows changed (email, name): cached copies are forgotten

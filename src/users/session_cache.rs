@@ -7,7 +7,7 @@
 //! - it follows the revocation broadcast ([`Revocation`]): a logout, suspension, role or
 //!   password change, or profile change is applied before the next lookup on this server
 //!   (`AppState::revoke` broadcasts before the mutation answers), and on every other server as
-//!   soon as its LISTEN connection hears the NOTIFY;
+//!   soon as its LISTEN connection hears the NOTIFY the database's triggers send at commit;
 //! - while this server's LISTEN connection is down (announcements could be missed) it answers
 //!   nothing and keeps nothing; when it is back, it starts empty (a connection that dies
 //!   silently is noticed only when its socket errors: the lifetime bounds that case);
