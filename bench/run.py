@@ -202,6 +202,15 @@ def ensure_node_deps():
     if not (BENCH / "js" / "node_modules" / "graphql-ws").exists():
         log("npm ci (bench/js)")
         sh(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BENCH / "js")
+    if not (BENCH / "apollo" / "node_modules" / "@apollo" / "server").exists():
+        log("npm ci (bench/apollo: the Apollo Server peer)")
+        sh(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=BENCH / "apollo")
+
+
+def apollo_version() -> str:
+    """The installed @apollo/server version (pinned in bench/apollo/package-lock.json)."""
+    pkg = BENCH / "apollo" / "node_modules" / "@apollo" / "server" / "package.json"
+    return json.loads(pkg.read_text())["version"]
 
 
 def ensure_venv() -> Path:
@@ -797,7 +806,7 @@ def main():
     admin_url = f"{base_url}/postgres"
     db = f"agentry_bench_{os.getpid()}"
     db_url = f"{base_url}/{db}"
-    ports = {k: free_port() for k in ("agentry", "hello", "peer", "provider")}
+    ports = {k: free_port() for k in ("agentry", "hello", "peer", "apollo", "provider")}
     secret = secrets.token_urlsafe(48)  # generated per run, never written to the repository
     enc_key = "bench:" + base64.b64encode(secrets.token_bytes(32)).decode()
     results = {"mode": "smoke" if SMOKE else "full", "build": "release" if RELEASE else "debug", "machine": machine(), "parameters": P}
@@ -992,6 +1001,21 @@ def main():
     }
     stop(peer)
 
+    log(f"peer: Apollo Server {apollo_version()} (standalone, Node {sh(['node', '--version']).strip()}) + node-postgres + "
+        "jsonwebtoken, one worker per core")
+    apollo = start("apollo", ["node", "server.mjs"],
+                   env={"DATABASE_URL": db_url, "AGENTRY_JWT_SECRET": secret, "PORT": str(ports["apollo"]),
+                        "WORKERS": str(CORES), "NODE_ENV": "production"}, cwd=BENCH / "apollo")
+    wait_http(ports["apollo"], "/graphql?query=%7B__typename%7D", 60, apollo)
+    ac = Client(ports["apollo"])
+    assert ac.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]
+    results["apollo_version"] = apollo_version()
+    results["apollo"] = {
+        "W1": wrk("apollo-W1", ports["apollo"], {"query": "{ __typename }"}),
+        "W2": wrk("apollo-W2", ports["apollo"], me, tokens),
+    }
+    stop(apollo)
+
     # The server must have survived everything.
     wait_http(ports["agentry"], "/readyz", 10, agentry)
     results["ratios"] = ratios(results)
@@ -1087,7 +1111,7 @@ def machine():
 
 
 def ratios(r):
-    b, w, p = r["baselines"], r["workloads"], r["peer"]
+    b, w, p, a = r["baselines"], r["workloads"], r["peer"], r["apollo"]
     out = {
         "W1_vs_bare_axum": w["W1"]["rps"] / b["bare_axum"]["rps"],
         "W2_vs_pgbench": w["W2"]["rps"] / b["pgbench"]["tps"],
@@ -1100,6 +1124,10 @@ def ratios(r):
         "W2_vs_peer": w["W2"]["rps"] / p["W2"]["rps"],
         "peer_W1_vs_bare_axum": p["W1"]["rps"] / b["bare_axum"]["rps"],
         "peer_W2_vs_pgbench": p["W2"]["rps"] / b["pgbench"]["tps"],
+        "W1_vs_apollo": w["W1"]["rps"] / a["W1"]["rps"],
+        "W2_vs_apollo": w["W2"]["rps"] / a["W2"]["rps"],
+        "apollo_W1_vs_bare_axum": a["W1"]["rps"] / b["bare_axum"]["rps"],
+        "apollo_W2_vs_pgbench": a["W2"]["rps"] / b["pgbench"]["tps"],
         "W7_messages_vs_target_50k": w["W7"]["messagesPerSecond"] / 50_000,
         "W7_p99_vs_target_100ms": w["W7"]["latencyMs"]["p99"] / 100,
         "W7b_messages_vs_target_50k": w["W7b"]["messagesPerSecond"] / 50_000,
@@ -1169,7 +1197,7 @@ TARGETS = [
 
 
 def markdown(r):
-    b, w, p, q, m = r["baselines"], r["workloads"], r["peer"], r["ratios"], r["machine"]
+    b, w, p, a, q, m = r["baselines"], r["workloads"], r["peer"], r["apollo"], r["ratios"], r["machine"]
     f = lambda x, d=0: f"{x:,.{d}f}"
     spr = w["W3"].get("statements_per_request", {})
     lines = [
@@ -1219,12 +1247,16 @@ def markdown(r):
         lines.append(f"| W9 tool loop: a run with one calculator round (two provider turns) vs a plain run ({t['runs']} each, one at a time, server start → finish) | plain p50 {t['plain_p50_ms']:.1f} ms; with the tool round p50 {t['tool_p50_ms']:.1f} ms (the calculator {t['tool_call_p50_ms']:.2f} ms); the loop adds **{t['loop_overhead_p50_ms']:.1f} ms** besides the tool (a second provider turn and two event writes) | **{q['W9_tool_round_vs_plain_run']:.2f}** × a plain run | reported |")
     lines += [
         "",
-        "**Peer** (FastAPI + Strawberry + asyncpg + PyJWT, uvicorn with one worker per core):",
+        "**Peers** (same schema subset, database, tokens and authentication query; one worker per core): "
+        "Strawberry = FastAPI + Strawberry + asyncpg + PyJWT under uvicorn; "
+        f"Apollo = Apollo Server {r.get('apollo_version', '5')} standalone + node-postgres + jsonwebtoken under node:cluster.",
         "",
         "| workload | peer | peer ÷ baseline | Agentry ÷ peer |",
         "|---|---|---|---|",
-        f"| W1 `{{ __typename }}` | {f(p['W1']['rps'])} req/s, p99 {f(p['W1']['p99_ms'], 2)} ms | {q['peer_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_peer']:.1f}×** |",
-        f"| W2 `me {{ id email }}` | {f(p['W2']['rps'])} req/s, p99 {f(p['W2']['p99_ms'], 2)} ms | {q['peer_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_peer']:.1f}×** |",
+        f"| W1 `{{ __typename }}`, Strawberry | {f(p['W1']['rps'])} req/s, p99 {f(p['W1']['p99_ms'], 2)} ms | {q['peer_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_peer']:.1f}×** |",
+        f"| W2 `me {{ id email }}`, Strawberry | {f(p['W2']['rps'])} req/s, p99 {f(p['W2']['p99_ms'], 2)} ms | {q['peer_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_peer']:.1f}×** |",
+        f"| W1 `{{ __typename }}`, Apollo | {f(a['W1']['rps'])} req/s, p99 {f(a['W1']['p99_ms'], 2)} ms | {q['apollo_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_apollo']:.1f}×** |",
+        f"| W2 `me {{ id email }}`, Apollo | {f(a['W2']['rps'])} req/s, p99 {f(a['W2']['p99_ms'], 2)} ms | {q['apollo_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_apollo']:.1f}×** |",
     ]
     if r["failures"]:
         lines += ["", "**Failed checks:** " + "; ".join(r["failures"])]
@@ -1240,7 +1272,7 @@ SVG_CLIP_MS = 2000
 
 def svg_chart(r):
     """Horizontal bars of p50 and p99 latency per workload (log-free, ms)."""
-    w, p = r["workloads"], r["peer"]
+    w, p, a = r["workloads"], r["peer"], r["apollo"]
     rows = [
         ("W1 __typename (max load)", w["W1"]), ("W2 me (max load)", w["W2"]), ("W2 me (half load)", w["W2_half"]),
         ("W5 me (half load, logins running)", w["W5_me_during_logins"]), ("W3 agents(first: 1)", w["W3_n1"]),
@@ -1249,7 +1281,8 @@ def svg_chart(r):
         ("W7 idle single token emit → receive", w["W7_idle"]),
         ("W7 token emit → receive", {"p50_ms": w["W7"]["latencyMs"]["p50"], "p99_ms": w["W7"]["latencyMs"]["p99"]}),
         ("W7b token emit → receive", {"p50_ms": w["W7b"]["latencyMs"]["p50"], "p99_ms": w["W7b"]["latencyMs"]["p99"]}),
-        ("peer W1 __typename", p["W1"]), ("peer W2 me", p["W2"]),
+        ("Strawberry peer W1 __typename", p["W1"]), ("Strawberry peer W2 me", p["W2"]),
+        ("Apollo peer W1 __typename", a["W1"]), ("Apollo peer W2 me", a["W2"]),
     ]
     # Bars past SVG_CLIP_MS (a saturated fan-out takes seconds) are cut short and marked, so the
     # millisecond-scale rows stay readable; the label keeps the real value.

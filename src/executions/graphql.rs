@@ -155,7 +155,7 @@ impl Execution {
         ctx: &Context<'_>,
         after: Option<i32>,
         first: Option<i32>,
-    ) -> async_graphql::Result<Vec<ExecutionEvent>> {
+    ) -> async_graphql::Result<Vec<Eager<ExecutionEvent>>> {
         let first = first.unwrap_or(100);
         if !(1..=1000).contains(&first) {
             return Err(AppError::bad_input("first", "must be between 1 and 1000").into());
@@ -163,7 +163,7 @@ impl Execution {
         let rows = service::events_of(state(ctx)?, &self.0, after.unwrap_or(0), first).await?;
         Ok(rows
             .into_iter()
-            .map(|row| ExecutionEvent(Arc::new(row)))
+            .map(|row| Eager(ExecutionEvent(Arc::new(row))))
             .collect())
     }
 }
@@ -301,20 +301,29 @@ impl ExecutionsSubscription {
         ctx: &Context<'_>,
         execution_id: ID,
         after: Option<i32>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ExecutionEvent>> + use<>>
-    {
+    ) -> async_graphql::Result<
+        impl Stream<Item = async_graphql::Result<Eager<ExecutionEvent>>> + use<>,
+    > {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("executionId", &execution_id)?;
         let events = live::events(state(ctx)?, viewer, id, after.unwrap_or(0)).await?;
-        Ok(events.map(|event| event.map(ExecutionEvent).map_err(Into::into)))
+        // Eager: each event is resolved once per subscriber, so its plain fields are polled
+        // in place rather than as a boxed future each (see `graphql::eager`).
+        Ok(events.map(|event| {
+            event
+                .map(|row| Eager(ExecutionEvent(row)))
+                .map_err(Into::into)
+        }))
     }
 
     /// Status changes of your runs (queued, started, finished), as they happen.
     async fn execution_updates(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Execution>> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Eager<Execution>>> + use<>>
+    {
         let viewer = request_context(ctx)?.viewer()?;
-        Ok(live::updates(state(ctx)?, viewer).map(|row| row.map(Execution).map_err(Into::into)))
+        Ok(live::updates(state(ctx)?, viewer)
+            .map(|row| row.map(|row| Eager(Execution(row))).map_err(Into::into)))
     }
 }
