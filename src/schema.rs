@@ -9,7 +9,7 @@ use std::{
 
 use async_graphql::{
     Data, Executor, MergedObject, MergedSubscription, Request, Response, Schema, SchemaBuilder,
-    parser::types::ExecutableDocument,
+    ValidationMode, parser::types::ExecutableDocument,
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
@@ -77,6 +77,11 @@ pub struct AppSchema {
     /// queries may go. Every other limit is the same, and an operation that selects anything
     /// besides `__schema`, `__type` and `__typename` runs on the main schema.
     introspection: Schema<Query, Mutation, Subscription>,
+    /// The same schema with async-graphql's fast validation (the depth, complexity and
+    /// directive limits and fragment cycles; not the rules that compare the document with the
+    /// schema), for operations that passed the full validation before (see
+    /// [`ParsedDocuments`]).
+    validated: Schema<Query, Mutation, Subscription>,
     max_aliases: usize,
     parsed: ParsedDocuments,
 }
@@ -94,13 +99,31 @@ const PARSED_CAPACITY: usize = 256;
 /// MiB however many distinct queries clients send.
 const PARSED_MAX_QUERY_BYTES: usize = 4 * 1024;
 
-/// Parsed documents by query text. Parsing is pure (the same text always gives the same
-/// document), and the profile of small queries showed the parser at 5–8% of the CPU, so the
-/// documents of the texts clients repeat are kept. Everything after parsing — the alias limit,
-/// validation with the depth, complexity and directive limits, execution — still runs on
-/// every request.
+/// Parsed documents by query text, and which of their operations passed validation.
+///
+/// Parsing is pure (the same text always gives the same document), and the profile of small
+/// queries showed the parser at 5–8% of the CPU, so the documents of the texts clients repeat
+/// are kept. Validation is pure too given the document, the operation name and the variables
+/// (the schema is fixed for the server's life, and no type or field depends on who asks), so an
+/// operation sent **without variables** that passed async-graphql's full rule set once runs
+/// later on [`AppSchema::validated`], which checks only what depends on nothing but the
+/// document: the depth, complexity and directive limits and fragment cycles (all still applied
+/// on every request, as is the alias limit here). Requests with variables are validated in full
+/// every time: the rules check variable values against argument types.
 #[derive(Clone)]
-struct ParsedDocuments(Arc<Mutex<lru::LruCache<String, ExecutableDocument>>>);
+struct ParsedDocuments(Arc<Mutex<lru::LruCache<String, Parsed>>>);
+
+/// A kept document and the operations (by name; `None` for the only one) that passed
+/// validation without variables.
+#[derive(Clone)]
+struct Parsed {
+    document: ExecutableDocument,
+    validated: Vec<Option<String>>,
+}
+
+/// Most operation names of one document remembered as validated (a document names each
+/// operation once; past this the others are simply validated every time).
+const VALIDATED_PER_DOCUMENT: usize = 8;
 
 impl ParsedDocuments {
     fn new() -> Self {
@@ -108,51 +131,81 @@ impl ParsedDocuments {
         Self(Arc::new(Mutex::new(lru::LruCache::new(capacity))))
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, ExecutableDocument>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, Parsed>> {
         // A cache: a panic elsewhere cannot leave it wrong, only less full.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Gives `request` the document of its text when it was parsed before; false when it
-    /// was not and should be kept once parsed (a text too long to keep counts as reused).
-    fn reuse(&self, request: &mut Request) -> bool {
+    /// Gives `request` the document of its text when it was parsed before, with whether its
+    /// operation passed validation as it is sent now (no variables); `None` when it was not
+    /// parsed before and should be kept once parsed (a text too long to keep counts as
+    /// reused, never validated).
+    fn reuse(&self, request: &mut Request) -> Option<bool> {
         if request.query.len() > PARSED_MAX_QUERY_BYTES {
-            return true;
+            return Some(false);
         }
-        let document = self.cache().get(&request.query).cloned();
-        match document {
-            Some(document) => {
-                request.set_parsed_query(document);
-                true
-            }
-            None => false,
-        }
+        let found = self.cache().get(&request.query).map(|parsed| {
+            let validated = request.variables.is_empty()
+                && parsed
+                    .validated
+                    .iter()
+                    .any(|name| name.as_deref() == request.operation_name.as_deref());
+            (parsed.document.clone(), validated)
+        });
+        let (document, validated) = found?;
+        request.set_parsed_query(document);
+        Some(validated)
     }
 
     /// Keeps the document of a request that parsed (call after [`limits::check`] succeeded).
     fn keep(&self, request: &mut Request) {
         if let Ok(document) = request.parsed_query() {
-            let document = document.clone();
-            self.cache().put(request.query.clone(), document);
+            let parsed = Parsed {
+                document: document.clone(),
+                validated: Vec::new(),
+            };
+            self.cache().put(request.query.clone(), parsed);
+        }
+    }
+
+    /// Notes that the operation `operation_name` of `query`, sent without variables, passed
+    /// validation (if the document is still kept).
+    fn validated(&self, query: &str, operation_name: Option<&str>) {
+        let mut cache = self.cache();
+        if let Some(parsed) = cache.get_mut(query)
+            && parsed.validated.len() < VALIDATED_PER_DOCUMENT
+            && !parsed
+                .validated
+                .iter()
+                .any(|name| name.as_deref() == operation_name)
+        {
+            parsed.validated.push(operation_name.map(str::to_owned));
         }
     }
 
     /// Parses (or reuses the parse of) `request` and applies the limits checked before
-    /// execution.
+    /// execution; true when the operation, as sent, passed validation before.
     fn check(
         &self,
         request: &mut Request,
         max_aliases: usize,
-    ) -> Result<(), async_graphql::ServerError> {
+    ) -> Result<bool, async_graphql::ServerError> {
         let reused = self.reuse(request);
         limits::check(request, max_aliases)?;
-        if !reused {
+        if reused.is_none() {
             self.keep(request);
         }
-        Ok(())
+        Ok(reused.unwrap_or(false))
     }
+}
+
+/// Whether async-graphql's validation passed for a response: it refuses an invalid operation
+/// with errors that have no path (and no data); resolver errors have one. A limit broken
+/// (depth, complexity) also has no path. Anything unclear counts as not passed.
+fn passed_validation(response: &Response) -> bool {
+    response.errors.iter().all(|error| !error.path.is_empty())
 }
 
 /// Whether the operation `request` will run selects only introspection at its root (through
@@ -212,15 +265,30 @@ fn introspection_only(request: &mut Request) -> bool {
 
 impl Executor for AppSchema {
     async fn execute(&self, mut request: Request) -> Response {
-        if let Err(error) = self.parsed.check(&mut request, self.max_aliases) {
-            return Response::from_errors(vec![error]);
-        }
-        let schema = if introspection_only(&mut request) {
-            &self.introspection
-        } else {
-            &self.schema
+        let validated = match self.parsed.check(&mut request, self.max_aliases) {
+            Ok(validated) => validated,
+            Err(error) => return Response::from_errors(vec![error]),
         };
-        let mut response = schema.execute(request).await;
+        if introspection_only(&mut request) {
+            let mut response = self.introspection.execute(request).await;
+            limits::code_request_errors(&mut response);
+            return response;
+        }
+        if validated {
+            let mut response = self.validated.execute(request).await;
+            limits::code_request_errors(&mut response);
+            return response;
+        }
+        // Worth remembering only for a request without variables whose text is kept.
+        let remember = (request.variables.is_empty()
+            && request.query.len() <= PARSED_MAX_QUERY_BYTES)
+            .then(|| (request.query.clone(), request.operation_name.clone()));
+        let mut response = self.schema.execute(request).await;
+        if let Some((query, operation_name)) = remember
+            && passed_validation(&response)
+        {
+            self.parsed.validated(&query, operation_name.as_deref());
+        }
         limits::code_request_errors(&mut response);
         response
     }
@@ -230,6 +298,8 @@ impl Executor for AppSchema {
         mut request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
+        // Operations on a socket are validated in full (subscriptions are long-lived: the
+        // validation is a small share of their cost).
         if let Err(error) = self.parsed.check(&mut request, self.max_aliases) {
             return futures_util::stream::once(async move { Response::from_errors(vec![error]) })
                 .boxed();
@@ -272,6 +342,10 @@ pub fn build_schema(state: &AppState) -> AppSchema {
             .limit_depth(config.max_query_depth.max(INTROSPECTION_MAX_DEPTH))
             .data(state.clone())
             .finish(),
+        validated: schema_builder(config)
+            .validation_mode(ValidationMode::Fast)
+            .data(state.clone())
+            .finish(),
         max_aliases: state.config.max_aliases,
         parsed: ParsedDocuments::new(),
     }
@@ -292,14 +366,15 @@ mod tests {
         let text = "{ a: __typename b: __typename c: __typename }";
 
         let mut first = Request::new(text);
-        assert!(!parsed.reuse(&mut first), "nothing is cached yet");
+        assert!(parsed.reuse(&mut first).is_none(), "nothing is cached yet");
         assert!(parsed.check(&mut first, 10).is_ok());
         assert!(parsed.cache().contains(text), "a query that parsed is kept");
 
         let mut again = Request::new(text);
-        assert!(
+        assert_eq!(
             parsed.reuse(&mut again),
-            "the same text reuses the document"
+            Some(false),
+            "the same text reuses the document, not yet validated"
         );
         assert_eq!(
             again.parsed_query().map(|d| format!("{d:?}")).ok(),
@@ -314,6 +389,35 @@ mod tests {
             error.message.contains("too many aliases"),
             "{}",
             error.message
+        );
+    }
+
+    #[test]
+    fn only_the_validated_operation_sent_without_variables_skips_full_validation() {
+        let parsed = ParsedDocuments::new();
+        let text = "query A { __typename } query B($n: Int) { __typename }";
+        let request = |name: &str| Request::new(text).operation_name(name);
+
+        assert!(
+            !parsed.check(&mut request("A"), 10).unwrap(),
+            "never run yet"
+        );
+        assert!(
+            !parsed.check(&mut request("A"), 10).unwrap(),
+            "parsed, not yet validated"
+        );
+        parsed.validated(text, Some("A"));
+        assert!(parsed.check(&mut request("A"), 10).unwrap());
+        assert!(
+            !parsed.check(&mut request("B"), 10).unwrap(),
+            "another operation of the same document is validated on its own"
+        );
+        let with_variables = request("A").variables(async_graphql::Variables::from_json(
+            serde_json::json!({"n": 1}),
+        ));
+        assert!(
+            !parsed.check(&mut { with_variables }, 10).unwrap(),
+            "variables are checked against argument types: always the full validation"
         );
     }
 

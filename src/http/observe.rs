@@ -2,7 +2,10 @@
 //! by the WebSocket transport as it admits and ends operations, which costs nothing per event;
 //! a schema extension would add a layer to every field of every event for every subscriber.)
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use crate::telemetry::names;
 
@@ -31,12 +34,32 @@ pub fn operation_label(name: Option<&str>) -> String {
     }
 }
 
-/// Counts one executed operation.
+/// Most operation names whose counters one thread keeps (past it, the counter is looked up in
+/// the registry each time, as `metrics::counter!` does).
+const MAX_KEPT_PER_THREAD: usize = MAX_OPERATION_NAMES + 2;
+
+/// Counts one executed operation. The counters (ok, error) of a name are kept per thread:
+/// looking one up in the registry builds its key and the label anew on every call.
 pub fn record_operation(name: Option<&str>, ok: bool) {
-    metrics::counter!(
-        names::GRAPHQL_OPERATIONS,
-        "operation" => operation_label(name),
-        "outcome" => if ok { "ok" } else { "error" }
-    )
-    .increment(1);
+    thread_local! {
+        static COUNTERS: std::cell::RefCell<HashMap<String, [metrics::Counter; 2]>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    let name = name.filter(|n| !n.is_empty()).unwrap_or("");
+    let counters = COUNTERS.with_borrow_mut(|kept| {
+        if let Some(counters) = kept.get(name) {
+            return counters.clone();
+        }
+        let label = operation_label(Some(name).filter(|n| !n.is_empty()));
+        let counters = ["ok", "error"].map(|outcome| {
+            metrics::counter!(names::GRAPHQL_OPERATIONS, "operation" => label.clone(), "outcome" => outcome)
+        });
+        // Only names that can be labels are kept (a long one is `other` anyway, and must not
+        // make this map hold client-sized keys).
+        if name.len() <= 64 && kept.len() < MAX_KEPT_PER_THREAD {
+            kept.insert(name.to_owned(), counters.clone());
+        }
+        counters
+    });
+    counters[usize::from(!ok)].increment(1);
 }

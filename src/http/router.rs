@@ -179,13 +179,40 @@ async fn edge(State(edge): State<Edge>, mut request: Request, next: Next) -> Res
     }
 
     // Counted by route pattern (never the path, so ids cannot multiply the series), method and
-    // status, with static label values where possible: no allocation per request for labels.
-    let status = status_label(response.status());
-    metrics::counter!(names::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!(names::HTTP_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    // status, through handles kept per thread (see `request_metrics`).
+    let (requests, duration) = request_metrics(route, method, response.status());
+    requests.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The request counter and latency histogram of a route, method and status. `metrics::counter!`
+/// with labels builds its key (a vector of labels) and looks it up in the registry on every
+/// call, which the `{ __typename }` profile showed at about 2.5% of a small request's cost; the
+/// handles are looked up once per thread and label set instead. Bounded: routes and methods are
+/// a few static labels, statuses at most a few hundred codes.
+fn request_metrics(
+    route: &'static str,
+    method: &'static str,
+    status: StatusCode,
+) -> (metrics::Counter, metrics::Histogram) {
+    type Key = (&'static str, &'static str, u16);
+    thread_local! {
+        static HANDLES: std::cell::RefCell<std::collections::HashMap<Key, (metrics::Counter, metrics::Histogram)>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        handles
+            .entry((route, method, status.as_u16()))
+            .or_insert_with(|| {
+                let status = status_label(status);
+                (
+                    metrics::counter!(names::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status),
+                    metrics::histogram!(names::HTTP_DURATION, "route" => route, "method" => method),
+                )
+            })
+            .clone()
+    })
 }
 
 /// The route label: the matched pattern of a known route.

@@ -464,6 +464,53 @@ async fn too_many_aliases_are_refused() {
 }
 
 #[tokio::test]
+async fn an_operation_that_passed_validation_is_still_refused_when_sent_otherwise() {
+    let app = TestApp::spawn().await;
+    let user = app.register("validated@example.com").await;
+    let document = "query Names { me { email } } \
+                    query Page($active: Boolean = true) { agents(first: 2, active: $active) { edges { node { id } } } }";
+    let send = |operation: &'static str, variables: Value| {
+        let body = json!({"query": document, "operationName": operation, "variables": variables});
+        let app = &app;
+        let access = user.access.clone();
+        async move {
+            app.post(Some(&access), &body)
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // The first answer validates the operation in full; the next ones reuse that result and
+    // must answer the same.
+    let first = send("Names", json!({})).await;
+    assert_eq!(
+        first["data"]["me"]["email"], "validated@example.com",
+        "{first}"
+    );
+    for _ in 0..3 {
+        assert_eq!(send("Names", json!({})).await, first);
+    }
+    // The other operation of the same document, with a variable of the wrong type: validated
+    // in full, refused.
+    let body = send("Page", json!({"active": "many"})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    // Sent without variables (its default applies), the operation passes and is remembered…
+    let body = send("Page", json!({})).await;
+    assert!(body["data"]["agents"]["edges"].is_array(), "{body}");
+    // …and the wrong variable is still refused by the full validation.
+    let body = send("Page", json!({"active": "many"})).await;
+    assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    // A document that failed validation stays refused, however often it is sent.
+    for _ in 0..3 {
+        let body = app
+            .gql_as(Some(&user.access), "{ me { nope } }", json!({}))
+            .await;
+        assert_eq!(code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    }
+}
+
+#[tokio::test]
 async fn too_many_directives_are_refused() {
     let app = TestApp::spawn().await;
     let query = format!("{{ __typename {} }}", "@include(if: true) ".repeat(51));
