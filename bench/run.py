@@ -991,7 +991,9 @@ def main():
     log("peer: FastAPI + Strawberry + asyncpg + PyJWT (uvicorn, one worker per core)")
     peer = start("peer", [str(venv / "bin" / "uvicorn"), "app:app", "--workers", str(CORES), "--host", "127.0.0.1",
                           "--port", str(ports["peer"]), "--no-access-log", "--log-level", "warning"],
-                 env={"DATABASE_URL": db_url, "AGENTRY_JWT_SECRET": secret}, cwd=BENCH / "peer")
+                 env={"DATABASE_URL": db_url, "AGENTRY_JWT_SECRET": secret,
+                      # 16 connections in all, like Agentry's pool and the Apollo peer's.
+                      "PEER_POOL_SIZE": str(max(1, 16 // CORES))}, cwd=BENCH / "peer")
     wait_http(ports["peer"], "/graphql?query=%7B__typename%7D", 60, peer)
     pc = Client(ports["peer"])
     assert pc.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]

@@ -91,13 +91,16 @@ async function worker() {
 }
 
 if (cluster.isPrimary && WORKERS > 1) {
+  let stopping = false;
   for (let i = 0; i < WORKERS; i += 1) cluster.fork();
   cluster.on("exit", (w, code) => {
+    if (stopping) return;
     console.error(`apollo peer worker ${w.process.pid} exited with ${code}`);
     process.exit(1);
   });
   for (const signal of ["SIGTERM", "SIGINT"]) {
     process.on(signal, () => {
+      stopping = true;
       for (const w of Object.values(cluster.workers)) w.process.kill("SIGTERM");
       process.exit(0);
     });

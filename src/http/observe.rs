@@ -54,9 +54,10 @@ pub fn record_operation(name: Option<&str>, ok: bool) {
         let counters = ["ok", "error"].map(|outcome| {
             metrics::counter!(names::GRAPHQL_OPERATIONS, "operation" => label.clone(), "outcome" => outcome)
         });
-        // Only names that can be labels are kept (a long one is `other` anyway, and must not
-        // make this map hold client-sized keys).
-        if name.len() <= 64 && kept.len() < MAX_KEPT_PER_THREAD {
+        // Only names that are their own label (or `anonymous`) are kept: names counted as
+        // `other` (malformed, too long, past the cap) must not fill the map with junk keys.
+        let own_label = label == name || (name.is_empty() && label == "anonymous");
+        if own_label && kept.len() < MAX_KEPT_PER_THREAD {
             kept.insert(name.to_owned(), counters.clone());
         }
         counters
