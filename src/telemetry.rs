@@ -192,6 +192,9 @@ pub mod names {
     pub const DB_WAITS: &str = "agentry_db_waits_total";
     /// Counter: WebSocket connections closed by a bound (slow reader, idle, limits), by reason.
     pub const WS_CLOSED_BY_LIMIT: &str = "agentry_websocket_limit_closes_total";
+    /// Counter: `executionEvents` subscriptions served by the WebSocket transport's shared lane
+    /// (each event serialized once for all its subscribers) rather than by async-graphql.
+    pub const WS_SHARED_SUBSCRIPTIONS: &str = "agentry_websocket_shared_subscriptions_total";
 }
 
 fn describe() {
@@ -227,5 +230,9 @@ fn describe() {
     describe_counter!(
         names::WS_CLOSED_BY_LIMIT,
         "WebSocket connections closed by a bound, by reason"
+    );
+    describe_counter!(
+        names::WS_SHARED_SUBSCRIPTIONS,
+        "executionEvents subscriptions served by the WebSocket transport's shared lane"
     );
 }

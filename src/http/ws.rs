@@ -14,6 +14,7 @@
 //! client that does not read never holds memory or other clients back).
 
 use std::{
+    collections::HashSet,
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -36,8 +37,10 @@ use tokio::{
     sync::{broadcast, mpsc, watch},
     time::Instant,
 };
+use tokio_stream::StreamMap;
 
 use crate::{
+    executions::live,
     http::HttpState,
     rate_limit::ClientKey,
     request::{Identity, RequestContext, RequestMeta},
@@ -45,6 +48,7 @@ use crate::{
     users::sessions,
 };
 
+mod events;
 mod operations;
 
 use operations::{Admission, OperationMessage, Operations, lock_ops, operation_message, refusal};
@@ -208,11 +212,34 @@ struct Gate {
     refusals: mpsc::Sender<String>,
     /// Set when the client goes over its rate limit (the connection closes with 4429).
     over_limit: watch::Sender<bool>,
+    /// Subscriptions handed to the shared `executionEvents` lane, and their stops.
+    lane: mpsc::Sender<LaneCommand>,
+    /// The operation ids the lane serves (a `complete` for one of them goes to the lane).
+    lane_ids: Mutex<HashSet<String>>,
 }
 
+/// What the reading half tells the main loop about the shared lane's subscriptions.
+enum LaneCommand {
+    /// Serve this subscription.
+    Start {
+        /// The operation id.
+        id: String,
+        /// Its messages.
+        messages: events::LaneStream,
+    },
+    /// Stop serving operation `id`; answer `complete` if it was still running and `confirm`
+    /// (the client stopped it), silently if not (a new subscribe under the same id replaces it).
+    Stop { id: String, confirm: bool },
+}
+
+/// How long the lane waits for the database to check a subscribed run before leaving the
+/// subscription to async-graphql (whose stream then waits as long as it takes).
+const LANE_CHECK: Duration = Duration::from_secs(2);
+
 impl Gate {
-    /// Notes that the client is alive; the message's bytes if they may pass on to the protocol.
-    fn pass(&self, message: Result<Message, axum::Error>) -> Option<Vec<u8>> {
+    /// Notes that the client is alive; the message's bytes if they may pass on to the protocol
+    /// (not when refused, nor when the shared lane took the operation).
+    async fn pass(&self, message: Result<Message, axum::Error>) -> Option<Vec<u8>> {
         self.last_heard.store(
             u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -222,46 +249,100 @@ impl Gate {
             Ok(Message::Binary(bytes)) => bytes.to_vec(),
             _ => return None,
         };
-        self.admits(&bytes).then_some(bytes)
-    }
-
-    /// Whether a message may reach the protocol. Every subscription spends a unit of the
-    /// client's rate limit, like an HTTP operation, and holds a slot of the connection's and the
-    /// user's bounds until it ends; a refused one is answered with a coded error instead.
-    fn admits(&self, bytes: &[u8]) -> bool {
-        let Some((kind, id)) = operation_message(bytes) else {
-            return true;
-        };
-        let user = match get(&self.init_state) {
-            InitState::Ready(Identity::User(viewer)) => Some(viewer.id()),
-            _ => None,
+        let Some((kind, id)) = operation_message(&bytes) else {
+            return Some(bytes);
         };
         match kind {
             OperationMessage::Stop => {
                 lock_ops(&self.operations).release(&id);
-                true
+                if self.lane_ids().remove(&id) {
+                    let _ = self
+                        .lane
+                        .send(LaneCommand::Stop { id, confirm: true })
+                        .await;
+                    return None;
+                }
+                Some(bytes)
             }
             OperationMessage::Start => {
-                let key = user.map_or(ClientKey::Ip(self.meta.ip), ClientKey::User);
-                if self.app.limiters.check_client(key, 1).is_err() {
-                    self.over_limit.send_replace(true);
-                    return false;
-                }
-                match lock_ops(&self.operations).admit(&id, user) {
-                    Admission::Admitted | Admission::Duplicate => true,
-                    Admission::Refused(message) => {
-                        let answer = refusal(self.protocol, &id, &message, &self.meta.request_id);
-                        // Bounded: a client that provokes more refusals at once than the main
-                        // loop can write is over any sane rate, and is closed.
-                        if self.refusals.try_send(answer).is_err() {
-                            self.over_limit.send_replace(true);
-                        }
-                        false
+                let user = match get(&self.init_state) {
+                    InitState::Ready(Identity::User(viewer)) => Some(viewer),
+                    _ => None,
+                };
+                match self.admit(&id, user.as_ref().map(|v| v.id())) {
+                    Admitted::No => return None,
+                    // async-graphql has it, and replaces it.
+                    Admitted::Duplicate if !self.lane_ids().contains(&id) => return Some(bytes),
+                    Admitted::Duplicate => {
+                        self.lane_ids().remove(&id);
+                        let _ = (self.lane)
+                            .send(LaneCommand::Stop {
+                                id: id.clone(),
+                                confirm: false,
+                            })
+                            .await;
                     }
+                    Admitted::Yes => {}
                 }
+                if let Some(viewer) = user
+                    && let Some(request) = events::recognize(&bytes)
+                    && let Ok(Ok(stream)) = tokio::time::timeout(
+                        LANE_CHECK,
+                        live::events(&self.app, &viewer, request.execution_id, request.after),
+                    )
+                    .await
+                {
+                    metrics::counter!(crate::telemetry::names::WS_SHARED_SUBSCRIPTIONS)
+                        .increment(1);
+                    self.lane_ids().insert(id.clone());
+                    let messages = events::lane(self.protocol, id.clone(), request.view, stream);
+                    let _ = self.lane.send(LaneCommand::Start { id, messages }).await;
+                    return None;
+                }
+                Some(bytes)
             }
         }
     }
+
+    fn lane_ids(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.lane_ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a starting operation may run. Every subscription spends a unit of the
+    /// client's rate limit, like an HTTP operation, and holds a slot of the connection's and the
+    /// user's bounds until it ends; a refused one is answered with a coded error instead.
+    fn admit(&self, id: &str, user: Option<uuid::Uuid>) -> Admitted {
+        let key = user.map_or(ClientKey::Ip(self.meta.ip), ClientKey::User);
+        if self.app.limiters.check_client(key, 1).is_err() {
+            self.over_limit.send_replace(true);
+            return Admitted::No;
+        }
+        match lock_ops(&self.operations).admit(id, user) {
+            Admission::Admitted => Admitted::Yes,
+            Admission::Duplicate => Admitted::Duplicate,
+            Admission::Refused(message) => {
+                let answer = refusal(self.protocol, id, &message, &self.meta.request_id);
+                // Bounded: a client that provokes more refusals at once than the main
+                // loop can write is over any sane rate, and is closed.
+                if self.refusals.try_send(answer).is_err() {
+                    self.over_limit.send_replace(true);
+                }
+                Admitted::No
+            }
+        }
+    }
+}
+
+/// Whether a starting operation may run.
+enum Admitted {
+    /// Counted: it runs.
+    Yes,
+    /// Already open under this id: the new one replaces it.
+    Duplicate,
+    /// Refused (the refusal is on its way, or the connection is closing).
+    No,
 }
 
 /// Answers `connection_init`: authenticates the payload's token (none: anonymous) and gives
@@ -324,9 +405,13 @@ fn speak_protocol(
         let meta = gate.meta.clone();
         move |payload| connection_init(app, init_state, meta, payload)
     };
+    let gate = Arc::new(gate);
     let input = client
         .take_while(|message| future::ready(message.is_ok()))
-        .filter_map(move |message| future::ready(gate.pass(message)));
+        .filter_map(move |message| {
+            let gate = gate.clone();
+            async move { gate.pass(message).await }
+        });
     async_graphql::http::WebSocket::new(http.schema.clone(), input, protocol)
         .on_connection_init(on_init)
 }
@@ -406,6 +491,9 @@ async fn serve(
     let last_heard = Arc::new(AtomicU64::new(0));
     let (refusals_tx, mut refusals) = mpsc::channel::<String>(32);
     let (over_limit_tx, mut over_limit) = watch::channel(false);
+    let (lane_tx, mut lane_commands) = mpsc::channel::<LaneCommand>(32);
+    // The shared lane's subscriptions, by operation id.
+    let mut lane: StreamMap<String, events::LaneStream> = StreamMap::new();
 
     let gate = Gate {
         app: app.clone(),
@@ -417,6 +505,8 @@ async fn serve(
         opened,
         refusals: refusals_tx,
         over_limit: over_limit_tx,
+        lane: lane_tx,
+        lane_ids: Mutex::new(HashSet::new()),
     };
     let connection = speak_protocol(&http, stream, gate);
     futures_util::pin_mut!(connection);
@@ -469,6 +559,31 @@ async fn serve(
                     break Some(map_close(code, reason, &get(&init_state)));
                 }
                 None => break None,
+            },
+            Some((_, first)) = lane.next(), if !lane.is_empty() => {
+                // Take along what else the lane has ready, to write the burst at once.
+                let mut burst = vec![first];
+                while burst.len() < MAX_BURST {
+                    match lane.next().now_or_never() {
+                        Some(Some((_, more))) => burst.push(more),
+                        _ => break,
+                    }
+                }
+                write_burst(&mut sink, burst, &operations, send_limit).await
+            }
+            Some(command) = lane_commands.recv() => match command {
+                LaneCommand::Start { id, messages } => {
+                    lane.insert(id, messages);
+                    Ok(())
+                }
+                LaneCommand::Stop { id, confirm } => {
+                    if lane.remove(&id).is_some() && confirm {
+                        let complete = events::complete(&id);
+                        send_within(&mut sink, Message::Text(complete.into()), send_limit).await
+                    } else {
+                        Ok(())
+                    }
+                }
             },
             Some(answer) = refusals.recv() => {
                 send_within(&mut sink, Message::Text(answer.into()), send_limit).await

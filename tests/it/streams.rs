@@ -4,6 +4,7 @@
 //! and in total, idle anonymous sockets, dead peers, slow readers).
 
 mod bounds;
+mod shared;
 
 use crate::common;
 use crate::executions::{sequences, slow, subscribe, text, world_with};
@@ -96,19 +97,25 @@ async fn agent_of(app: &TestApp, user: &common::Session) -> String {
     id_at(&agent, &["createAgent"])
 }
 
+/// A RUNNING run of the world's user that no runner writes to (the test writes its events).
+async fn quiet_run(w: &crate::executions::World, input: &str) -> uuid::Uuid {
+    let run = uuid::Uuid::new_v4();
+    w.app
+        .sql(&format!(
+            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input, started_at) \
+             VALUES ('{run}', '{}', '{}', '{}', 'OPENAI', 'gpt-4o-mini', 'RUNNING', '{input}', now())",
+            w.user.user_id, w.agent_id, w.key_id
+        ))
+        .await;
+    run
+}
+
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_the_feed_still_gets_every_event_exactly_once() {
     let w = world_with("OPENAI", "gpt-4o-mini", |c| c.execution_heartbeat_secs = 60).await;
     let state = &w.app.state;
     // A run no runner writes to: the test is the writer, so it can outpace the subscriber.
-    let run = uuid::Uuid::new_v4();
-    w.app
-        .sql(&format!(
-            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input, started_at) \
-             VALUES ('{run}', '{}', '{}', '{}', 'OPENAI', 'gpt-4o-mini', 'RUNNING', 'lag', now())",
-            w.user.user_id, w.agent_id, w.key_id
-        ))
-        .await;
+    let run = quiet_run(&w, "lag").await;
     let Identity::User(viewer) = agentry::users::sessions::authenticate(state, &w.user.access)
         .await
         .unwrap()

@@ -478,6 +478,21 @@ impl Ws {
         }
     }
 
+    /// The next text message as the server wrote it, byte for byte (waits up to `secs`).
+    pub async fn next_text(&mut self, secs: u64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("nothing from the server within {secs} s"));
+            match message {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
     /// Sends `connection_init` with `payload` and returns the answer.
     pub async fn init(&mut self, payload: Value) -> WsEvent {
         self.send(json!({ "type": "connection_init", "payload": payload }))

@@ -1,0 +1,248 @@
+//! The shared `executionEvents` lane: the transport serves the usual subscription shape itself
+//! (each event serialized once for all subscribers); its messages must be exactly async-graphql's.
+
+use agentry::executions::model::{EventKind, EventRow};
+use serde_json::{Value, json};
+
+use super::quiet_run;
+use crate::common::{self, ALLOWED_ORIGIN, WsEvent};
+use crate::executions::{World, world_with};
+
+/// Every field, in an unusual order (the answer must keep the selection's order).
+const FIELDS: &str = "data sequence at kind executionId delta";
+/// The lane serves this one.
+const LANE: &str = "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { data sequence at kind executionId delta } }";
+/// A directive sends the same subscription to async-graphql (see `http::ws::events`).
+const GENERAL: &str = "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { data sequence at @include(if: true) kind executionId delta } }";
+
+/// Stores event `sequence` of `run` and publishes it to the hub, as a runner does.
+async fn append(
+    w: &World,
+    run: uuid::Uuid,
+    sequence: i32,
+    kind: EventKind,
+    delta: Option<&str>,
+    data: Option<Value>,
+) {
+    let at = chrono::Utc::now();
+    let delta_sql = delta.map_or("NULL".into(), |d| format!("'{}'", d.replace('\'', "''")));
+    let data_sql = data.as_ref().map_or("NULL".into(), |d| {
+        format!("'{}'::jsonb", d.to_string().replace('\'', "''"))
+    });
+    w.app
+        .sql(&format!(
+            "INSERT INTO execution_events (execution_id, sequence, kind, delta, data, at) \
+             VALUES ('{run}', {sequence}, '{}', {delta_sql}, {data_sql}, '{}'); \
+             UPDATE executions SET last_sequence = {sequence} WHERE id = '{run}'",
+            kind.as_str(),
+            at.to_rfc3339()
+        ))
+        .await;
+    // What the database keeps (microseconds) is what a replay reads: publish that.
+    let at = chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap();
+    w.app.state.hub.publish(EventRow {
+        execution_id: run,
+        sequence,
+        kind,
+        delta: delta.map(str::to_owned),
+        data,
+        at,
+    });
+}
+
+async fn signed_in(w: &World, protocol: &str) -> common::Ws {
+    let mut ws = w
+        .app
+        .ws(protocol, Some(ALLOWED_ORIGIN))
+        .await
+        .expect("connect");
+    match ws
+        .init(json!({"Authorization": format!("Bearer {}", w.user.access)}))
+        .await
+    {
+        WsEvent::Json(m) if m["type"] == "connection_ack" => ws,
+        other => panic!("no ack: {other:?}"),
+    }
+}
+
+/// Subscribes to `run` twice: as `lane` through the shared lane, as `general` through
+/// async-graphql.
+async fn subscribe_both(ws: &mut common::Ws, variables: Value) {
+    for (id, query) in [("lane", LANE), ("general", GENERAL)] {
+        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}}))
+            .await;
+    }
+}
+
+/// The messages of operations `a` and `b` until both completed, each with its id blanked.
+async fn both_until_complete(ws: &mut common::Ws, a: &str, b: &str) -> (Vec<String>, Vec<String>) {
+    let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
+    let mut open = 2;
+    while open > 0 {
+        let text = ws.next_text(10).await;
+        let message: Value = serde_json::from_str(&text).unwrap();
+        let id = message["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_owned();
+        let blank = text.replacen(&format!(r#""id":"{id}""#), r#""id":"_""#, 1);
+        if message["type"] == "complete" {
+            open -= 1;
+        }
+        match id.as_str() {
+            id if id == a => of_a.push(blank),
+            id if id == b => of_b.push(blank),
+            other => panic!("a message of {other}: {text}"),
+        }
+    }
+    (of_a, of_b)
+}
+
+#[tokio::test]
+async fn the_shared_lane_answers_byte_for_byte_as_async_graphql_does() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| c.execution_heartbeat_secs = 60).await;
+    assert!(
+        FIELDS
+            .split(' ')
+            .all(|f| LANE.contains(f) && GENERAL.contains(f))
+    );
+    for (protocol, next) in [("graphql-transport-ws", "next"), ("graphql-ws", "data")] {
+        let run = quiet_run(&w, "shared").await;
+        // Stored before anyone subscribes (a replay), with JSON of every kind and awkward text.
+        append(
+            &w,
+            run,
+            1,
+            EventKind::Started,
+            None,
+            Some(json!({"model": "gpt-4o-mini", "provider": "OPENAI"})),
+        )
+        .await;
+        append(
+            &w,
+            run,
+            2,
+            EventKind::OutputDelta,
+            Some("Hé \"quoted\" \\ line\nbreak\t✓ 😀"),
+            None,
+        )
+        .await;
+        append(&w, run, 3, EventKind::ToolCall, None, Some(json!({"name": "calculator", "arguments": {"expression": "2+2", "n": [1, 2.5, -3e-7, null, true]}}))).await;
+
+        let mut ws = signed_in(&w, protocol).await;
+        subscribe_both(&mut ws, json!({"id": run, "after": null})).await;
+        // Then live ones, through the hub, after both replayed the stored three.
+        let mut replayed = 0;
+        while replayed < 6 {
+            let text = ws.next_text(10).await;
+            assert!(text.starts_with(&format!(r#"{{"type":"{next}""#)), "{text}");
+            replayed += 1;
+        }
+        append(&w, run, 4, EventKind::OutputDelta, Some(" more"), None).await;
+        append(
+            &w,
+            run,
+            5,
+            EventKind::Usage,
+            None,
+            Some(json!({"inputTokens": 12, "outputTokens": 3, "costUsd": 0.000_123_4})),
+        )
+        .await;
+        append(&w, run, 6, EventKind::Completed, None, None).await;
+        let (lane, general) = both_until_complete(&mut ws, "lane", "general").await;
+        // Both got the three live events and `complete`, byte for byte the same.
+        assert_eq!(lane.len(), 4, "{lane:?}");
+        assert_eq!(lane, general, "{protocol}");
+        assert_eq!(lane[3], r#"{"type":"complete","id":"_"}"#);
+        assert!(lane[0].starts_with(&format!(r#"{{"type":"{next}","id":"_","payload":{{"data":{{"executionEvents":{{"data":null,"sequence":4,"at":""#)), "{}", lane[0]);
+    }
+
+    // Replays alone (a finished run), compared from the first message.
+    let run = quiet_run(&w, "shared").await;
+    append(
+        &w,
+        run,
+        1,
+        EventKind::Started,
+        None,
+        Some(json!({"model": "m"})),
+    )
+    .await;
+    append(
+        &w,
+        run,
+        2,
+        EventKind::Failed,
+        None,
+        Some(json!({"error": "provider said <no>"})),
+    )
+    .await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    subscribe_both(&mut ws, json!({"id": run})).await;
+    let (lane, general) = both_until_complete(&mut ws, "lane", "general").await;
+    assert_eq!(lane.len(), 3, "{lane:?}");
+    assert_eq!(lane, general);
+
+    // The lane served its subscriptions (the metric counts them).
+    let metrics = w
+        .app
+        .http
+        .get(w.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let served: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agentry_websocket_shared_subscriptions_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shared subscription counted:\n{metrics}"));
+    assert!(served >= 3.0, "{served}");
+}
+
+#[tokio::test]
+async fn a_shared_subscription_the_client_completes_stops_at_once_and_frees_its_slot() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 60;
+        c.ws_max_subscriptions = 1;
+    })
+    .await;
+    let run = quiet_run(&w, "shared").await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    for round in 0..3 {
+        let id = format!("watch-{round}");
+        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+            .await;
+        append(&w, run, round + 1, EventKind::OutputDelta, Some("x"), None).await;
+        // It follows the run (the replay or the feed brings every event so far, in order).
+        let mut seen = 0;
+        while seen <= round {
+            let message: Value = serde_json::from_str(&ws.next_text(10).await).unwrap();
+            assert_eq!(message["id"], id.as_str(), "{message}");
+            assert_eq!(
+                message["payload"]["data"]["executionEvents"]["sequence"],
+                seen + 1
+            );
+            seen += 1;
+        }
+        ws.send(json!({"id": id, "type": "complete"})).await;
+        assert_eq!(
+            ws.next_text(10).await,
+            format!(r#"{{"type":"complete","id":"{id}"}}"#)
+        );
+        // The one slot is free again: the next round's subscribe is not refused.
+    }
+    // Nothing more arrives for the stopped ones, and the socket still answers.
+    append(&w, run, 4, EventKind::OutputDelta, Some("late"), None).await;
+    ws.send(json!({"id": "q", "type": "subscribe", "payload": {"query": "{ __typename }"}}))
+        .await;
+    let answer: Value = serde_json::from_str(&ws.next_text(10).await).unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["id"].as_str()),
+        (Some("next"), Some("q")),
+        "{answer}"
+    );
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"q"}"#);
+}
