@@ -82,6 +82,9 @@ pub struct AppSchema {
     /// schema), for operations that passed the full validation before (see
     /// [`ParsedDocuments`]).
     validated: Schema<Query, Mutation, Subscription>,
+    /// [`AppSchema::introspection`] with the fast validation, for introspection-only
+    /// operations that passed the full validation before (`{ __typename }` among them).
+    introspection_validated: Schema<Query, Mutation, Subscription>,
     max_aliases: usize,
     parsed: ParsedDocuments,
 }
@@ -269,13 +272,16 @@ impl Executor for AppSchema {
             Ok(validated) => validated,
             Err(error) => return Response::from_errors(vec![error]),
         };
-        if introspection_only(&mut request) {
-            let mut response = self.introspection.execute(request).await;
-            limits::code_request_errors(&mut response);
-            return response;
-        }
+        // Whether an operation is introspection-only depends on the document and the operation
+        // name alone, so an operation remembered as validated always comes back to the same
+        // pair of schemas.
+        let (full, fast) = if introspection_only(&mut request) {
+            (&self.introspection, &self.introspection_validated)
+        } else {
+            (&self.schema, &self.validated)
+        };
         if validated {
-            let mut response = self.validated.execute(request).await;
+            let mut response = fast.execute(request).await;
             limits::code_request_errors(&mut response);
             return response;
         }
@@ -283,7 +289,7 @@ impl Executor for AppSchema {
         let remember = (request.variables.is_empty()
             && request.query.len() <= PARSED_MAX_QUERY_BYTES)
             .then(|| (request.query.clone(), request.operation_name.clone()));
-        let mut response = self.schema.execute(request).await;
+        let mut response = full.execute(request).await;
         if let Some((query, operation_name)) = remember
             && passed_validation(&response)
         {
@@ -343,6 +349,11 @@ pub fn build_schema(state: &AppState) -> AppSchema {
             .data(state.clone())
             .finish(),
         validated: schema_builder(config)
+            .validation_mode(ValidationMode::Fast)
+            .data(state.clone())
+            .finish(),
+        introspection_validated: schema_builder(config)
+            .limit_depth(config.max_query_depth.max(INTROSPECTION_MAX_DEPTH))
             .validation_mode(ValidationMode::Fast)
             .data(state.clone())
             .finish(),
