@@ -14,7 +14,7 @@
 //! client that does not read never holds memory or other clients back).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -40,10 +40,9 @@ use tokio::{
 use tokio_stream::StreamMap;
 
 use crate::{
-    executions::live,
     http::HttpState,
     rate_limit::ClientKey,
-    request::{Identity, RequestContext, RequestMeta},
+    request::{Identity, RequestContext, RequestMeta, Viewer},
     state::{AppState, Revocation, SocketGuard, SocketRefusal},
     users::sessions,
 };
@@ -51,7 +50,9 @@ use crate::{
 mod events;
 mod operations;
 
-use operations::{Admission, OperationMessage, Operations, lock_ops, operation_message, refusal};
+use operations::{
+    Admission, OperationMessage, Operations, Route, lock_ops, operation_message, refusal,
+};
 
 /// Close codes of the graphql-transport-ws protocol (and two of our own meaning).
 mod close {
@@ -212,10 +213,12 @@ struct Gate {
     refusals: mpsc::Sender<String>,
     /// Set when the client goes over its rate limit (the connection closes with 4429).
     over_limit: watch::Sender<bool>,
-    /// Subscriptions handed to the shared `executionEvents` lane, and their stops.
+    /// Subscriptions handed to the shared `executionEvents` lane, and their stops. Bounded:
+    /// every command follows an admitted subscribe (rate-limited), and a client that gets
+    /// more of them queued than the main loop can take is closed like one over its rate.
     lane: mpsc::Sender<LaneCommand>,
-    /// The operation ids the lane serves (a `complete` for one of them goes to the lane).
-    lane_ids: Mutex<HashSet<String>>,
+    /// The generation of the lane's last subscription (see [`Route::Lane`]).
+    lane_generation: AtomicU64,
 }
 
 /// What the reading half tells the main loop about the shared lane's subscriptions.
@@ -224,22 +227,25 @@ enum LaneCommand {
     Start {
         /// The operation id.
         id: String,
+        /// Its route (the generation its messages carry).
+        generation: u64,
         /// Its messages.
         messages: events::LaneStream,
     },
-    /// Stop serving operation `id`; answer `complete` if it was still running and `confirm`
-    /// (the client stopped it), silently if not (a new subscribe under the same id replaces it).
-    Stop { id: String, confirm: bool },
+    /// Stop serving operation `id` (if it is still this generation); answer `complete` if it
+    /// was still running and `confirm` (the client stopped it), silently if not (a new
+    /// subscribe under the same id replaces it).
+    Stop {
+        id: String,
+        generation: u64,
+        confirm: bool,
+    },
 }
-
-/// How long the lane waits for the database to check a subscribed run before leaving the
-/// subscription to async-graphql (whose stream then waits as long as it takes).
-const LANE_CHECK: Duration = Duration::from_secs(2);
 
 impl Gate {
     /// Notes that the client is alive; the message's bytes if they may pass on to the protocol
     /// (not when refused, nor when the shared lane took the operation).
-    async fn pass(&self, message: Result<Message, axum::Error>) -> Option<Vec<u8>> {
+    fn pass(&self, message: Result<Message, axum::Error>) -> Option<Vec<u8>> {
         self.last_heard.store(
             u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -254,60 +260,67 @@ impl Gate {
         };
         match kind {
             OperationMessage::Stop => {
-                lock_ops(&self.operations).release(&id);
-                if self.lane_ids().remove(&id) {
-                    let _ = self
-                        .lane
-                        .send(LaneCommand::Stop { id, confirm: true })
-                        .await;
+                let route = lock_ops(&self.operations).release(&id);
+                if let Some(Route::Lane(generation)) = route {
+                    self.tell_lane(LaneCommand::Stop {
+                        id,
+                        generation,
+                        confirm: true,
+                    });
                     return None;
                 }
                 Some(bytes)
             }
             OperationMessage::Start => {
-                let user = match get(&self.init_state) {
+                let viewer = match get(&self.init_state) {
                     InitState::Ready(Identity::User(viewer)) => Some(viewer),
                     _ => None,
                 };
-                match self.admit(&id, user.as_ref().map(|v| v.id())) {
+                match self.admit(&id, viewer.as_deref().map(Viewer::id)) {
                     Admitted::No => return None,
-                    // async-graphql has it, and replaces it.
-                    Admitted::Duplicate if !self.lane_ids().contains(&id) => return Some(bytes),
-                    Admitted::Duplicate => {
-                        self.lane_ids().remove(&id);
-                        let _ = (self.lane)
-                            .send(LaneCommand::Stop {
-                                id: id.clone(),
-                                confirm: false,
-                            })
-                            .await;
-                    }
                     Admitted::Yes => {}
+                    // A new subscribe under an open id replaces the old operation.
+                    Admitted::Duplicate => match lock_ops(&self.operations).route(&id) {
+                        Some(Route::Lane(generation)) => self.tell_lane(LaneCommand::Stop {
+                            id: id.clone(),
+                            generation,
+                            confirm: false,
+                        }),
+                        // async-graphql replaces it (and the new one must stay with it).
+                        _ => return Some(bytes),
+                    },
                 }
-                if let Some(viewer) = user
-                    && let Some(request) = events::recognize(&bytes)
-                    && let Ok(Ok(stream)) = tokio::time::timeout(
-                        LANE_CHECK,
-                        live::events(&self.app, &viewer, request.execution_id, request.after),
-                    )
-                    .await
+                let limits = events::Limits {
+                    depth: self.app.config.max_query_depth,
+                    complexity: self.app.config.max_query_complexity,
+                };
+                if let Some(viewer) = viewer
+                    && let Some(request) = events::recognize(&bytes, limits)
                 {
                     metrics::counter!(crate::telemetry::names::WS_SHARED_SUBSCRIPTIONS)
                         .increment(1);
-                    self.lane_ids().insert(id.clone());
-                    let messages = events::lane(self.protocol, id.clone(), request.view, stream);
-                    let _ = self.lane.send(LaneCommand::Start { id, messages }).await;
+                    let generation = self.lane_generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    lock_ops(&self.operations).set_route(&id, Route::Lane(generation));
+                    let events = events::follow(self.app.clone(), *viewer, &request);
+                    let messages = events::lane(self.protocol, id.clone(), request.view, events);
+                    self.tell_lane(LaneCommand::Start {
+                        id,
+                        generation,
+                        messages,
+                    });
                     return None;
                 }
+                lock_ops(&self.operations).set_route(&id, Route::General);
                 Some(bytes)
             }
         }
     }
 
-    fn lane_ids(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.lane_ids
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Queues a command for the main loop; a client that outpaces it is closed (4429).
+    fn tell_lane(&self, command: LaneCommand) {
+        if self.lane.try_send(command).is_err() {
+            self.over_limit.send_replace(true);
+        }
     }
 
     /// Whether a starting operation may run. Every subscription spends a unit of the
@@ -405,13 +418,9 @@ fn speak_protocol(
         let meta = gate.meta.clone();
         move |payload| connection_init(app, init_state, meta, payload)
     };
-    let gate = Arc::new(gate);
     let input = client
         .take_while(|message| future::ready(message.is_ok()))
-        .filter_map(move |message| {
-            let gate = gate.clone();
-            async move { gate.pass(message).await }
-        });
+        .filter_map(move |message| future::ready(gate.pass(message)));
     async_graphql::http::WebSocket::new(http.schema.clone(), input, protocol)
         .on_connection_init(on_init)
 }
@@ -491,9 +500,10 @@ async fn serve(
     let last_heard = Arc::new(AtomicU64::new(0));
     let (refusals_tx, mut refusals) = mpsc::channel::<String>(32);
     let (over_limit_tx, mut over_limit) = watch::channel(false);
-    let (lane_tx, mut lane_commands) = mpsc::channel::<LaneCommand>(32);
-    // The shared lane's subscriptions, by operation id.
+    let (lane_tx, mut lane_commands) = mpsc::channel::<LaneCommand>(128);
+    // The shared lane's subscriptions, by operation id, with their generations.
     let mut lane: StreamMap<String, events::LaneStream> = StreamMap::new();
+    let mut generations: HashMap<String, u64> = HashMap::new();
 
     let gate = Gate {
         app: app.clone(),
@@ -506,7 +516,7 @@ async fn serve(
         refusals: refusals_tx,
         over_limit: over_limit_tx,
         lane: lane_tx,
-        lane_ids: Mutex::new(HashSet::new()),
+        lane_generation: AtomicU64::new(0),
     };
     let connection = speak_protocol(&http, stream, gate);
     futures_util::pin_mut!(connection);
@@ -560,26 +570,53 @@ async fn serve(
                 }
                 None => break None,
             },
-            Some((_, first)) = lane.next(), if !lane.is_empty() => {
+            Some((id, first)) = lane.next(), if !lane.is_empty() => {
                 // Take along what else the lane has ready, to write the burst at once.
-                let mut burst = vec![first];
-                while burst.len() < MAX_BURST {
-                    match lane.next().now_or_never() {
-                        Some(Some((_, more))) => burst.push(more),
-                        _ => break,
+                let mut burst = Vec::new();
+                let mut next = Some((id, first));
+                while let Some((id, message)) = next {
+                    let generation = generations.get(&id).copied().unwrap_or_default();
+                    if message.last {
+                        // Ended by itself: off the map now, so a stop crossing it answers
+                        // nothing more, and its slot freed unless the id was reused since.
+                        lane.remove(&id);
+                        generations.remove(&id);
+                        let mut ops = lock_ops(&operations);
+                        if ops.route(&id) == Some(Route::Lane(generation)) {
+                            ops.release(&id);
+                            burst.push(message.text);
+                        }
+                    } else if lock_ops(&operations).route(&id) == Some(Route::Lane(generation)) {
+                        burst.push(message.text);
                     }
+                    if burst.len() >= MAX_BURST {
+                        break;
+                    }
+                    next = lane.next().now_or_never().flatten();
                 }
-                write_burst(&mut sink, burst, &operations, send_limit).await
+                if burst.is_empty() {
+                    Ok(())
+                } else {
+                    let burst = burst.into_iter().map(|text| Message::Text(text.into()));
+                    send_all_within(&mut sink, burst, send_limit).await
+                }
             }
             Some(command) = lane_commands.recv() => match command {
-                LaneCommand::Start { id, messages } => {
+                LaneCommand::Start { id, generation, messages } => {
+                    generations.insert(id.clone(), generation);
                     lane.insert(id, messages);
                     Ok(())
                 }
-                LaneCommand::Stop { id, confirm } => {
-                    if lane.remove(&id).is_some() && confirm {
-                        let complete = events::complete(&id);
-                        send_within(&mut sink, Message::Text(complete.into()), send_limit).await
+                LaneCommand::Stop { id, generation, confirm } => {
+                    if generations.get(&id) == Some(&generation) {
+                        generations.remove(&id);
+                        lane.remove(&id);
+                        if confirm {
+                            let complete = events::complete(&id);
+                            send_within(&mut sink, Message::Text(complete.into()), send_limit).await
+                        } else {
+                            Ok(())
+                        }
                     } else {
                         Ok(())
                     }

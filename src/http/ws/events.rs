@@ -33,14 +33,32 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{error::AppResult, executions::model::EventRow};
+use crate::{
+    error::AppResult,
+    executions::{live, model::EventRow},
+    request::Viewer,
+    state::AppState,
+};
 
 /// The root field the lane serves.
 const ROOT_FIELD: &str = "executionEvents";
+/// The GraphQL type of its items.
+const EVENT_TYPE: &str = "ExecutionEvent";
+
+/// The schema's limits that could refuse a lane query (the lane's shape has no alias and no
+/// directive, and its depth is 2).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// `AGENTRY_MAX_QUERY_DEPTH`.
+    pub(super) depth: usize,
+    /// `AGENTRY_MAX_QUERY_COMPLEXITY` (each field counts 1).
+    pub(super) complexity: usize,
+}
 
 /// A field of `ExecutionEvent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
+    Typename,
     ExecutionId,
     Sequence,
     Kind,
@@ -51,7 +69,8 @@ enum Field {
 
 impl Field {
     /// Every field, in a fixed order (its index + 1 is its code in a [`Selection`]).
-    const ALL: [Field; 6] = [
+    const ALL: [Field; 7] = [
+        Field::Typename,
         Field::ExecutionId,
         Field::Sequence,
         Field::Kind,
@@ -63,6 +82,7 @@ impl Field {
     /// The GraphQL name.
     const fn name(self) -> &'static str {
         match self {
+            Field::Typename => "__typename",
             Field::ExecutionId => "executionId",
             Field::Sequence => "sequence",
             Field::Kind => "kind",
@@ -120,6 +140,9 @@ pub(super) struct EventsRequest {
 struct Subscribe {
     #[serde(rename = "type")]
     kind: String,
+    /// Required, as async-graphql requires it (it closes the connection without one).
+    #[allow(dead_code)]
+    id: String,
     payload: Payload,
 }
 
@@ -140,7 +163,7 @@ struct Payload {
 /// The request of a subscribe message if the lane can serve it; `None` sends the message to
 /// async-graphql. Only shapes whose validation cannot fail are accepted, so that async-graphql
 /// would have run exactly this subscription.
-pub(super) fn recognize(message: &[u8]) -> Option<EventsRequest> {
+pub(super) fn recognize(message: &[u8], limits: Limits) -> Option<EventsRequest> {
     let message: Subscribe = serde_json::from_slice(message).ok()?;
     if !matches!(message.kind.as_str(), "subscribe" | "start") {
         return None;
@@ -264,7 +287,11 @@ pub(super) fn recognize(message: &[u8]) -> Option<EventsRequest> {
     }
 
     let items = &root.selection_set.node.items;
-    if items.is_empty() || items.len() > Field::ALL.len() {
+    if items.is_empty()
+        || items.len() > Field::ALL.len()
+        || limits.depth < 2
+        || limits.complexity < 1 + items.len()
+    {
         return None;
     }
     let mut code = 0u32;
@@ -298,8 +325,33 @@ pub(super) fn recognize(message: &[u8]) -> Option<EventsRequest> {
     })
 }
 
+/// One message of a lane subscription.
+pub(super) struct LaneMessage {
+    /// The protocol message.
+    pub(super) text: String,
+    /// Whether it is the `complete` that ends the subscription.
+    pub(super) last: bool,
+}
+
 /// One lane subscription: its protocol messages, the last one its `complete`.
-pub(super) type LaneStream = Pin<Box<dyn Stream<Item = String> + Send>>;
+pub(super) type LaneStream = Pin<Box<dyn Stream<Item = LaneMessage> + Send>>;
+
+/// The events of the viewer's run as the resolver (`executionEvents` in `executions::graphql`)
+/// streams them: checked and opened by [`live::events`] when first polled; a failed check is
+/// the stream's one item, as async-graphql reports an error of the field's resolver.
+pub(super) fn follow(
+    state: AppState,
+    viewer: Viewer,
+    request: &EventsRequest,
+) -> impl Stream<Item = AppResult<Arc<EventRow>>> + Send + 'static {
+    let (id, after) = (request.execution_id, request.after);
+    stream::once(async move { live::events(&state, &viewer, id, after).await }).flat_map(|opened| {
+        match opened {
+            Ok(events) => events.boxed(),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        }
+    })
+}
 
 /// The messages of lane subscription `id`: one per event of `events` (or its error), then the
 /// `complete` when the events end.
@@ -312,10 +364,16 @@ pub(super) fn lane(
     let end = id.clone();
     Box::pin(
         events
-            .map(move |item| message(protocol, &id, view, Some(item)))
-            .chain(stream::once(
-                async move { message(protocol, &end, view, None) },
-            )),
+            .map(move |item| LaneMessage {
+                text: message(protocol, &id, view, Some(item)),
+                last: false,
+            })
+            .chain(stream::once(async move {
+                LaneMessage {
+                    text: message(protocol, &end, view, None),
+                    last: true,
+                }
+            })),
     )
 }
 
@@ -335,18 +393,22 @@ const RENDERED_KEPT: usize = 64;
 /// Larger payloads are rendered per subscriber rather than kept.
 const RENDERED_MAX_BYTES: usize = 64 * 1024;
 
-type Rendered = (Uuid, i32, u32, Rc<str>);
+/// (run, sequence, when in nanoseconds, selection, payload): `at` is in the key because a
+/// runner publishes it to nanoseconds and the table keeps microseconds, so the same event
+/// read back from the table is a different text.
+type Rendered = (Uuid, i32, i64, u32, Rc<str>);
 
 /// The `payload` of the message for `event`, as async-graphql would serialize it.
 fn payload(event: &EventRow, selection: Selection) -> Rc<str> {
     thread_local! {
         static RENDERED: RefCell<VecDeque<Rendered>> = const { RefCell::new(VecDeque::new()) };
     }
-    let key = (event.execution_id, event.sequence, selection.0);
+    let at = event.at.timestamp_nanos_opt().unwrap_or(i64::MIN);
+    let key = (event.execution_id, event.sequence, at, selection.0);
     let found = RENDERED.with_borrow(|kept| {
         kept.iter()
             .rev()
-            .find(|(run, sequence, sel, _)| (*run, *sequence, *sel) == key)
+            .find(|(run, sequence, at, sel, _)| (*run, *sequence, *at, *sel) == key)
             .map(|(.., json)| json.clone())
     });
     if let Some(json) = found {
@@ -358,7 +420,7 @@ fn payload(event: &EventRow, selection: Selection) -> Rc<str> {
             if kept.len() == RENDERED_KEPT {
                 kept.pop_front();
             }
-            kept.push_back((key.0, key.1, key.2, json.clone()));
+            kept.push_back((key.0, key.1, key.2, key.3, json.clone()));
         });
     }
     json
@@ -370,6 +432,8 @@ fn render(event: &EventRow, selection: Selection) -> String {
     let mut object = IndexMap::new();
     for field in selection.fields() {
         let value = match field {
+            // What `Eager<ExecutionEvent>` answers (the object type's name).
+            Field::Typename => GqlValue::String(EVENT_TYPE.to_owned()),
             Field::ExecutionId => GqlValue::String(event.execution_id.to_string()),
             Field::Sequence => GqlValue::from(event.sequence),
             Field::Kind => InputType::to_value(&event.kind),
@@ -440,6 +504,10 @@ mod tests {
     }
 
     const RUN: &str = "0190a0c4-7f6e-7a8b-9c0d-1e2f3a4b5c6d";
+    const LIMITS: Limits = Limits {
+        depth: 12,
+        complexity: 5000,
+    };
 
     #[test]
     fn the_usual_shapes_are_served_by_the_lane() {
@@ -468,24 +536,27 @@ mod tests {
             ),
         ];
         for (query, variables, after) in usual {
-            let request =
-                recognize(&subscribe(query, variables)).unwrap_or_else(|| panic!("{query}"));
+            let request = recognize(&subscribe(query, variables), LIMITS)
+                .unwrap_or_else(|| panic!("{query}"));
             assert_eq!(request.execution_id.to_string(), RUN);
             assert_eq!(request.after, after);
         }
-        let request = recognize(&subscribe(
-            "subscription($id: ID!) { executionEvents(executionId: $id) { data sequence kind } }",
-            json!({"id": RUN}),
-        ))
+        let request = recognize(
+            &subscribe(
+                "subscription($id: ID!) { executionEvents(executionId: $id) { data sequence kind __typename } }",
+                json!({"id": RUN}),
+            ),
+            LIMITS,
+        )
         .unwrap();
         let order: Vec<_> = request.view.selection.fields().map(Field::name).collect();
-        assert_eq!(order, ["data", "sequence", "kind"]);
+        assert_eq!(order, ["data", "sequence", "kind", "__typename"]);
     }
 
     #[test]
     fn everything_else_goes_to_async_graphql() {
         let events = "subscription($id: ID!) { executionEvents(executionId: $id) { sequence } }";
-        let others: [(&str, Value); 18] = [
+        let others: [(&str, Value); 17] = [
             (
                 "subscription($id: ID!) { executionEvents(executionId: $id) { sequence @include(if: true) } }",
                 json!({"id": RUN}),
@@ -496,10 +567,6 @@ mod tests {
             ),
             (
                 "subscription($id: ID!) { e: executionEvents(executionId: $id) { sequence } }",
-                json!({"id": RUN}),
-            ),
-            (
-                "subscription($id: ID!) { executionEvents(executionId: $id) { __typename sequence } }",
                 json!({"id": RUN}),
             ),
             (
@@ -551,7 +618,11 @@ mod tests {
             ),
         ];
         for (query, variables) in others {
-            assert_eq!(recognize(&subscribe(query, variables)), None, "{query}");
+            assert_eq!(
+                recognize(&subscribe(query, variables), LIMITS),
+                None,
+                "{query}"
+            );
         }
         // A different operation name, extensions, or not a subscribe message.
         let named =
@@ -566,13 +637,31 @@ mod tests {
             ),
             with(json!({"variables": {"id": RUN}})),
             json!({"id": "1", "type": "complete"}).to_string(),
+            // No id (async-graphql closes the connection for it).
+            json!({"type": "subscribe", "payload": {"query": named, "variables": {"id": RUN}}})
+                .to_string(),
+            json!({"id": null, "type": "subscribe", "payload": {"query": named, "variables": {"id": RUN}}})
+                .to_string(),
         ] {
-            assert_eq!(recognize(message.as_bytes()), None, "{message}");
+            assert_eq!(recognize(message.as_bytes(), LIMITS), None, "{message}");
+        }
+        let watch =
+            with(json!({"query": named, "variables": {"id": RUN}, "operationName": "Watch"}));
+        assert!(recognize(watch.as_bytes(), LIMITS).is_some());
+        // Limits async-graphql would refuse it under: depth 2, complexity 1 + the fields.
+        for (depth, complexity) in [(1, 5000), (12, 1)] {
+            assert_eq!(
+                recognize(watch.as_bytes(), Limits { depth, complexity }),
+                None
+            );
         }
         assert!(
             recognize(
-                with(json!({"query": named, "variables": {"id": RUN}, "operationName": "Watch"}))
-                    .as_bytes()
+                watch.as_bytes(),
+                Limits {
+                    depth: 2,
+                    complexity: 2
+                }
             )
             .is_some()
         );

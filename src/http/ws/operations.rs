@@ -2,14 +2,24 @@
 //! bounds as the client starts and stops them, refused with a coded error over a bound, and
 //! released when they end or the connection closes.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{collections::HashMap, sync::Mutex};
 
 use async_graphql::http::WebSocketProtocols;
+
+/// Who serves an open operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// async-graphql's protocol handler.
+    General,
+    /// The shared `executionEvents` lane, under this generation (a later subscription reusing
+    /// the id gets a new one, so what the old one still yields is told apart and dropped).
+    Lane(u64),
+}
 
 /// The operations a connection has open, holding their owner's per-user slots.
 pub(super) struct Operations {
     app: crate::state::AppState,
-    active: HashSet<String>,
+    active: HashMap<String, Route>,
     /// Whose per-user slots `active` holds (none for anonymous connections).
     user: Option<uuid::Uuid>,
 }
@@ -29,7 +39,7 @@ impl Operations {
     pub(super) fn new(app: crate::state::AppState) -> Self {
         Self {
             app,
-            active: HashSet::new(),
+            active: HashMap::new(),
             user: None,
         }
     }
@@ -41,7 +51,7 @@ impl Operations {
 
     /// Counts a starting operation against the connection's and the user's bounds.
     pub(super) fn admit(&mut self, id: &str, user: Option<uuid::Uuid>) -> Admission {
-        if self.active.contains(id) {
+        if self.active.contains_key(id) {
             return Admission::Duplicate;
         }
         let config = &self.app.config;
@@ -69,19 +79,31 @@ impl Operations {
             }
             self.user = Some(user);
         }
-        self.active.insert(id.to_owned());
+        self.active.insert(id.to_owned(), Route::General);
         metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).increment(1.0);
         Admission::Admitted
     }
 
-    /// Frees the slots of an operation that ended (a no-op for an id not open).
-    pub(super) fn release(&mut self, id: &str) {
-        if self.active.remove(id) {
-            metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(1.0);
-            if let Some(user) = self.user {
-                self.app.sockets.unsubscribe(user, 1);
-            }
+    /// Who serves open operation `id`.
+    pub(super) fn route(&self, id: &str) -> Option<Route> {
+        self.active.get(id).copied()
+    }
+
+    /// Sets who serves open operation `id` (a no-op for an id not open).
+    pub(super) fn set_route(&mut self, id: &str, route: Route) {
+        if let Some(held) = self.active.get_mut(id) {
+            *held = route;
         }
+    }
+
+    /// Frees the slots of an operation that ended; who served it (`None` for an id not open).
+    pub(super) fn release(&mut self, id: &str) -> Option<Route> {
+        let route = self.active.remove(id)?;
+        metrics::gauge!(crate::telemetry::names::SUBSCRIPTIONS).decrement(1.0);
+        if let Some(user) = self.user {
+            self.app.sockets.unsubscribe(user, 1);
+        }
+        Some(route)
     }
 }
 

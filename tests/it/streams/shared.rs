@@ -8,12 +8,10 @@ use super::quiet_run;
 use crate::common::{self, ALLOWED_ORIGIN, WsEvent};
 use crate::executions::{World, world_with};
 
-/// Every field, in an unusual order (the answer must keep the selection's order).
-const FIELDS: &str = "data sequence at kind executionId delta";
-/// The lane serves this one.
-const LANE: &str = "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { data sequence at kind executionId delta } }";
-/// A directive sends the same subscription to async-graphql (see `http::ws::events`).
-const GENERAL: &str = "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { data sequence at @include(if: true) kind executionId delta } }";
+/// Every field, in an unusual order (the answer must keep the selection's order), with the
+/// `__typename` Apollo Client adds. The lane serves it; sent with request `extensions` (which
+/// async-graphql ignores here), the very same query goes to async-graphql instead.
+const LANE: &str = "subscription($id: ID!, $after: Int) { executionEvents(executionId: $id, after: $after) { data sequence at kind executionId delta __typename } }";
 
 /// Stores event `sequence` of `run` and publishes it to the hub, as a runner does.
 async fn append(
@@ -68,10 +66,10 @@ async fn signed_in(w: &World, protocol: &str) -> common::Ws {
 /// Subscribes to `run` twice: as `lane` through the shared lane, as `general` through
 /// async-graphql.
 async fn subscribe_both(ws: &mut common::Ws, variables: Value) {
-    for (id, query) in [("lane", LANE), ("general", GENERAL)] {
-        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": query, "variables": variables}}))
-            .await;
-    }
+    ws.send(json!({"id": "lane", "type": "subscribe", "payload": {"query": LANE, "variables": variables}}))
+        .await;
+    ws.send(json!({"id": "general", "type": "subscribe", "payload": {"query": LANE, "variables": variables, "extensions": {"x": 1}}}))
+        .await;
 }
 
 /// The messages of operations `a` and `b` until both completed, each with its id blanked.
@@ -101,11 +99,6 @@ async fn both_until_complete(ws: &mut common::Ws, a: &str, b: &str) -> (Vec<Stri
 #[tokio::test]
 async fn the_shared_lane_answers_byte_for_byte_as_async_graphql_does() {
     let w = world_with("OPENAI", "gpt-4o-mini", |c| c.execution_heartbeat_secs = 60).await;
-    assert!(
-        FIELDS
-            .split(' ')
-            .all(|f| LANE.contains(f) && GENERAL.contains(f))
-    );
     for (protocol, next) in [("graphql-transport-ws", "next"), ("graphql-ws", "data")] {
         let run = quiet_run(&w, "shared").await;
         // Stored before anyone subscribes (a replay), with JSON of every kind and awkward text.
@@ -183,23 +176,29 @@ async fn the_shared_lane_answers_byte_for_byte_as_async_graphql_does() {
     assert_eq!(lane.len(), 3, "{lane:?}");
     assert_eq!(lane, general);
 
-    // The lane served its subscriptions (the metric counts them).
-    let metrics = w
+    // Another user's run: the lane's error is async-graphql's, then `complete`.
+    let other = w.app.register("other@example.com").await;
+    let mut theirs = w
         .app
-        .http
-        .get(w.app.url("/metrics"))
-        .send()
+        .ws("graphql-transport-ws", Some(ALLOWED_ORIGIN))
         .await
-        .unwrap()
-        .text()
+        .expect("connect");
+    match theirs
+        .init(json!({"Authorization": format!("Bearer {}", other.access)}))
         .await
-        .unwrap();
-    let served: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("agentry_websocket_shared_subscriptions_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no shared subscription counted:\n{metrics}"));
-    assert!(served >= 3.0, "{served}");
+    {
+        WsEvent::Json(m) if m["type"] == "connection_ack" => {}
+        unexpected => panic!("no ack: {unexpected:?}"),
+    }
+    subscribe_both(&mut theirs, json!({"id": run})).await;
+    let (lane, general) = both_until_complete(&mut theirs, "lane", "general").await;
+    assert_eq!(lane, general);
+    assert!(lane[0].contains(r#""code":"NOT_FOUND""#), "{}", lane[0]);
+    assert!(
+        lane[0].contains(r#""path":["executionEvents"]"#),
+        "{}",
+        lane[0]
+    );
 }
 
 #[tokio::test]
@@ -245,4 +244,48 @@ async fn a_shared_subscription_the_client_completes_stops_at_once_and_frees_its_
         "{answer}"
     );
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"q"}"#);
+}
+
+#[tokio::test]
+async fn an_id_reused_after_a_shared_subscription_ended_belongs_to_its_new_operation() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 60;
+        c.ws_max_subscriptions = 1;
+    })
+    .await;
+    let run = quiet_run(&w, "ended").await;
+    append(&w, run, 1, EventKind::Completed, None, None).await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    // Served by the lane; ends by itself after the terminal event, freeing the one slot.
+    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+    assert!(ws.next_text(10).await.contains(r#""kind":"COMPLETED""#));
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
+    // The same id for a subscription async-graphql serves: admitted (the slot is free), and the
+    // client's `complete` reaches async-graphql, which stops it and confirms.
+    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": "subscription { executionUpdates { id } }"}}))
+        .await;
+    ws.send(json!({"id": "x", "type": "complete"})).await;
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
+    // The slot is free again.
+    ws.send(json!({"id": "y", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+    assert!(
+        ws.next_text(10)
+            .await
+            .contains(r#""id":"y","payload":{"data""#)
+    );
+}
+
+#[tokio::test]
+async fn a_subscribe_without_an_id_closes_the_connection_whatever_serves_it() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |_| {}).await;
+    let run = quiet_run(&w, "no id").await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    ws.send(json!({"type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+    match ws.next(10).await {
+        WsEvent::Closed(code, _) => assert_eq!(code, 4400),
+        other => panic!("expected 4400, got {other:?}"),
+    }
 }
