@@ -8,7 +8,8 @@
 //
 //   node subscribers.mjs fanout <wsUrl> <tokensFile> <connections> <executionId,...> <tokensPerRun>
 //     W7: opens <connections> sockets; each subscribes to `executionEvents` of every listed run.
-//     Prints `READY <n>` when all are subscribed, then waits for every subscription to complete
+//     Prints `READY <n>` when all are subscribed and each has received its first event (the
+//     run's STARTED, from the server's replay), then waits for every subscription to complete
 //     and prints one JSON line with delivered messages, rates, latency percentiles (provider emit
 //     → client receive, from the `<index>@<emitMs>;` tokens of bench/js/fake-provider.mjs) and
 //     lost / reordered / duplicated events and tokens, failed subscriptions and socket closes.
@@ -188,11 +189,18 @@ async function fanout() {
   let lastAt = 0;
   const done = [];
   const subscribedAll = [];
+  // Live: each subscription has received its first event (the run's STARTED, stored before
+  // anyone subscribes, so it comes from the server's replay): the server has checked the run,
+  // registered the subscription and caught it up. Only then is the provider released, so the
+  // figures measure the fan-out, not 4,000 subscriptions being set up at once.
+  const liveAll = [];
   for (const client of opened) {
     for (const run of runs) {
       let lastSequence = 0;
       let lastToken = 0;
       let sawTerminal = false;
+      let live;
+      liveAll.push(new Promise((resolve) => (live = resolve)));
       done.push(
         new Promise((resolve) => {
           client.subscribe(
@@ -206,6 +214,7 @@ async function fanout() {
                   return;
                 }
                 const event = data.executionEvents;
+                live();
                 stats.messages++;
                 lastAt = at;
                 // Sequences must be 1, 2, 3 … with no gap, duplicate or reversal.
@@ -230,6 +239,7 @@ async function fanout() {
                 });
               },
               error: (e) => {
+                live();
                 stats.errors++;
                 stats.failedSubscriptions++;
                 const detail = e?.code !== undefined ? { code: e.code, reason: e.reason } : e;
@@ -240,6 +250,7 @@ async function fanout() {
                 resolve();
               },
               complete: () => {
+                live();
                 // Tokens never delivered before the end are lost too.
                 if (lastToken < tokensPerRun) stats.lostTokens += tokensPerRun - lastToken;
                 if (!sawTerminal) {
@@ -261,6 +272,7 @@ async function fanout() {
     );
   }
   await Promise.all(subscribedAll);
+  await Promise.all(liveAll);
   console.log(`READY ${opened.length}`);
   const finished = await Promise.race([
     Promise.all(done).then(() => true),
