@@ -213,10 +213,8 @@ struct Gate {
     refusals: mpsc::Sender<String>,
     /// Set when the client goes over its rate limit (the connection closes with 4429).
     over_limit: watch::Sender<bool>,
-    /// Subscriptions handed to the shared `executionEvents` lane, and their stops. Bounded:
-    /// every command follows an admitted subscribe (rate-limited), and a client that gets
-    /// more of them queued than the main loop can take is closed like one over its rate.
-    lane: mpsc::Sender<LaneCommand>,
+    /// Subscriptions handed to the shared `executionEvents` lane, and their stops.
+    lane: mpsc::UnboundedSender<LaneCommand>,
     /// The generation of the lane's last subscription (see [`Route::Lane`]).
     lane_generation: AtomicU64,
 }
@@ -316,11 +314,9 @@ impl Gate {
         }
     }
 
-    /// Queues a command for the main loop; a client that outpaces it is closed (4429).
+    /// Queues a command for the main loop (which is gone only when the connection is).
     fn tell_lane(&self, command: LaneCommand) {
-        if self.lane.try_send(command).is_err() {
-            self.over_limit.send_replace(true);
-        }
+        let _ = self.lane.send(command);
     }
 
     /// Whether a starting operation may run. Every subscription spends a unit of the
@@ -389,19 +385,39 @@ async fn connection_init(
 
 /// The protocol's messages ready after `first` (up to [`MAX_BURST`] in all), to write at once,
 /// and what ended the burst if it was not a text message (`Some(None)`: the protocol ended).
+/// Each `complete` the protocol yields frees its operation's slot at once, before the protocol
+/// is polled again (and so before it reads another client message, which could reuse the id).
 fn take_burst(
     first: String,
     connection: &mut (impl futures_util::Stream<Item = WsMessage> + Unpin),
+    operations: &Mutex<Operations>,
 ) -> (Vec<String>, Option<Option<WsMessage>>) {
+    ended(&first, operations);
     let mut burst = vec![first];
     while burst.len() < MAX_BURST {
         match connection.next().now_or_never() {
-            Some(Some(WsMessage::Text(more))) => burst.push(more),
+            Some(Some(WsMessage::Text(more))) => {
+                ended(&more, operations);
+                burst.push(more);
+            }
             Some(other) => return (burst, Some(other)),
             None => break,
         }
     }
     (burst, None)
+}
+
+/// Frees the slot of an operation async-graphql ends with this message, if it is one of its
+/// `complete`s and the id is still async-graphql's (the lane frees its own).
+fn ended(text: &str, operations: &Mutex<Operations>) {
+    if text.starts_with(r#"{"type":"complete""#)
+        && let Some((_, id)) = operation_message(text.as_bytes())
+    {
+        let mut ops = lock_ops(operations);
+        if ops.route(&id) == Some(Route::General) {
+            ops.release(&id);
+        }
+    }
 }
 
 /// The protocol's side of a connection: async-graphql reading the client's messages through
@@ -425,23 +441,90 @@ fn speak_protocol(
         .on_connection_init(on_init)
 }
 
-/// Writes a burst of the protocol's messages within the send limit, first releasing the slots
-/// of the operations it completes.
+/// Writes a burst of messages within the send limit.
 async fn write_burst(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     burst: Vec<String>,
-    operations: &Mutex<Operations>,
     limit: Duration,
 ) -> Result<(), SendFailure> {
-    for text in &burst {
-        if text.starts_with(r#"{"type":"complete""#)
-            && let Some((_, id)) = operation_message(text.as_bytes())
-        {
-            lock_ops(operations).release(&id);
-        }
-    }
     let messages = burst.into_iter().map(|text| Message::Text(text.into()));
     send_all_within(sink, messages, limit).await
+}
+
+/// The shared lane's subscriptions on one connection: their message streams by operation id,
+/// and the generation each was started under.
+#[derive(Default)]
+struct Lane {
+    streams: StreamMap<String, events::LaneStream>,
+    generations: HashMap<String, u64>,
+}
+
+impl Lane {
+    /// Carries out a command from the gate; the message to write for it, if any.
+    fn apply(&mut self, command: LaneCommand) -> Option<String> {
+        match command {
+            LaneCommand::Start {
+                id,
+                generation,
+                messages,
+            } => {
+                self.generations.insert(id.clone(), generation);
+                self.streams.insert(id, messages);
+                None
+            }
+            LaneCommand::Stop {
+                id,
+                generation,
+                confirm,
+            } => {
+                let current = self.generations.get(&id).copied();
+                if current == Some(generation) {
+                    self.generations.remove(&id);
+                    self.streams.remove(&id);
+                }
+                // The client stopped it: confirm, as async-graphql does, also when its stream
+                // had just ended (its own `complete` was dropped, the gate having released it
+                // first). A newer subscription under the id is not this one's business.
+                (confirm && current.is_none_or(|g| g == generation)).then(|| events::complete(&id))
+            }
+        }
+    }
+
+    /// The messages of the lane ready now (at most [`MAX_BURST`] taken), starting with `first`;
+    /// messages of a stream whose id the client stopped or reused since are dropped, and a
+    /// stream that ended frees its slot.
+    fn take_burst(
+        &mut self,
+        first: (String, events::LaneMessage),
+        operations: &Mutex<Operations>,
+    ) -> Vec<String> {
+        let mut burst = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some((id, message)) = next {
+            taken += 1;
+            let generation = self.generations.get(&id).copied().unwrap_or_default();
+            let mut ops = lock_ops(operations);
+            let current = ops.route(&id) == Some(Route::Lane(generation));
+            if message.last {
+                // Off the map now, so a stop crossing the end answers once.
+                self.streams.remove(&id);
+                self.generations.remove(&id);
+                if current {
+                    ops.release(&id);
+                }
+            }
+            drop(ops);
+            if current {
+                burst.push(message.text);
+            }
+            if taken >= MAX_BURST {
+                break;
+            }
+            next = self.streams.next().now_or_never().flatten();
+        }
+        burst
+    }
 }
 
 /// What a revocation notice means for a connection.
@@ -500,10 +583,10 @@ async fn serve(
     let last_heard = Arc::new(AtomicU64::new(0));
     let (refusals_tx, mut refusals) = mpsc::channel::<String>(32);
     let (over_limit_tx, mut over_limit) = watch::channel(false);
-    let (lane_tx, mut lane_commands) = mpsc::channel::<LaneCommand>(128);
-    // The shared lane's subscriptions, by operation id, with their generations.
-    let mut lane: StreamMap<String, events::LaneStream> = StreamMap::new();
-    let mut generations: HashMap<String, u64> = HashMap::new();
+    // Unbounded, yet bounded in practice: a start follows an admitted subscribe (rate-limited,
+    // and holding a slot), a stop needs an open lane operation.
+    let (lane_tx, mut lane_commands) = mpsc::unbounded_channel::<LaneCommand>();
+    let mut lane = Lane::default();
 
     let gate = Gate {
         app: app.clone(),
@@ -547,8 +630,16 @@ async fn serve(
             message = connection.next() => match message {
                 Some(WsMessage::Text(text)) => {
                     // Take along what else is ready, to write the burst at once.
-                    let (burst, then) = take_burst(text, &mut connection);
-                    let sent = write_burst(&mut sink, burst, &operations, send_limit).await;
+                    let (burst, then) = take_burst(text, &mut connection, &operations);
+                    // What the gate told the lane while reading those messages comes first
+                    // (a `complete` confirming a lane operation the client stopped precedes
+                    // the protocol's answers to what the client sent after it).
+                    let mut answers = Vec::new();
+                    while let Ok(command) = lane_commands.try_recv() {
+                        answers.extend(lane.apply(command));
+                    }
+                    answers.extend(burst);
+                    let sent = write_burst(&mut sink, answers, send_limit).await;
                     if identity.is_none()
                         && let InitState::Ready(ready) = get(&init_state)
                     {
@@ -570,57 +661,14 @@ async fn serve(
                 }
                 None => break None,
             },
-            Some((id, first)) = lane.next(), if !lane.is_empty() => {
+            Some(first) = lane.streams.next(), if !lane.streams.is_empty() => {
                 // Take along what else the lane has ready, to write the burst at once.
-                let mut burst = Vec::new();
-                let mut next = Some((id, first));
-                while let Some((id, message)) = next {
-                    let generation = generations.get(&id).copied().unwrap_or_default();
-                    if message.last {
-                        // Ended by itself: off the map now, so a stop crossing it answers
-                        // nothing more, and its slot freed unless the id was reused since.
-                        lane.remove(&id);
-                        generations.remove(&id);
-                        let mut ops = lock_ops(&operations);
-                        if ops.route(&id) == Some(Route::Lane(generation)) {
-                            ops.release(&id);
-                            burst.push(message.text);
-                        }
-                    } else if lock_ops(&operations).route(&id) == Some(Route::Lane(generation)) {
-                        burst.push(message.text);
-                    }
-                    if burst.len() >= MAX_BURST {
-                        break;
-                    }
-                    next = lane.next().now_or_never().flatten();
-                }
-                if burst.is_empty() {
-                    Ok(())
-                } else {
-                    let burst = burst.into_iter().map(|text| Message::Text(text.into()));
-                    send_all_within(&mut sink, burst, send_limit).await
-                }
+                let burst = lane.take_burst(first, &operations);
+                write_burst(&mut sink, burst, send_limit).await
             }
-            Some(command) = lane_commands.recv() => match command {
-                LaneCommand::Start { id, generation, messages } => {
-                    generations.insert(id.clone(), generation);
-                    lane.insert(id, messages);
-                    Ok(())
-                }
-                LaneCommand::Stop { id, generation, confirm } => {
-                    if generations.get(&id) == Some(&generation) {
-                        generations.remove(&id);
-                        lane.remove(&id);
-                        if confirm {
-                            let complete = events::complete(&id);
-                            send_within(&mut sink, Message::Text(complete.into()), send_limit).await
-                        } else {
-                            Ok(())
-                        }
-                    } else {
-                        Ok(())
-                    }
-                }
+            Some(command) = lane_commands.recv() => match lane.apply(command) {
+                Some(answer) => send_within(&mut sink, Message::Text(answer.into()), send_limit).await,
+                None => Ok(()),
             },
             Some(answer) = refusals.recv() => {
                 send_within(&mut sink, Message::Text(answer.into()), send_limit).await

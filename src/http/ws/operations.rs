@@ -28,7 +28,7 @@ pub(super) struct Operations {
 pub(super) enum Admission {
     /// Counted; pass it on.
     Admitted,
-    /// Already open under this id: pass it on (the protocol answers 4409).
+    /// Already open under this id: the new one replaces it (as async-graphql does).
     Duplicate,
     /// Over a bound: answer this error for the operation instead.
     Refused(String),

@@ -289,3 +289,52 @@ async fn a_subscribe_without_an_id_closes_the_connection_whatever_serves_it() {
         other => panic!("expected 4400, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 60;
+        c.ws_max_subscriptions = 1;
+    })
+    .await;
+    let run = quiet_run(&w, "reuse").await;
+    append(
+        &w,
+        run,
+        1,
+        EventKind::Started,
+        None,
+        Some(json!({"model": "m"})),
+    )
+    .await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    // async-graphql's X, stopped, and X again for the lane, sent back to back: the stop's
+    // `complete` must not free the new X (it would then get nothing at all).
+    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": "subscription { executionUpdates { id } }"}}))
+        .await;
+    ws.send(json!({"id": "x", "type": "complete"})).await;
+    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
+    let started = ws.next_text(10).await;
+    assert!(
+        started.contains(r#""id":"x""#) && started.contains(r#""kind":"STARTED""#),
+        "{started}"
+    );
+    // The lane's X stopped, then X again for async-graphql: the confirmation comes first.
+    ws.send(json!({"id": "x", "type": "complete"})).await;
+    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": "{ __typename }"}}))
+        .await;
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
+    let answer = ws.next_text(10).await;
+    assert!(answer.starts_with(r#"{"type":"next","id":"x""#), "{answer}");
+    assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
+    // The one slot is free: a last lane subscription is admitted and served.
+    ws.send(json!({"id": "z", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+    assert!(
+        ws.next_text(10)
+            .await
+            .contains(r#""id":"z","payload":{"data""#)
+    );
+}
