@@ -48,6 +48,28 @@ async fn append(
     });
 }
 
+/// A world whose connections may hold one subscription at a time (slot accounting shows).
+async fn one_slot_world() -> World {
+    world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 60;
+        c.ws_max_subscriptions = 1;
+    })
+    .await
+}
+
+/// Stores and publishes `run`'s STARTED event (sequence 1).
+async fn started(w: &World, run: uuid::Uuid) {
+    append(
+        w,
+        run,
+        1,
+        EventKind::Started,
+        None,
+        Some(json!({"model": "m"})),
+    )
+    .await;
+}
+
 async fn signed_in(w: &World, protocol: &str) -> common::Ws {
     let mut ws = w
         .app
@@ -152,15 +174,7 @@ async fn the_shared_lane_answers_byte_for_byte_as_async_graphql_does() {
 
     // Replays alone (a finished run), compared from the first message.
     let run = quiet_run(&w, "shared").await;
-    append(
-        &w,
-        run,
-        1,
-        EventKind::Started,
-        None,
-        Some(json!({"model": "m"})),
-    )
-    .await;
+    started(&w, run).await;
     append(
         &w,
         run,
@@ -203,11 +217,7 @@ async fn the_shared_lane_answers_byte_for_byte_as_async_graphql_does() {
 
 #[tokio::test]
 async fn a_shared_subscription_the_client_completes_stops_at_once_and_frees_its_slot() {
-    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
-        c.execution_heartbeat_secs = 60;
-        c.ws_max_subscriptions = 1;
-    })
-    .await;
+    let w = one_slot_world().await;
     let run = quiet_run(&w, "shared").await;
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
     for round in 0..3 {
@@ -248,11 +258,7 @@ async fn a_shared_subscription_the_client_completes_stops_at_once_and_frees_its_
 
 #[tokio::test]
 async fn an_id_reused_after_a_shared_subscription_ended_belongs_to_its_new_operation() {
-    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
-        c.execution_heartbeat_secs = 60;
-        c.ws_max_subscriptions = 1;
-    })
-    .await;
+    let w = one_slot_world().await;
     let run = quiet_run(&w, "ended").await;
     append(&w, run, 1, EventKind::Completed, None, None).await;
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
@@ -292,21 +298,9 @@ async fn a_subscribe_without_an_id_closes_the_connection_whatever_serves_it() {
 
 #[tokio::test]
 async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
-    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
-        c.execution_heartbeat_secs = 60;
-        c.ws_max_subscriptions = 1;
-    })
-    .await;
+    let w = one_slot_world().await;
     let run = quiet_run(&w, "reuse").await;
-    append(
-        &w,
-        run,
-        1,
-        EventKind::Started,
-        None,
-        Some(json!({"model": "m"})),
-    )
-    .await;
+    started(&w, run).await;
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
     // async-graphql's X, stopped, and X again for the lane, sent back to back: the stop's
     // `complete` must not free the new X (it would then get nothing at all).
