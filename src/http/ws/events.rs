@@ -1,6 +1,6 @@
 //! The shared lane for `executionEvents`: the transport serves the usual shape of this
-//! subscription itself, so that each event is turned into JSON once per selection and the same
-//! bytes go to every subscriber, instead of async-graphql resolving and serializing the event
+//! subscription itself, so that each event is turned into JSON once per selection and copied
+//! into every subscriber's message, instead of async-graphql resolving and serializing the event
 //! once per subscriber.
 //!
 //! Why: a run watched by a thousand people publishes each event to a thousand subscriptions;
@@ -8,13 +8,15 @@
 //! resolving the event into a value tree, serializing it) was about a third of the server's CPU.
 //!
 //! What it serves: one anonymous or named subscription operation whose only root field is
-//! `executionEvents(executionId:, after:)` (literals or variables of the declared types), selecting
-//! plain fields of `ExecutionEvent` once each, with no alias, directive, fragment, argument or
-//! extension anywhere. Everything else, and every request that would fail (a bad id, another
-//! user's run, a variable of the wrong type), goes to async-graphql unchanged, which answers it
-//! with its usual error. The answers are the same message for message: the lane builds the same
-//! `Response` async-graphql would, from the same conversions, and an integration test compares
-//! the two paths' bytes.
+//! `executionEvents(executionId:, after:)` (literals or variables of the declared types),
+//! selecting plain fields of `ExecutionEvent` and `__typename` once each, with no alias,
+//! directive, fragment, argument or extension anywhere, within the configured depth and
+//! complexity. Everything else, and every request that would fail validation (a bad id, a
+//! negative `after`, a variable of the wrong type), goes to async-graphql unchanged, which
+//! answers it with its usual error. A run the viewer may not see (another user's) is refused by
+//! the lane's stream with the error item async-graphql would send, then `complete`. The answers
+//! are the same message for message: the lane builds the same `Response` async-graphql would,
+//! from the same conversions, and an integration test compares the two paths' bytes.
 //!
 //! Authorization is the resolver's own: [`live::events`](crate::executions::live::events)
 //! checks that the run is the viewer's before anything streams.
