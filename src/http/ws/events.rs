@@ -143,8 +143,8 @@ struct Subscribe {
     #[serde(rename = "type")]
     kind: String,
     /// Required, as async-graphql requires it (it closes the connection without one).
-    #[allow(dead_code)]
-    id: String,
+    #[serde(rename = "id")]
+    _id: String,
     payload: Payload,
 }
 
@@ -219,6 +219,25 @@ pub(super) fn recognize(message: &[u8], limits: Limits) -> Option<EventsRequest>
         return None;
     }
 
+    let (execution_id, after) = arguments(operation, root, &variables)?;
+    Some(EventsRequest {
+        execution_id,
+        after,
+        view: View {
+            selection: selection(&root.selection_set.node.items, limits)?,
+            pos,
+        },
+    })
+}
+
+/// The run and `after` of the root field's arguments, if they are exactly what validation
+/// accepts: every declared variable used once by an argument of its type, no default, no
+/// directive, no duplicate definition; the id a UUID and `after` 0 or more.
+fn arguments(
+    operation: &async_graphql::parser::types::OperationDefinition,
+    root: &async_graphql::parser::types::Field,
+    variables: &Map<String, Value>,
+) -> Option<(Uuid, i32)> {
     // Every declared variable must be used, exactly once, by an argument of its type.
     let definitions = &operation.variable_definitions;
     let mut used = vec![false; definitions.len()];
@@ -287,8 +306,17 @@ pub(super) fn recognize(message: &[u8], limits: Limits) -> Option<EventsRequest>
     if after < 0 {
         return None; // async-graphql answers the BAD_INPUT error
     }
+    Some((execution_id?, after))
+}
 
-    let items = &root.selection_set.node.items;
+/// The selection under the root field, if it is plain fields of `ExecutionEvent` (and
+/// `__typename`), each once, with no alias, argument or directive, within the limits. The
+/// limits are counted conservatively (`__typename` counts 1, which async-graphql does not
+/// charge): a query near them goes to async-graphql, whose answer is the same either way.
+fn selection(
+    items: &[async_graphql::Positioned<GqlSelection>],
+    limits: Limits,
+) -> Option<Selection> {
     if items.is_empty()
         || items.len() > Field::ALL.len()
         || limits.depth < 2
@@ -317,14 +345,7 @@ pub(super) fn recognize(message: &[u8], limits: Limits) -> Option<EventsRequest>
         taken.push(field);
         code |= field.code() << (3 * i);
     }
-    Some(EventsRequest {
-        execution_id: execution_id?,
-        after,
-        view: View {
-            selection: Selection(code),
-            pos,
-        },
-    })
+    Some(Selection(code))
 }
 
 /// One message of a lane subscription.

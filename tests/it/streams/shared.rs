@@ -94,6 +94,12 @@ async fn subscribe_both(ws: &mut common::Ws, variables: Value) {
         .await;
 }
 
+/// Subscribes to `run` through the shared lane as operation `id`.
+async fn subscribe_lane(ws: &mut common::Ws, id: &str, run: uuid::Uuid) {
+    ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
+        .await;
+}
+
 /// The messages of operations `a` and `b` until both completed, each with its id blanked.
 async fn both_until_complete(ws: &mut common::Ws, a: &str, b: &str) -> (Vec<String>, Vec<String>) {
     let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
@@ -222,8 +228,7 @@ async fn a_shared_subscription_the_client_completes_stops_at_once_and_frees_its_
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
     for round in 0..3 {
         let id = format!("watch-{round}");
-        ws.send(json!({"id": id, "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
-            .await;
+        subscribe_lane(&mut ws, &id, run).await;
         append(&w, run, round + 1, EventKind::OutputDelta, Some("x"), None).await;
         // It follows the run (the replay or the feed brings every event so far, in order).
         let mut seen = 0;
@@ -263,8 +268,7 @@ async fn an_id_reused_after_a_shared_subscription_ended_belongs_to_its_new_opera
     append(&w, run, 1, EventKind::Completed, None, None).await;
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
     // Served by the lane; ends by itself after the terminal event, freeing the one slot.
-    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
-        .await;
+    subscribe_lane(&mut ws, "x", run).await;
     assert!(ws.next_text(10).await.contains(r#""kind":"COMPLETED""#));
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     // The same id for a subscription async-graphql serves: admitted (the slot is free), and the
@@ -274,8 +278,7 @@ async fn an_id_reused_after_a_shared_subscription_ended_belongs_to_its_new_opera
     ws.send(json!({"id": "x", "type": "complete"})).await;
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     // The slot is free again.
-    ws.send(json!({"id": "y", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
-        .await;
+    subscribe_lane(&mut ws, "y", run).await;
     assert!(
         ws.next_text(10)
             .await
@@ -307,8 +310,7 @@ async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
     ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": "subscription { executionUpdates { id } }"}}))
         .await;
     ws.send(json!({"id": "x", "type": "complete"})).await;
-    ws.send(json!({"id": "x", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
-        .await;
+    subscribe_lane(&mut ws, "x", run).await;
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     let started = ws.next_text(10).await;
     assert!(
@@ -324,8 +326,7 @@ async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
     assert!(answer.starts_with(r#"{"type":"next","id":"x""#), "{answer}");
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     // The one slot is free: a last lane subscription is admitted and served.
-    ws.send(json!({"id": "z", "type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
-        .await;
+    subscribe_lane(&mut ws, "z", run).await;
     assert!(
         ws.next_text(10)
             .await
