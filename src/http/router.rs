@@ -10,6 +10,7 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 use tower_http::{
@@ -366,6 +367,15 @@ pub async fn serve(
     let drain = Duration::from_secs(app.config.shutdown_drain_secs);
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
     let draining = app.clone();
+    // TCP_NODELAY on every accepted socket: a WebSocket writes small frames whenever an event
+    // arrives, and with Nagle's algorithm a frame written while the previous one is not yet
+    // acknowledged waits for that acknowledgement, which a client that only listens may delay
+    // by tens of milliseconds. Answers are written whole, so nothing is sent in smaller pieces.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted socket");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

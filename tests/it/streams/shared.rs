@@ -333,3 +333,51 @@ async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
             .contains(r#""id":"z","payload":{"data""#)
     );
 }
+
+#[tokio::test]
+async fn closing_a_connection_frees_the_user_slots_its_shared_subscriptions_held() {
+    // One subscription per user across all connections: the lane's holds it.
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 60;
+        c.ws_max_subscriptions_per_user = 1;
+    })
+    .await;
+    let run = quiet_run(&w, "held").await;
+    started(&w, run).await;
+    let mut first = signed_in(&w, "graphql-transport-ws").await;
+    subscribe_lane(&mut first, "a", run).await;
+    assert!(
+        first
+            .next_text(10)
+            .await
+            .contains(r#""id":"a","payload":{"data""#)
+    );
+    // While it is open, another connection of the user is refused.
+    let mut second = signed_in(&w, "graphql-transport-ws").await;
+    subscribe_lane(&mut second, "b", run).await;
+    let refusal: Value = serde_json::from_str(&second.next_text(10).await).unwrap();
+    assert_eq!(refusal["type"], "error", "{refusal}");
+    assert!(
+        refusal["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AGENTRY_WS_MAX_SUBSCRIPTIONS_PER_USER"),
+        "{refusal}"
+    );
+    // The client goes away without completing anything.
+    drop(first);
+    // The server notices the close and gives the slot back (a moment later, hence the retries).
+    for attempt in 0.. {
+        let id = format!("c{attempt}");
+        subscribe_lane(&mut second, &id, run).await;
+        let answer: Value = serde_json::from_str(&second.next_text(10).await).unwrap();
+        if answer["type"] == "next" {
+            assert_eq!(answer["id"], id.as_str(), "{answer}");
+            assert_eq!(answer["payload"]["data"]["executionEvents"]["sequence"], 1);
+            break;
+        }
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert!(attempt < 50, "the closed connection's slot was never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
