@@ -1,6 +1,7 @@
 //! The database: connection pool, bootstrap (create the database if missing) and migrations.
 
 pub mod backup;
+pub mod reusable;
 pub mod schema;
 
 use std::{

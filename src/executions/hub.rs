@@ -448,12 +448,14 @@ pub async fn notify(
     channel: &str,
     payload: &str,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify($1, $2)")
-        .bind::<diesel::sql_types::Text, _>(channel)
-        .bind::<diesel::sql_types::Text, _>(payload)
-        .execute(conn)
-        .await
-        .map(|_| ())
+    crate::db::reusable::Reusable(
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<diesel::sql_types::Text, _>(channel)
+            .bind::<diesel::sql_types::Text, _>(payload),
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// Keeps one LISTEN connection open for the life of the process, reconnecting after a drop.

@@ -5,7 +5,10 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::schema::{execution_events, executions};
+use crate::db::{
+    reusable::Reusable,
+    schema::{execution_events, executions},
+};
 
 crate::text_enum! {
     /// Where a run is.
@@ -256,7 +259,15 @@ pub enum RunText {
     Without,
 }
 
-/// Every column of `executions` but `input` and `output`, which are empty, in one list.
+/// Every column an [`ExecutionRow`] needs, by name: listed rather than `*`, because the
+/// statement stays prepared on its connection, and a `*` whose table gained a column (another
+/// instance migrating first) would no longer match its prepared result.
+const RUN_COLUMNS: &str = "id, user_id, agent_id, api_key_id, provider, model, status, \
+    input, output, error, input_tokens, output_tokens, cost_micros, \
+    cost_estimated, last_sequence, cancel_requested, heartbeat_at, created_at, started_at, \
+    finished_at, thread_id, crew_run_id, crew_role, crew_task";
+
+/// The same with `input` and `output` empty.
 const RUN_COLUMNS_WITHOUT_TEXT: &str = "id, user_id, agent_id, api_key_id, provider, model, status, \
     ''::text AS input, ''::text AS output, error, input_tokens, output_tokens, cost_micros, \
     cost_estimated, last_sequence, cancel_requested, heartbeat_at, created_at, started_at, \
@@ -280,19 +291,22 @@ pub async fn recent_runs(
         RecentOf::CrewRun => "crew_run_id",
     };
     let columns = match text {
-        RunText::With => "*",
+        RunText::With => RUN_COLUMNS,
         RunText::Without => RUN_COLUMNS_WITHOUT_TEXT,
     };
     let sql = format!(
         "SELECT e.* FROM unnest($1::uuid[]) AS a(id) CROSS JOIN LATERAL \
          (SELECT {columns} FROM executions WHERE {parent} = a.id ORDER BY id DESC LIMIT $2) e"
     );
-    diesel::sql_query(sql)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids.to_vec())
-        .bind::<diesel::sql_types::BigInt, _>(limit)
-        .load::<ExecutionRowByName>(conn)
-        .await
-        .map(|rows| rows.into_iter().map(Into::into).collect())
+    // One of six texts (parent × columns): prepared once per connection.
+    Reusable(
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids.to_vec())
+            .bind::<diesel::sql_types::BigInt, _>(limit),
+    )
+    .load::<ExecutionRowByName>(conn)
+    .await
+    .map(|rows| rows.into_iter().map(Into::into).collect())
 }
 
 /// [`ExecutionRow`] loaded from raw SQL by column name.

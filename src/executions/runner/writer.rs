@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{FLUSH_BYTES, WRITE_PATIENCE};
 
 use crate::{
-    db::{PatientError, patient, schema::executions},
+    db::{PatientError, patient, reusable::Reusable, schema::executions},
     executions::{
         hub::{EXECUTION_CHANNEL, RUN_CHANNEL, notify},
         model::{EventKind, EventRow, ExecutionRow, ExecutionStatus},
@@ -116,7 +116,8 @@ impl<'a> Writer<'a> {
         let written = patient(&self.state.pool, WRITE_PATIENCE, "writing a run event", move |conn| {
             let (text, json) = (text.clone(), json.clone());
             Box::pin(async move {
-                diesel::sql_query(
+                // A fixed text: prepared once per connection, not parsed and planned per event.
+                Reusable(diesel::sql_query(
                     "WITH run AS ( \
                          UPDATE executions SET output = output || $2, last_sequence = $3, heartbeat_at = now() \
                          WHERE id = $1 AND status = 'RUNNING' RETURNING id), \
@@ -132,7 +133,7 @@ impl<'a> Writer<'a> {
                 .bind::<diesel::sql_types::Text, _>(RUN_CHANNEL)
                 .bind::<diesel::sql_types::Text, _>(kind)
                 .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(text.as_deref())
-                .bind::<diesel::sql_types::Nullable<diesel::sql_types::Jsonb>, _>(json)
+                .bind::<diesel::sql_types::Nullable<diesel::sql_types::Jsonb>, _>(json))
                 .execute(conn)
                 .await
             })

@@ -356,6 +356,38 @@ async fn statements_per_request_do_not_grow_with_the_number_of_agents() {
     assert!(fifty <= 8, "{fifty} statements");
 }
 
+#[tokio::test]
+async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
+    use agentry::executions::model::{RecentOf, RunText, recent_runs};
+    let w = world().await;
+    w.fake.set_stream(slow(&["ok"], 0));
+    let run = w.start("one").await;
+    w.finished(&run).await;
+    let agent: uuid::Uuid = w.agent_id.parse().unwrap();
+    let mut conn = w.app.state.pool.get().await.unwrap();
+    let first = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, RunText::Without)
+        .await
+        .unwrap();
+    let again = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, RunText::Without)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id.to_string(), run);
+    assert_eq!(again.len(), 1);
+    // Named (kept) statements of this connection; an unprepared `sql_query` leaves none. The
+    // pattern is split so that this query's own text does not match it.
+    let kept: i64 = diesel_async::RunQueryDsl::get_result(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_prepared_statements \
+              WHERE statement LIKE '%CROSS JOIN' || ' LATERAL%')",
+        )),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept, 1, "the lateral read is prepared once and reused");
+}
+
 /// Every field of a run and of a key, as async-graphql's own resolution gives it (a single
 /// `execution(id:)` / `apiKey(id:)`) and as the eager resolution of lists gives it (runs and
 /// keys under a page of agents): the same values, in the order of the selection, through
