@@ -213,7 +213,7 @@ pub async fn agents_page(
     first: Option<i32>,
     after: Option<String>,
     active: Option<bool>,
-) -> async_graphql::Result<Connection<String, Agent>> {
+) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
     let page = Page::new(first, after)?;
     let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Runs listed below these agents resolve `agent` from this, without a query.
@@ -221,7 +221,7 @@ pub async fn agents_page(
         .agents
         .feed_many(rows.iter().map(|a| (a.id, a.clone())))
         .await;
-    Ok(page.connection(rows, |a| a.id, Agent))
+    Ok(page.connection(rows, |a| a.id, |row| Eager(Agent(row))))
 }
 
 /// Agent queries.
@@ -241,7 +241,7 @@ impl AgentsQuery {
         first: Option<i32>,
         after: Option<String>,
         active: Option<bool>,
-    ) -> async_graphql::Result<Connection<String, Agent>> {
+    ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
         let viewer = request_context(ctx)?.viewer()?;
         agents_page(ctx, viewer.id(), first, after, active).await
     }

@@ -1,5 +1,5 @@
-//! Eager field resolution for objects that appear many times in one response (the runs of a
-//! page of agents, their keys).
+//! Eager field resolution for objects that appear many times in one response (a page of
+//! agents, their keys and their runs).
 //!
 //! async-graphql resolves every field of every object as a boxed future in a
 //! `FuturesUnordered`, even a field that only copies a column: the W3 profile (50 agents with

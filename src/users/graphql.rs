@@ -11,7 +11,9 @@ use crate::{
     agents::graphql::Agent,
     api_keys::graphql::ApiKey,
     error::AppError,
-    graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
+    graphql::{
+        eager::Eager, guards::RoleGuard, pagination::Page, parse_id, request_context, state,
+    },
     oauth::graphql::OAuthAccount,
     usage::{graphql::UsageReport, model::UsageGroup},
     users::{
@@ -112,7 +114,7 @@ impl User {
         first: Option<i32>,
         after: Option<String>,
         active: Option<bool>,
-    ) -> async_graphql::Result<Connection<String, Agent>> {
+    ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
         let viewer = request_context(ctx)?.viewer()?;
         if viewer.id().to_string() != self.id.as_str() {
             return Err(

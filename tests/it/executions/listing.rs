@@ -467,6 +467,45 @@ async fn eager_lists_answer_exactly_as_single_objects_do() {
         .await;
     assert_eq!(agent["apiKey"], single["data"]["apiKey"], "{listed}");
 
+    // The agents of a page: every field as `agent(id:)` gives it, and in the selection's order
+    // (async-graphql's own resolution puts the fields that wait for a DataLoader last).
+    const AGENT: &str = "__typename id name description role goal backstory provider model \
+        temperature maxOutputTokens tools config isActive createdAt updatedAt a: name \
+        ...AgentMore apiKey { name } executions(first: 1) { nodes { id } }";
+    const AGENT_MORE: &str = "fragment AgentMore on Agent { ... on Agent { m: model } }";
+    let page = w
+        .ask(
+            &format!("{{ agents(first: 5) {{ nodes {{ {AGENT} }} }} }} {AGENT_MORE}"),
+            json!({}),
+        )
+        .await;
+    let listed_agent = &page["data"]["agents"]["nodes"][0];
+    let single = w
+        .ask(
+            &format!("query($id: ID!) {{ agent(id: $id) {{ {AGENT} }} }} {AGENT_MORE}"),
+            json!({"id": listed_agent["id"]}),
+        )
+        .await;
+    assert_eq!(listed_agent, &single["data"]["agent"], "{page}");
+    let raw = w
+        .app
+        .post(
+            Some(&w.user.access),
+            &json!({"query": "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status } } model apiKey { maskedKey } role } } }"}),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let at = |key: &str| {
+        raw.find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{raw}"))
+    };
+    assert!(
+        at("executions") < at("model") && at("model") < at("apiKey") && at("apiKey") < at("role"),
+        "an agent's fields not in the selection's order: {raw}"
+    );
+
     // A response key selected twice with different sub-selections is merged, as before.
     let merged = w
         .ask(
