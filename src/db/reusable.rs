@@ -2,9 +2,14 @@
 //!
 //! diesel never caches a `sql_query` (its text could be anything), so each one costs
 //! PostgreSQL a parse and a plan, and diesel-async an extra round trip to prepare it, on every
-//! call. For the few fixed statements on hot paths (a page's runs, a run's event appends) that
-//! is most of their cost: the lateral read of a page of agents' runs spent as long being
-//! planned as being executed.
+//! call. For the few fixed statements on hot paths (a page's runs, a run's event appends,
+//! NOTIFY) that is most of their cost: the lateral read of a page of agents' runs spent as
+//! long being planned as being executed.
+//!
+//! It overrides `QueryFragment::is_safe_to_cache_prepared`, which diesel-async consults on the
+//! outer query; should a diesel or diesel-async upgrade stop doing so, the statements would
+//! silently go back to one-shot, and the test
+//! `a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection` fails.
 
 use diesel::{
     QueryResult,
@@ -32,11 +37,14 @@ impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Reusable<Q> {
 }
 
 /// No static id: the cache is keyed by the statement's text and bind types, as each wrapped
-/// query's text differs.
+/// query's text differs. (Every `Reusable` shares the id type `()`: a static id would make
+/// different statements share one cache entry, hence the assertion below.)
 impl<Q> QueryId for Reusable<Q> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
+
+const _: () = assert!(!<Reusable<diesel::query_builder::SqlQuery> as QueryId>::HAS_STATIC_QUERY_ID);
 
 impl<Q: Query> Query for Reusable<Q> {
     type SqlType = Q::SqlType;

@@ -448,6 +448,7 @@ pub async fn notify(
     channel: &str,
     payload: &str,
 ) -> diesel::QueryResult<()> {
+    // A fixed text, sent with every run start and end: prepared once per connection.
     crate::db::reusable::Reusable(
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<diesel::sql_types::Text, _>(channel)

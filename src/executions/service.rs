@@ -46,11 +46,14 @@ pub async fn lock_user(
     conn: &mut diesel_async::AsyncPgConnection,
     user_id: Uuid,
 ) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7220431))")
-        .bind::<diesel::sql_types::Text, _>(user_id.to_string())
-        .execute(conn)
-        .await
-        .map(|_| ())
+    // A fixed text, sent with every run start: prepared once per connection.
+    crate::db::reusable::Reusable(
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7220431))")
+            .bind::<diesel::sql_types::Text, _>(user_id.to_string()),
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// The key an agent runs on, or why it cannot run (inactive agent, key deleted or inactive).
