@@ -206,13 +206,19 @@ pub async fn recent_runs(
     crew_ids: &[Uuid],
     limit: i64,
 ) -> QueryResult<Vec<CrewRunRow>> {
-    // One lateral read per crew, each on the (crew_id, id DESC) index.
-    diesel::sql_query(
-        "SELECT r.* FROM unnest($1::uuid[]) AS c(id) \
-         CROSS JOIN LATERAL (SELECT * FROM crew_runs WHERE crew_id = c.id ORDER BY id DESC LIMIT $2) r",
+    // One lateral read per crew, each on the (crew_id, id DESC) index. A fixed text, prepared
+    // once per connection; its columns are named, as a prepared `*` would fail once the table
+    // gains a column.
+    crate::db::reusable::Reusable(
+        diesel::sql_query(
+            "SELECT r.* FROM unnest($1::uuid[]) AS c(id) CROSS JOIN LATERAL \
+             (SELECT id, user_id, crew_id, crew_name, process, inputs, status, output, error, \
+                     cancel_requested, heartbeat_at, created_at, started_at, finished_at \
+              FROM crew_runs WHERE crew_id = c.id ORDER BY id DESC LIMIT $2) r",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(crew_ids.to_vec())
+        .bind::<diesel::sql_types::BigInt, _>(limit),
     )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(crew_ids.to_vec())
-    .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(conn)
     .await
 }

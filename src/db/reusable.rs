@@ -2,9 +2,9 @@
 //!
 //! diesel never caches a `sql_query` (its text could be anything), so each one costs
 //! PostgreSQL a parse and a plan, and diesel-async an extra round trip to prepare it, on every
-//! call. For the few fixed statements on hot paths (a page's runs, a run's event appends,
-//! NOTIFY) that is most of their cost: the lateral read of a page of agents' runs spent as
-//! long being planned as being executed.
+//! call. For the few fixed statements on hot paths (the runs of a page of agents or crews, a
+//! run's event appends, NOTIFY, a run start's lock) that is most of their cost: the lateral
+//! read of a page of agents' runs spent as long being planned as being executed.
 //!
 //! It overrides `QueryFragment::is_safe_to_cache_prepared`, which diesel-async consults on the
 //! outer query; should a diesel or diesel-async upgrade stop doing so, the statements would
