@@ -259,19 +259,29 @@ pub enum RunText {
     Without,
 }
 
-/// Every column an [`ExecutionRow`] needs, by name: listed rather than `*`, because the
-/// statement stays prepared on its connection, and a `*` whose table gained a column (another
-/// instance migrating first) would no longer match its prepared result.
-const RUN_COLUMNS: &str = "id, user_id, agent_id, api_key_id, provider, model, status, \
-    input, output, error, input_tokens, output_tokens, cost_micros, \
-    cost_estimated, last_sequence, cancel_requested, heartbeat_at, created_at, started_at, \
-    finished_at, thread_id, crew_run_id, crew_role, crew_task";
+/// Every column an [`ExecutionRow`] needs, by name, with the given expressions for `input` and
+/// `output`: listed rather than `*`, because the statement stays prepared on its connection, and
+/// a `*` whose table gained a column (another instance migrating first) would no longer match
+/// its prepared result.
+macro_rules! run_columns {
+    ($input:literal, $output:literal) => {
+        concat!(
+            "id, user_id, agent_id, api_key_id, provider, model, status, ",
+            $input,
+            ", ",
+            $output,
+            ", error, input_tokens, output_tokens, cost_micros, cost_estimated, last_sequence, \
+             cancel_requested, heartbeat_at, created_at, started_at, finished_at, thread_id, \
+             crew_run_id, crew_role, crew_task"
+        )
+    };
+}
 
-/// The same with `input` and `output` empty.
-const RUN_COLUMNS_WITHOUT_TEXT: &str = "id, user_id, agent_id, api_key_id, provider, model, status, \
-    ''::text AS input, ''::text AS output, error, input_tokens, output_tokens, cost_micros, \
-    cost_estimated, last_sequence, cancel_requested, heartbeat_at, created_at, started_at, \
-    finished_at, thread_id, crew_run_id, crew_role, crew_task";
+/// The whole rows.
+const RUN_COLUMNS: &str = run_columns!("input", "output");
+
+/// The rows with `input` and `output` empty.
+const RUN_COLUMNS_WITHOUT_TEXT: &str = run_columns!("''::text AS input", "''::text AS output");
 
 /// The newest `limit` runs of each agent (thread, crew run) in `ids`, in one statement
 /// (DataLoader), each parent's newest first.

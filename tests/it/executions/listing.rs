@@ -392,6 +392,29 @@ async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
     );
 }
 
+/// Checks that `keys` first appear in this order in the raw response text to `query` (read from
+/// the text because `Value` sorts object keys).
+async fn keys_in_order(w: &World, query: &str, keys: &[&str]) {
+    let raw = w
+        .app
+        .post(Some(&w.user.access), &json!({ "query": query }))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let at: Vec<usize> = keys
+        .iter()
+        .map(|key| {
+            raw.find(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("no {key}: {raw}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|pair| pair[0] < pair[1]),
+        "not in the selection's order {keys:?}: {raw}"
+    );
+}
+
 /// Every field of a run and of a key, as async-graphql's own resolution gives it (a single
 /// `execution(id:)` / `apiKey(id:)`) and as the eager resolution of lists gives it (runs and
 /// keys under a page of agents): the same values, in the order of the selection, through
@@ -438,27 +461,12 @@ async fn eager_lists_answer_exactly_as_single_objects_do() {
         assert_eq!(run, &single["data"]["execution"], "run {id}");
     }
     // Keys come in the order of the selection (read from the raw text: `Value` sorts them).
-    let raw = w
-        .app
-        .post(
-            Some(&w.user.access),
-            &json!({"query": "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status id agent { name } __typename costUsd } } } } }"}),
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
-    let at = |key: &str| {
-        raw.find(&format!("\"{key}\":"))
-            .unwrap_or_else(|| panic!("{raw}"))
-    };
-    assert!(
-        at("status") < at("id")
-            && at("id") < at("agent")
-            && at("agent") < at("__typename")
-            && at("__typename") < at("costUsd"),
-        "not in the selection's order: {raw}"
-    );
+    keys_in_order(
+        &w,
+        "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status id agent { name } __typename costUsd } } } } }",
+        &["status", "id", "agent", "__typename", "costUsd"],
+    )
+    .await;
     assert_eq!(runs[1]["status"], "SUCCEEDED");
     assert_eq!(runs[0]["status"], "FAILED");
     assert!(runs[0]["error"].is_string(), "{}", runs[0]);
@@ -491,24 +499,12 @@ async fn eager_lists_answer_exactly_as_single_objects_do() {
         )
         .await;
     assert_eq!(listed_agent, &single["data"]["agent"], "{page}");
-    let raw = w
-        .app
-        .post(
-            Some(&w.user.access),
-            &json!({"query": "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status } } model apiKey { maskedKey } role } } }"}),
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
-    let at = |key: &str| {
-        raw.find(&format!("\"{key}\":"))
-            .unwrap_or_else(|| panic!("{raw}"))
-    };
-    assert!(
-        at("executions") < at("model") && at("model") < at("apiKey") && at("apiKey") < at("role"),
-        "an agent's fields not in the selection's order: {raw}"
-    );
+    keys_in_order(
+        &w,
+        "{ agents(first: 1) { nodes { executions(first: 1) { nodes { status } } model apiKey { maskedKey } role } } }",
+        &["executions", "model", "apiKey", "role"],
+    )
+    .await;
 
     // A response key selected twice with different sub-selections is merged, as before.
     let merged = w

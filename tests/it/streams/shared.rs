@@ -100,6 +100,17 @@ async fn subscribe_lane(ws: &mut common::Ws, id: &str, run: uuid::Uuid) {
         .await;
 }
 
+/// Subscribes as [`subscribe_lane`] does and checks that the operation is served: its first
+/// message is `id`'s data (not a refusal).
+async fn subscribe_served(ws: &mut common::Ws, id: &str, run: uuid::Uuid) {
+    subscribe_lane(ws, id, run).await;
+    let first = ws.next_text(10).await;
+    assert!(
+        first.contains(&format!(r#""id":"{id}","payload":{{"data""#)),
+        "{first}"
+    );
+}
+
 /// The messages of operations `a` and `b` until both completed, each with its id blanked.
 async fn both_until_complete(ws: &mut common::Ws, a: &str, b: &str) -> (Vec<String>, Vec<String>) {
     let (mut of_a, mut of_b) = (Vec::new(), Vec::new());
@@ -278,12 +289,7 @@ async fn an_id_reused_after_a_shared_subscription_ended_belongs_to_its_new_opera
     ws.send(json!({"id": "x", "type": "complete"})).await;
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     // The slot is free again.
-    subscribe_lane(&mut ws, "y", run).await;
-    assert!(
-        ws.next_text(10)
-            .await
-            .contains(r#""id":"y","payload":{"data""#)
-    );
+    subscribe_served(&mut ws, "y", run).await;
 }
 
 #[tokio::test]
@@ -326,12 +332,7 @@ async fn stopping_and_reusing_an_id_at_once_keeps_every_answer_in_order() {
     assert!(answer.starts_with(r#"{"type":"next","id":"x""#), "{answer}");
     assert_eq!(ws.next_text(10).await, r#"{"type":"complete","id":"x"}"#);
     // The one slot is free: a last lane subscription is admitted and served.
-    subscribe_lane(&mut ws, "z", run).await;
-    assert!(
-        ws.next_text(10)
-            .await
-            .contains(r#""id":"z","payload":{"data""#)
-    );
+    subscribe_served(&mut ws, "z", run).await;
 }
 
 #[tokio::test]
@@ -345,13 +346,7 @@ async fn closing_a_connection_frees_the_user_slots_its_shared_subscriptions_held
     let run = quiet_run(&w, "held").await;
     started(&w, run).await;
     let mut first = signed_in(&w, "graphql-transport-ws").await;
-    subscribe_lane(&mut first, "a", run).await;
-    assert!(
-        first
-            .next_text(10)
-            .await
-            .contains(r#""id":"a","payload":{"data""#)
-    );
+    subscribe_served(&mut first, "a", run).await;
     // While it is open, another connection of the user is refused.
     let mut second = signed_in(&w, "graphql-transport-ws").await;
     subscribe_lane(&mut second, "b", run).await;
