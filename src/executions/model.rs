@@ -157,6 +157,14 @@ impl ExecutionRow {
     }
 }
 
+/// The time to stamp on a new event: now, to the microsecond, which is all a `timestamptz`
+/// keeps. The event is published live with the same value it is stored with, so a watcher and
+/// a later reader of the history (or a replay after a reconnect) see the same `at`.
+pub fn event_time() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// A row of `execution_events`.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = execution_events, check_for_backend(diesel::pg::Pg))]

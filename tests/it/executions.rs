@@ -134,7 +134,7 @@ impl World {
             .app
             .gql_as(
                 Some(&self.user.access),
-                "query($id: ID!) { execution(id: $id) { events(first: 1000) { sequence kind delta data } } }",
+                "query($id: ID!) { execution(id: $id) { events(first: 1000) { sequence kind delta data at } } }",
                 json!({"id": id}),
             )
             .await;
@@ -297,6 +297,11 @@ async fn a_run_streams_every_token_in_order_over_a_websocket_and_is_kept() {
     assert_eq!(stored["costUsd"].as_f64(), Some(0.00066));
     assert_eq!(stored["costEstimated"], false);
     assert!(stored["startedAt"].is_string() && stored["finishedAt"].is_string());
+
+    // What was seen live is what the history keeps, `at` included (to the microsecond).
+    let fields = |e: &Value| json!([e["sequence"], e["kind"], e["delta"], e["data"], e["at"]]);
+    let kept: Vec<Value> = w.events(&id).await.iter().map(fields).collect();
+    assert_eq!(events.iter().map(fields).collect::<Vec<_>>(), kept);
 
     // The provider got the documented request, with the prompt built from the agent.
     let request = w

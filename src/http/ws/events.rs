@@ -416,9 +416,10 @@ const RENDERED_KEPT: usize = 64;
 /// Larger payloads are rendered per subscriber rather than kept.
 const RENDERED_MAX_BYTES: usize = 64 * 1024;
 
-/// (run, sequence, when in nanoseconds, selection, payload): `at` is in the key because a
-/// runner publishes it to nanoseconds and the table keeps microseconds, so the same event
-/// read back from the table is a different text.
+/// (run, sequence, when in nanoseconds, selection, payload). Runners stamp events with the
+/// microsecond the table keeps (`event_time`), so a published event and its copy read back
+/// from the table share a rendering; `at` stays in the key so that an event published by
+/// anything else (a test, a future writer) can never be served another's text.
 type Rendered = (Uuid, i32, i64, u32, Rc<str>);
 
 /// The `payload` of the message for `event`, as async-graphql would serialize it.

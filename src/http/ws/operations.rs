@@ -156,13 +156,16 @@ pub(super) enum OperationMessage {
 /// The kind and id of a message that starts or ends an operation. Parsed into owned values,
 /// exactly as leniently as the protocol library parses it (escapes such as `subscrib\u0065`
 /// included), so no operation slips past the count.
+///
+/// `None` for anything else, including a `subscribe` or `complete` without an `id`: such a
+/// message passes on untouched to async-graphql, which refuses it (close 4400). Reading a
+/// missing id as `""` would let it stop or start an operation a client had named `""`.
 pub(super) fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, String)> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         #[serde(rename = "type")]
         kind: String,
-        #[serde(default)]
-        id: Option<String>,
+        id: String,
     }
     let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
     let kind = match envelope.kind.as_str() {
@@ -170,5 +173,5 @@ pub(super) fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, Strin
         "complete" | "stop" => OperationMessage::Stop,
         _ => return None,
     };
-    Some((kind, envelope.id.unwrap_or_default()))
+    Some((kind, envelope.id))
 }

@@ -22,7 +22,8 @@ async fn append(
     delta: Option<&str>,
     data: Option<Value>,
 ) {
-    let at = chrono::Utc::now();
+    // Stamped as runners stamp events: to the microsecond the table keeps.
+    let at = agentry::executions::model::event_time();
     let delta_sql = delta.map_or("NULL".into(), |d| format!("'{}'", d.replace('\'', "''")));
     let data_sql = data.as_ref().map_or("NULL".into(), |d| {
         format!("'{}'::jsonb", d.to_string().replace('\'', "''"))
@@ -36,8 +37,6 @@ async fn append(
             at.to_rfc3339()
         ))
         .await;
-    // What the database keeps (microseconds) is what a replay reads: publish that.
-    let at = chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap();
     w.app.state.hub.publish(EventRow {
         execution_id: run,
         sequence,
@@ -299,6 +298,22 @@ async fn a_subscribe_without_an_id_closes_the_connection_whatever_serves_it() {
     let mut ws = signed_in(&w, "graphql-transport-ws").await;
     ws.send(json!({"type": "subscribe", "payload": {"query": LANE, "variables": {"id": run}}}))
         .await;
+    match ws.next(10).await {
+        WsEvent::Closed(code, _) => assert_eq!(code, 4400),
+        other => panic!("expected 4400, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_complete_without_an_id_closes_the_connection_and_stops_nothing() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| c.execution_heartbeat_secs = 60).await;
+    let run = quiet_run(&w, "empty id").await;
+    started(&w, run).await;
+    let mut ws = signed_in(&w, "graphql-transport-ws").await;
+    // An operation a raw client named "" (the protocol library accepts it); served by the lane.
+    subscribe_served(&mut ws, "", run).await;
+    // A `complete` that names no operation is malformed, not a stop of operation "".
+    ws.send(json!({"type": "complete"})).await;
     match ws.next(10).await {
         WsEvent::Closed(code, _) => assert_eq!(code, 4400),
         other => panic!("expected 4400, got {other:?}"),
