@@ -194,7 +194,7 @@ pub(super) async fn finish(
             "error": ending.error,
         })
     });
-    let at = crate::executions::model::event_time();
+    let at = model::event_time();
     let stored = events.clone();
     let ended = patient(&state.pool, WRITE_PATIENCE, "ending a run", move |conn| {
         let error = ending.error.clone();

@@ -17,7 +17,7 @@ use crate::{
     db::{PatientError, patient, reusable::Reusable, schema::executions},
     executions::{
         hub::{EXECUTION_CHANNEL, RUN_CHANNEL, notify},
-        model::{EventKind, EventRow, ExecutionRow, ExecutionStatus},
+        model::{self, EventKind, EventRow, ExecutionRow, ExecutionStatus},
     },
     state::AppState,
 };
@@ -108,7 +108,7 @@ impl<'a> Writer<'a> {
     ) -> anyhow::Result<bool> {
         let sequence = self.sequence + 1;
         let id = self.execution.id;
-        let at = crate::executions::model::event_time();
+        let at = model::event_time();
         let (text, json) = (delta.clone(), data.clone());
         // One statement: append the event (and the output), refresh the heartbeat and NOTIFY
         // other processes, but only while the run is still RUNNING. One statement is one
@@ -213,7 +213,7 @@ pub(super) async fn start(
     execution: &ExecutionRow,
 ) -> anyhow::Result<Option<bool>> {
     let (id, user_id) = (execution.id, execution.user_id);
-    let at = crate::executions::model::event_time();
+    let at = model::event_time();
     let data = json!({"model": execution.model, "provider": execution.provider});
     let event_data = data.clone();
     let started = patient(&state.pool, WRITE_PATIENCE, "starting a run", move |conn| {

@@ -409,7 +409,7 @@ pub(super) struct View {
     pos: Pos,
 }
 
-/// Payloads rendered on this thread lately: (run, sequence, selection) → the `payload` JSON.
+/// Payloads rendered on this thread lately: (run, sequence, `at`, selection) → the `payload` JSON.
 /// An event's content never changes once stored, so a rendering serves every subscriber of
 /// the same selection; each worker thread renders an event at most once in the usual case.
 const RENDERED_KEPT: usize = 64;

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use async_graphql::http::WebSocketProtocols;
+use async_graphql::http::{ClientMessage, WebSocketProtocols};
 
 /// Who serves an open operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,25 +153,19 @@ pub(super) enum OperationMessage {
     Stop,
 }
 
-/// The kind and id of a message that starts or ends an operation. Parsed into owned values,
-/// exactly as leniently as the protocol library parses it (escapes such as `subscrib\u0065`
-/// included), so no operation slips past the count.
+/// The kind and id of a message that starts or ends an operation, read by the protocol
+/// library's own parser (`ClientMessage`), so that exactly what it would start is counted: an
+/// escaped spelling such as `subscrib\u0065`, or the JSON array form `["subscribe", id,
+/// payload]` its tagged enum also accepts. A hand-written envelope missed the array form, and
+/// such subscribes ran outside the rate limit and the subscription bounds.
 ///
-/// `None` for anything else, including a `subscribe` or `complete` without an `id`: such a
-/// message passes on untouched to async-graphql, which refuses it (close 4400). Reading a
-/// missing id as `""` would let it stop or start an operation a client had named `""`.
+/// `None` for anything else, including what the library refuses (a `subscribe` or `complete`
+/// without an `id`): such a message passes on untouched and the library closes the socket
+/// (4400), rather than it acting on an operation a client had named `""`.
 pub(super) fn operation_message(bytes: &[u8]) -> Option<(OperationMessage, String)> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        #[serde(rename = "type")]
-        kind: String,
-        id: String,
+    match ClientMessage::from_bytes(bytes).ok()? {
+        ClientMessage::Start { id, .. } => Some((OperationMessage::Start, id)),
+        ClientMessage::Stop { id } => Some((OperationMessage::Stop, id)),
+        _ => None,
     }
-    let envelope: Envelope = serde_json::from_slice(bytes).ok()?;
-    let kind = match envelope.kind.as_str() {
-        "subscribe" | "start" => OperationMessage::Start,
-        "complete" | "stop" => OperationMessage::Stop,
-        _ => return None,
-    };
-    Some((kind, envelope.id))
 }

@@ -260,19 +260,37 @@ async fn a_client_that_stops_reading_is_closed_without_stalling_other_subscriber
 
 #[tokio::test]
 async fn operation_messages_spelled_with_escapes_are_counted_by_the_rate_limit() {
+    // `subscrib\u0065` is "subscribe" to any JSON parser, and the protocol library runs it.
+    six_operations_are_rate_limited("escapes@example.com", |id| {
+        format!(
+            r#"{{"id":"{id}","type":"subscrib\u0065","payload":{{"query":"{{ __typename }}"}}}}"#
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn operation_messages_sent_as_arrays_are_counted_by_the_rate_limit() {
+    // The protocol library's message type is a serde tagged enum, which also reads a JSON
+    // array (the tag, then the fields in order) and runs it as a subscribe.
+    six_operations_are_rate_limited("arrays@example.com", |id| {
+        format!(r#"["subscribe","{id}",{{"query":"{{ __typename }}"}}]"#)
+    })
+    .await;
+}
+
+/// Sends six operations spelled by `spell` under a rate limit of one per second with a burst
+/// of two: the connection is closed with 4429 before more than three have run.
+async fn six_operations_are_rate_limited(email: &str, spell: fn(u32) -> String) {
     let app = TestApp::spawn_with(|c| {
         c.rate_limit_per_second = 1;
         c.rate_limit_burst = 2;
     })
     .await;
-    let user = app.register("escapes@example.com").await;
+    let user = app.register(email).await;
     let mut ws = signed_in(&app, &user.access).await;
     for id in 1..=6 {
-        // `subscrib\u0065` is "subscribe" to any JSON parser, and the protocol library runs it.
-        ws.send_text(format!(
-            r#"{{"id":"{id}","type":"subscrib\u0065","payload":{{"query":"{{ __typename }}"}}}}"#
-        ))
-        .await;
+        ws.send_text(spell(id)).await;
     }
     let mut answered = 0;
     loop {
