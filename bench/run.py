@@ -1214,7 +1214,7 @@ def markdown(r):
         "",
         "| workload | measured | ratio to baseline | target (ARCHITECTURE.md) |",
         "|---|---|---|---|",
-        f"| W1 `{{ __typename }}` | {f(w['W1']['rps'])} req/s, p99 {f(w['W1']['p99_ms'], 2)} ms | **{q['W1_vs_bare_axum']:.2f}** × bare axum | ≥ 0.45 {mark(q['W1_vs_bare_axum'] >= 0.45)} |",
+        f"| W1 `{{ __typename }}` | {f(w['W1']['rps'])} req/s, p99 {f(w['W1']['p99_ms'], 2)} ms | **{q['W1_vs_bare_axum']:.3f}** × bare axum | ≥ 0.45 {mark(q['W1_vs_bare_axum'] >= 0.45)} |",
         f"| W2 `me {{ id email }}` (max) | {f(w['W2']['rps'])} req/s | **{q['W2_vs_pgbench']:.2f}** × pgbench TPS | ≥ 0.35 {mark(q['W2_vs_pgbench'] >= 0.35)} |",
         f"| W2 at half load ({f(w['W2_half']['rps'])} req/s) | p50 {f(w['W2_half']['p50_ms'], 2)} ms, p99 {f(w['W2_half']['p99_ms'], 2)} ms | p99 = {w['W2_half']['p99_ms'] / w['W2_half']['p50_ms']:.1f} × p50 | |",
         f"| W3 `agents(first: 50)` + apiKey + executions(first: 5) | {f(w['W3']['rps'])} req/s, p99 {f(w['W3']['p99_ms'], 1)} ms | {q['W3_vs_pgbench']:.3f} × pgbench TPS; p99 {q['W3_p99_first50_vs_first1']:.2f} × `first: 1`'s | statements don't grow with N |",
