@@ -113,7 +113,8 @@ impl ApiKey {
     }
 
     /// Runs on this key, tokens and cost, optionally between `since` (inclusive) and `until`
-    /// (exclusive), by the time each run started.
+    /// (exclusive), by the time each run was accepted (`Execution.createdAt`), as `me.usage`
+    /// counts them.
     async fn usage(
         &self,
         ctx: &Context<'_>,

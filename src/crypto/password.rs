@@ -1,10 +1,19 @@
-//! Passwords: the policy (length, zxcvbn strength) and bcrypt hashing on the blocking pool.
+//! Passwords: the policy (length, zxcvbn strength) and bcrypt hashing off the async runtime.
 //!
 //! bcrypt reads at most 72 bytes. Rather than truncate silently (or refuse long passphrases),
 //! the password is first condensed with HMAC-SHA-256 into 44 base64 bytes, which bcrypt then
 //! hashes with `non_truncating_hash`: every byte of the password counts.
+//!
+//! Hashes run on threads of their own, one per core, at a lower CPU priority
+//! ([`HASHING_NICENESS`]) than the runtime's workers. A hash at cost 12 is a quarter of a
+//! second of pure CPU; at the same priority, a burst of logins took half the machine from
+//! every other request (W2's p99 rose about 4× while logins ran). Lower, the scheduler gives a
+//! contended core to requests first, and an idle core still hashes at full speed.
 
-use std::sync::Arc;
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, mpsc},
+};
 
 use anyhow::Context;
 use base64::Engine;
@@ -22,24 +31,36 @@ pub const MAX_LEN: usize = 128;
 /// Lowest acceptable zxcvbn score (0–4).
 const MIN_SCORE: u8 = 3;
 
+/// How many nice(1) steps below the rest of the process the hashing threads run: at 10, the
+/// kernel's fair scheduler weighs a hash against a runtime worker about 1 to 9 on a busy core.
+const HASHING_NICENESS: i32 = 10;
+
+/// Work for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// Hashes and verifies passwords at the configured cost, never on the async runtime.
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    /// Bounds concurrent hashes so logins cannot exhaust the blocking pool or starve requests.
+    /// Bounds concurrent hashes (one per core) so a flood of logins queues here, holding no
+    /// thread and no password material, and cannot starve requests.
     permits: Arc<Semaphore>,
+    /// The hashing threads' queue; they end when the last clone of the hasher is dropped.
+    jobs: mpsc::Sender<Job>,
     /// A hash of a random password, verified against when an email is unknown, so that a failed
     /// login takes the same time whether or not the account exists.
     dummy: Arc<OnceCell<String>>,
 }
 
 impl PasswordHasher {
-    /// A hasher with bcrypt `cost`, running at most one hash per CPU core at a time.
+    /// A hasher with bcrypt `cost`, running at most one hash per CPU core at a time on its own
+    /// lower-priority threads.
     pub fn new(cost: u32) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             cost,
             permits: Arc::new(Semaphore::new(cores)),
+            jobs: start_threads(cores),
             dummy: Arc::new(OnceCell::new()),
         }
     }
@@ -90,10 +111,72 @@ impl PasswordHasher {
             .acquire()
             .await
             .context("password hasher closed")?;
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task failed")??;
-        Ok(result)
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
+        });
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // No hashing thread could be started: the blocking pool, at normal priority.
+            tokio::task::spawn_blocking(job)
+                .await
+                .context("password hashing task failed")?;
+        }
+        Ok(result.await.context("password hashing failed")??)
+    }
+}
+
+/// Starts `count` hashing threads that take jobs from one queue, each at the lower priority.
+/// A thread that cannot be started is logged; with none, the queue is closed and hashes fall
+/// back to the blocking pool.
+fn start_threads(count: usize) -> mpsc::Sender<Job> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..count {
+        let queue = queue.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("bcrypt-{i}"))
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    // The lock is held while waiting for a job, not while running it.
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .recv();
+                    let Ok(job) = next else {
+                        break; // the hasher was dropped
+                    };
+                    // A panicking hash fails its own request (its answer channel is dropped),
+                    // not the thread.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "could not start a password-hashing thread");
+        }
+    }
+    jobs
+}
+
+/// Lowers the calling thread's CPU priority by [`HASHING_NICENESS`] (on Linux the nice value
+/// belongs to the thread, not the process); where that fails, the thread keeps its priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory
+        // of this process.
+        let failed = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            let lower = (current + HASHING_NICENESS).min(19);
+            libc::setpriority(libc::PRIO_PROCESS, tid, lower) != 0
+        };
+        if failed {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the password-hashing threads' CPU priority"
+            );
+        }
     }
 }
 
@@ -170,6 +253,46 @@ mod tests {
         other.push('!');
         assert!(!hasher.verify(&secret(&other), Some(&hash)).await.unwrap());
         assert!(!hasher.verify(&secret(&long), None).await.unwrap());
+    }
+
+    /// This thread's nice value (field 19 of /proc/thread-self/stat, after the name's ')').
+    fn nice_here() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn hashes_run_on_their_own_threads_below_the_runtimes_priority() {
+        let hasher = PasswordHasher::new(4);
+        let (name, nice) = hasher
+            .blocking(|| {
+                let name = std::thread::current().name().map(str::to_owned);
+                Ok((name, nice_here()))
+            })
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("bcrypt-"));
+        assert_eq!(nice, (nice_here() + HASHING_NICENESS).min(19));
+        // A panicking job fails its caller and leaves the threads serving.
+        let err = hasher
+            .blocking(|| -> anyhow::Result<()> { panic!("boom") })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AppError::Internal(e) if e.to_string() == "password hashing failed"),
+            "{err:?}"
+        );
+        let hash = hasher
+            .hash(&secret("violet-harbor-canoe-92"))
+            .await
+            .unwrap();
+        assert!(
+            hasher
+                .verify(&secret("violet-harbor-canoe-92"), Some(&hash))
+                .await
+                .unwrap()
+        );
     }
 
     #[test]
