@@ -4,11 +4,12 @@
 //! the password is first condensed with HMAC-SHA-256 into 44 base64 bytes, which bcrypt then
 //! hashes with `non_truncating_hash`: every byte of the password counts.
 //!
-//! Hashes run on threads of their own, one per core, at a lower CPU priority
-//! ([`HASHING_NICENESS`]) than the runtime's workers. A hash at cost 12 is a quarter of a
-//! second of pure CPU; at the same priority, a burst of logins took half the machine from
-//! every other request (W2's p99 rose about 4× while logins ran). Lower, the scheduler gives a
-//! contended core to requests first, and an idle core still hashes at full speed.
+//! Hashes run on threads of their own, one per core, under Linux's `SCHED_IDLE` policy (see
+//! [`lower_priority`]). A hash at cost 12 is a quarter of a second of pure CPU; at the
+//! workers' priority a burst of logins took the cores from every other request. Under
+//! `SCHED_IDLE` any other thread that wakes takes the core from a hash at once, and a core
+//! with nothing else to do still hashes at full speed (bench/README.md has the A/B: `me`'s
+//! p99 while logins run falls to what it is without them, at the same logins/s).
 
 use std::{
     panic::AssertUnwindSafe,
@@ -31,8 +32,8 @@ pub const MAX_LEN: usize = 128;
 /// Lowest acceptable zxcvbn score (0–4).
 const MIN_SCORE: u8 = 3;
 
-/// How many nice(1) steps below the rest of the process the hashing threads run: at 10, the
-/// kernel's fair scheduler weighs a hash against a runtime worker about 1 to 9 on a busy core.
+/// Where `SCHED_IDLE` cannot be set: how many nice(1) steps below the rest of the process
+/// the hashing threads run (at 10 the scheduler weighs a hash against a worker about 1 to 9).
 const HASHING_NICENESS: i32 = 10;
 
 /// Work for a hashing thread.
@@ -158,18 +159,25 @@ fn start_threads(count: usize) -> mpsc::Sender<Job> {
     jobs
 }
 
-/// Lowers the calling thread's CPU priority by [`HASHING_NICENESS`] (on Linux the nice value
-/// belongs to the thread, not the process); where that fails, the thread keeps its priority.
+/// Lowers the calling thread's CPU priority: `SCHED_IDLE` (it runs when nothing else wants
+/// the core, and yields it the moment something does; it still gets a sliver of a saturated
+/// core, so logins slow down under full load but do not stop), else nice +[`HASHING_NICENESS`].
+/// On Linux both belong to the thread, not the process. Where both fail, the thread keeps its
+/// priority. Lowering a thread's own priority needs no privilege.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid, getpriority and setpriority take plain integers and touch no memory
-        // of this process.
+        let idle = libc::sched_param { sched_priority: 0 };
+        // SAFETY: gettid, sched_setscheduler, getpriority and setpriority take plain integers
+        // and a pointer to a sched_param that lives across the call; they touch no other
+        // memory of this process.
         let failed = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-            let lower = (current + HASHING_NICENESS).min(19);
-            libc::setpriority(libc::PRIO_PROCESS, tid, lower) != 0
+            let tid = libc::syscall(libc::SYS_gettid);
+            libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_IDLE, &idle) != 0 && {
+                let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+                let lower = (current + HASHING_NICENESS).min(19);
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, lower) != 0
+            }
         };
         if failed {
             tracing::warn!(
@@ -255,25 +263,31 @@ mod tests {
         assert!(!hasher.verify(&secret(&long), None).await.unwrap());
     }
 
-    /// This thread's nice value (field 19 of /proc/thread-self/stat, after the name's ')').
-    fn nice_here() -> i32 {
+    /// This thread's scheduling policy (field 41 of /proc/thread-self/stat, counted after the
+    /// name's ')').
+    fn policy_here() -> u32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+        after_name.split(' ').nth(38).unwrap().parse().unwrap()
     }
 
     #[tokio::test]
     async fn hashes_run_on_their_own_threads_below_the_runtimes_priority() {
         let hasher = PasswordHasher::new(4);
-        let (name, nice) = hasher
+        let (name, policy) = hasher
             .blocking(|| {
                 let name = std::thread::current().name().map(str::to_owned);
-                Ok((name, nice_here()))
+                Ok((name, policy_here()))
             })
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("bcrypt-"));
-        assert_eq!(nice, (nice_here() + HASHING_NICENESS).min(19));
+        assert_eq!(policy, libc::SCHED_IDLE as u32);
+        assert_eq!(
+            policy_here(),
+            libc::SCHED_OTHER as u32,
+            "the runtime keeps its policy"
+        );
         // A panicking job fails its caller and leaves the threads serving.
         let err = hasher
             .blocking(|| -> anyhow::Result<()> { panic!("boom") })
