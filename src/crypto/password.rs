@@ -8,8 +8,8 @@
 //! [`lower_priority`]). A hash at cost 12 is a quarter of a second of pure CPU; at the
 //! workers' priority a burst of logins took the cores from every other request. Under
 //! `SCHED_IDLE` any other thread that wakes takes the core from a hash at once, and a core
-//! with nothing else to do still hashes at full speed (bench/README.md has the A/B: `me`'s
-//! p99 while logins run falls to what it is without them, at the same logins/s).
+//! with nothing else to do still hashes at full speed (bench/README.md has the A/B: while
+//! logins run, `me`'s p50 is what it is without them and its p99 about half what it was).
 
 use std::{
     panic::AssertUnwindSafe,
