@@ -107,14 +107,20 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> AppResult<T> {
-        let _permit = self
+        // The permit travels with the job and is released when the hash ends, not when this
+        // future does: a caller that goes away (a client that disconnects mid-login) must not
+        // let another hash start while its own still runs.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .context("password hasher closed")?;
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = done.send(work());
+            let outcome = work();
+            drop(permit);
+            let _ = done.send(outcome);
         });
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
             // No hashing thread could be started: the blocking pool, at normal priority.
@@ -297,6 +303,10 @@ mod tests {
             matches!(&err, AppError::Internal(e) if e.to_string() == "password hashing failed"),
             "{err:?}"
         );
+        // Every permit comes back, the panicking job's too (dropped as it unwinds, on the
+        // hashing thread, so allow it a moment).
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(permits_settle(&hasher, cores).await, cores);
         let hash = hasher
             .hash(&secret("violet-harbor-canoe-92"))
             .await
@@ -307,6 +317,40 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// Waits (up to a second) until `hasher` has `free` permits; returns how many it has.
+    async fn permits_settle(hasher: &PasswordHasher, free: usize) -> usize {
+        for _ in 0..100 {
+            if hasher.permits.available_permits() == free {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        hasher.permits.available_permits()
+    }
+
+    #[tokio::test]
+    async fn a_hash_whose_caller_went_away_keeps_its_permit_until_it_ends() {
+        let hasher = PasswordHasher::new(4);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (release, gate) = mpsc::channel::<()>();
+        let h = hasher.clone();
+        let caller = tokio::spawn(async move {
+            h.blocking(move || {
+                let _ = gate.recv();
+                Ok(())
+            })
+            .await
+        });
+        assert_eq!(permits_settle(&hasher, cores - 1).await, cores - 1);
+        caller.abort();
+        let _ = caller.await;
+        // The hash still runs: its permit stays taken.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(hasher.permits.available_permits(), cores - 1);
+        release.send(()).unwrap();
+        assert_eq!(permits_settle(&hasher, cores).await, cores);
     }
 
     #[test]
