@@ -314,13 +314,11 @@ def slot_ms(rate, threads):
     return repr(1000.0 * threads / rate) if rate > 0 else "0"
 
 
-def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/graphql", unique=False, rate=0.0):
-    """Runs wrk against 127.0.0.1:<port><path>; returns {rps, p50_ms, p99_ms, …}.
+def wrk_command(name, port, body, tokens, seconds, connections, path="/graphql", unique=False, rate=0.0):
+    """Writes the Lua script for one wrk load and returns wrk's command line.
 
     With `rate` > 0 the requests are paced to a fixed offered load of `rate` requests/s (each
     wrk thread hands out request slots on a clock; see WRK_LUA)."""
-    seconds = seconds or P["wrk_seconds"]
-    connections = connections or P["wrk_connections"]
     threads = min(CORES, connections)
     script = WORK / f"wrk-{name}.lua"
     script.write_text(WRK_LUA % {
@@ -329,19 +327,31 @@ def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/grap
         "unique": "true" if unique else "false",
         "slot_ms": slot_ms(rate, threads),
     })
-    out = sh(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-              "-s", str(script), f"http://127.0.0.1:{port}{path}"])
-    m = re.search(r"WRKJSON (\{.*\})", out)
+    return ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+            "-s", str(script), f"http://127.0.0.1:{port}{path}"]
+
+
+def wrk_summary(name, output, connections, seconds):
+    """wrk's summary line (printed by WRK_LUA's done()) as {rps, p50_ms, p99_ms, …}."""
+    m = re.search(r"WRKJSON (\{.*\})", output)
     if not m:
-        raise RuntimeError(f"wrk {name}: no summary in output:\n{out}")
+        raise RuntimeError(f"wrk {name}: no summary in output:\n{output}")
     r = json.loads(m.group(1))
-    res = {
-        "rps": r["requests"] / (r["duration_us"] / 1e6),
-        "requests": r["requests"],
-        "errors": r["non2xx"] + r["socket_errors"],
-        "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
-        "max_ms": r["max_us"] / 1000, "connections": connections, "seconds": seconds,
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6), "requests": r["requests"],
+        "errors": r["non2xx"] + r["socket_errors"], "p50_ms": r["p50_us"] / 1000,
+        "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000,
+        "connections": connections, "seconds": seconds,
     }
+
+
+def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/graphql", unique=False, rate=0.0):
+    """Runs wrk against 127.0.0.1:<port><path> (paced when `rate` > 0, see wrk_command);
+    returns {rps, p50_ms, p99_ms, …}; fails on any failed request."""
+    seconds = seconds or P["wrk_seconds"]
+    connections = connections or P["wrk_connections"]
+    out = sh(wrk_command(name, port, body, tokens, seconds, connections, path, unique, rate))
+    res = wrk_summary(name, out, connections, seconds)
     if rate:
         res["offered_rps"] = rate
     log(f"  {name}: {res['rps']:.0f} req/s" + (f" (offered {rate:.0f})" if rate else "")
@@ -360,33 +370,17 @@ def median_round(rounds):
 
 
 def wrk_background(name, port, body, tokens, seconds, connections, rate=0.0):
-    """Starts wrk as a background process; returns (proc, script path, output path)."""
-    script = WORK / f"wrk-{name}.lua"
-    script.write_text(WRK_LUA % {
-        "tokens": ", ".join(lua_string(t) for t in tokens),
-        "body": lua_string(json.dumps(body)), "unique": "false",
-        "slot_ms": slot_ms(rate, min(CORES, connections)),
-    })
+    """Starts wrk as a background process; returns (proc, output path) for wrk_parse."""
     out = WORK / f"wrk-{name}.out"
-    proc = subprocess.Popen(
-        ["wrk", "-t", str(min(CORES, connections)), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "-s", str(script), f"http://127.0.0.1:{port}/graphql"],
-        stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(wrk_command(name, port, body, tokens, seconds, connections, rate=rate),
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     PROCS.append(proc)
     return proc, out
 
 
 def wrk_parse(out: Path, connections, seconds):
-    m = re.search(r"WRKJSON (\{.*\})", out.read_text())
-    if not m:
-        raise RuntimeError(f"wrk: no summary in {out}")
-    r = json.loads(m.group(1))
-    return {
-        "rps": r["requests"] / (r["duration_us"] / 1e6), "requests": r["requests"],
-        "errors": r["non2xx"] + r["socket_errors"], "p50_ms": r["p50_us"] / 1000,
-        "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000,
-        "connections": connections, "seconds": seconds,
-    }
+    """The summary of a background wrk (see wrk_background) once it has ended."""
+    return wrk_summary(out.name, out.read_text(), connections, seconds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    /// Bounds concurrent hashes (one per core) so a flood of logins queues here, holding no
-    /// thread and no password material, and cannot starve requests.
+    /// Bounds running and queued hashes to one per core: a flood of logins waits here, as
+    /// futures holding no thread, rather than in the hashing threads' queue.
     permits: Arc<Semaphore>,
     /// The hashing threads' queue; they end when the last clone of the hasher is dropped.
     jobs: mpsc::Sender<Job>,
