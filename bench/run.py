@@ -45,6 +45,10 @@ STREAMS_ONLY = "--streams" in sys.argv
 PROFILE = "--profile" in sys.argv
 # Smoke mode reuses the debug build `cargo test` already made; `--release` forces an optimised one.
 RELEASE = not SMOKE or "--release" in sys.argv
+# W7/W7b's subscribers: bench/fanout (Rust, built by build()) unless BENCH_FANOUT_CLIENT=node asks
+# for bench/js/subscribers.mjs (graphql-ws on Node), which costs the shared cores far more CPU.
+FANOUT_CLIENT = None if os.environ.get("BENCH_FANOUT_CLIENT", "rust") == "rust" else [
+    "node", str(BENCH / "js" / "subscribers.mjs"), "fanout"]
 CORES = os.cpu_count() or 1
 
 # Load sizes: (full, smoke).
@@ -197,6 +201,13 @@ def build():
     log("building the bare axum baseline (bench/hello, release)")
     hello_target = target / "hello"
     sh(["cargo", "build", "--quiet", "--release"], cwd=BENCH / "hello", env={**os.environ, "CARGO_TARGET_DIR": str(hello_target)})
+    global FANOUT_CLIENT
+    if FANOUT_CLIENT is None:
+        log("building the W7/W7b subscriber client (bench/fanout, release)")
+        fanout_target = target / "fanout"
+        sh(["cargo", "build", "--quiet", "--release"], cwd=BENCH / "fanout",
+           env={**os.environ, "CARGO_TARGET_DIR": str(fanout_target)})
+        FANOUT_CLIENT = [str(fanout_target / "release" / "agentry-bench-fanout")]
     return agentry, hello_target / "release" / "agentry-bench-hello"
 
 
@@ -495,12 +506,15 @@ class Lines:
         return line
 
 
-def subscribers(name, args, env=None, stdin=None):
-    """Starts bench/js/subscribers.mjs (stderr to .work/<name>.log); returns (proc, Lines).
-    BENCH_NODE_FLAGS adds flags to its node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see
-    where the load generator's own CPU goes (node refuses those in NODE_OPTIONS)."""
+def subscribers(name, args, env=None, stdin=None, command=None):
+    """Starts a subscriber client, bench/js/subscribers.mjs unless `command` names another one
+    (stderr to .work/<name>.log); returns (proc, Lines). BENCH_NODE_FLAGS adds flags to node,
+    e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see where the Node client's own CPU goes (node
+    refuses those in NODE_OPTIONS)."""
     flags = os.environ.get("BENCH_NODE_FLAGS", "").split()
-    proc = subprocess.Popen(["node", *flags, str(BENCH / "js" / "subscribers.mjs"), *args], stdin=stdin,
+    if command is None or command[0] == "node":
+        command = ["node", *flags, *(command[1:] if command else [str(BENCH / "js" / "subscribers.mjs")])]
+    proc = subprocess.Popen([*command, *args], stdin=stdin,
                             stdout=subprocess.PIPE, stderr=open(WORK / f"{name}.log", "w"), text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
     PROCS.append(proc)
@@ -558,9 +572,9 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
     connections, each subscribed to every run. The provider holds the streams (its `default`
     gate) until every subscription is registered. Returns once the runs have all ended.
 
-    The connections are spread over `fanout_clients` subscriber processes (Node runs each on one
-    thread; one process alone was measured using ~85% of a core at W7's rate, so the generator,
-    not the server, set the tail). Their figures are merged: counts summed, latency percentiles
+    The connections are spread over `fanout_clients` subscriber processes, each on one thread
+    (bench/fanout, or the Node client with BENCH_FANOUT_CLIENT=node: one Node process alone was
+    measured using ~85% of a core at W7's rate). Their figures are merged: counts summed, latency percentiles
     from the summed histograms. Also reports the CPU seconds Agentry and the subscriber clients
     used while streaming, to tell which side the machine's cores went to."""
     k = max(1, min(P["fanout_clients"], n))
@@ -570,9 +584,10 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
     run_ids = [execute(c, agent, f"stream {name}-{i} tokens={count} rate={rate}", token) for i in range(runs)]
     provider_wait(ports, lambda s: s["gates"].get("default", 0) >= runs, 60,
                   f"{name}: the runs never reached the fake provider")
-    clients = [subscribers(f"subscribers-{name}-{i}", ["fanout", ws_url, str(owner), str(n // k + (i < n % k)),
+    clients = [subscribers(f"subscribers-{name}-{i}", [ws_url, str(owner), str(n // k + (i < n % k)),
                                                        ",".join(run_ids), str(count)],
-                           env={"BENCH_FANOUT_DEADLINE_MS": str(deadline * 1000)}) for i in range(k)]
+                           env={"BENCH_FANOUT_DEADLINE_MS": str(deadline * 1000)}, command=FANOUT_CLIENT)
+               for i in range(k)]
     for _, lines in clients:
         line = lines.get(300, "connecting and subscribing")
         if not line.startswith("READY"):
@@ -597,6 +612,7 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
         used.append(usage.ru_utime + usage.ru_stime - before)
     fan = merge_fanout(parts)
     fan["cpuSeconds"] = {"wall": wall, "agentry": server_cpu, "client": sum(used), "clients": used}
+    fan["client"] = "node" if FANOUT_CLIENT[0] == "node" else "rust"
     fan["expectedTokens"] = fan["subscriptions"] * count
     fan["tokensPerRun"], fan["providerTokensPerSecond"] = count, rate
     fan["statuses"] = wait_finished(c, [(i, token) for i in run_ids], 120, name)
@@ -604,7 +620,7 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
         f"p99 {fan['latencyMs']['p99']:.1f} ms, lost {fan['lostEvents']} events / {fan['lostTokens']} tokens, "
         f"reordered {fan['reorderedEvents']}, failed subscriptions {fan['failedSubscriptions']}, errors {fan['errors']}, "
         f"socket closes {fan['closes'] or 'none'}, runs {fan['statuses']}; CPU seconds over {fan['cpuSeconds']['wall']:.0f} s: "
-        f"Agentry {fan['cpuSeconds']['agentry']:.1f}, subscriber clients {' + '.join(f'{u:.1f}' for u in used)}")
+        f"Agentry {fan['cpuSeconds']['agentry']:.1f}, {fan['client']} subscriber clients {' + '.join(f'{u:.1f}' for u in used)}")
     return fan
 
 
@@ -1282,7 +1298,7 @@ def markdown(r):
         fan = w[name]
         lost = fan['lostEvents'] + fan['lostTokens']
         reordered = fan['reorderedEvents'] + fan['reorderedTokens']
-        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_100ms']:.2f}** × 100 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 100 ms {mark(q[name + '_p99_vs_target_100ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] == 0)} |")
+        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']}; CPU seconds over {fan['cpuSeconds']['wall']:.0f} s: Agentry {fan['cpuSeconds']['agentry']:.1f}, the {fan.get('client', 'node')} subscriber clients {fan['cpuSeconds']['client']:.1f} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_100ms']:.2f}** × 100 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 100 ms {mark(q[name + '_p99_vs_target_100ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] == 0)} |")
     noisy = w["W8"]
     lines += [
         f"| W8 `me` at half load with {noisy['runs']} trickling runs open ({noisy['users']} users, one token per {noisy['token_interval_seconds']} s, {noisy['seconds']} s) | p99 {f(noisy['me']['p99_ms'], 2)} ms at {f(noisy['me']['rps'])} req/s; {noisy['running_at_end']}/{noisy['runs']} runs open throughout | **{q['W8_me_p99_vs_W2_half_alone']:.2f}** × W2's half-load p99 | ≤ 2 {mark(q['W8_me_p99_vs_W2_half_alone'] <= 2)} |",
