@@ -196,14 +196,17 @@ struct Event<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Calls `each(index, emitted)` for every `<index>@<emit ms>;` token of a delta.
-fn for_each_token(delta: &str, mut each: impl FnMut(u64, f64)) {
+/// Calls `each(index, emitted)` for every `<index>@<emit ms>;` token of a delta, and `bad` for
+/// anything else between the `;`s.
+fn for_each_token(delta: &str, mut each: impl FnMut(u64, f64), mut bad: impl FnMut(&str)) {
     for token in delta.split(';').filter(|t| !t.is_empty()) {
-        let Some((index, emitted)) = token.split_once('@') else {
-            continue;
-        };
-        if let (Ok(index), Ok(emitted)) = (index.parse(), emitted.parse()) {
-            each(index, emitted);
+        let parsed = token.split_once('@').and_then(|(index, emitted)| {
+            let emitted: f64 = emitted.parse().ok().filter(|e: &f64| e.is_finite())?;
+            Some((index.parse().ok()?, emitted))
+        });
+        match parsed {
+            Some((index, emitted)) => each(index, emitted),
+            None => bad(token),
         }
     }
 }
@@ -303,21 +306,34 @@ impl Shared {
             return;
         };
         let t = &mut *t;
-        for_each_token(&delta, |index, emitted| {
-            if index > sub.last_token + 1 {
-                t.lost_tokens += index - sub.last_token - 1;
-            }
-            if index <= sub.last_token {
-                t.reordered_tokens += 1;
-            }
-            sub.last_token = sub.last_token.max(index);
-            t.tokens += 1;
-            t.first_token_at = t.first_token_at.min(emitted);
-            let latency = at - emitted;
-            t.max_latency = t.max_latency.max(latency);
-            t.hist[bucket(latency)] += 1;
-            t.samples += 1;
-        });
+        let mut unreadable = None;
+        for_each_token(
+            &delta,
+            |index, emitted| {
+                if index > sub.last_token + 1 {
+                    t.lost_tokens += index - sub.last_token - 1;
+                }
+                if index <= sub.last_token {
+                    t.reordered_tokens += 1;
+                }
+                sub.last_token = sub.last_token.max(index);
+                t.tokens += 1;
+                t.first_token_at = t.first_token_at.min(emitted);
+                let latency = at - emitted;
+                t.max_latency = t.max_latency.max(latency);
+                t.hist[bucket(latency)] += 1;
+                t.samples += 1;
+            },
+            |token| {
+                unreadable.get_or_insert_with(|| token.to_owned());
+            },
+        );
+        // A token the client cannot read is an error, never silently skipped.
+        if let Some(token) = unreadable {
+            t.errors += 1;
+            t.first_error
+                .get_or_insert(json!(format!("unreadable token {token:?}")));
+        }
     }
 }
 
@@ -368,43 +384,45 @@ async fn connection(shared: Rc<Shared>, token: String) {
         fail(format!("subscribe: {e}"));
     }
 
-    let mut open = subs.len();
-    while open > 0 {
+    // Read until the socket ends. Once every subscription has ended the socket stays open (as
+    // the Node client keeps it until it prints its figures), so that closing it is not part of
+    // the measurement, but a close the server makes meanwhile is still counted.
+    let mut registered = false;
+    loop {
         let frame = ws.next().await;
         let at = now_ms();
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(close))) => {
-                closed(
-                    &shared,
-                    &mut subs,
-                    close.map(|c| (u16::from(c.code), c.reason.to_string())),
-                );
-                return;
+                // No code in the close frame reads as 1005, as in a browser or `ws`.
+                let (code, reason) = close.map_or((1005, String::new()), |c| {
+                    (u16::from(c.code), c.reason.to_string())
+                });
+                return closed(&shared, &mut subs, registered, code, &reason);
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                eprintln!("socket error: {e}");
-                closed(&shared, &mut subs, None);
-                return;
-            }
-            None => {
-                closed(&shared, &mut subs, None);
-                return;
-            }
+            Some(Err(e)) => return closed(&shared, &mut subs, registered, 1006, &e.to_string()),
+            // Ended without a close frame: 1006 (abnormal closure), as `ws` reports it.
+            None => return closed(&shared, &mut subs, registered, 1006, ""),
         };
-        let envelope: Envelope = match serde_json::from_str(text.as_str()) {
-            Ok(envelope) => envelope,
-            Err(e) => fail(format!("unreadable message {:?}: {e}", text.as_str())),
+        let Ok(envelope) = serde_json::from_str::<Envelope>(text.as_str()) else {
+            return violation(&shared, &mut subs, registered, "unreadable message");
         };
-        if envelope.kind == "ping" {
-            let _ = ws.send(send(r#"{"type":"pong"}"#.to_owned())).await;
-            continue;
-        }
-        let Some(id) = envelope.id else { continue };
+        let id = match (envelope.kind, envelope.id) {
+            ("ping", _) => {
+                let _ = ws.send(send(r#"{"type":"pong"}"#.to_owned())).await;
+                continue;
+            }
+            ("pong", _) => continue,
+            (_, Some(id)) => id,
+            (_, None) => return violation(&shared, &mut subs, registered, "message without an id"),
+        };
         if id == REGISTERED_ID {
             match envelope.kind {
-                "complete" => shared.progress.bump(&shared.progress.registered),
+                "complete" => {
+                    registered = true;
+                    shared.progress.bump(&shared.progress.registered);
+                }
                 "error" => fail(format!("{{ __typename }} failed: {}", text.as_str())),
                 _ => {}
             }
@@ -413,42 +431,50 @@ async fn connection(shared: Rc<Shared>, token: String) {
         let Some(sub) = id.parse::<usize>().ok().and_then(|i| subs.get_mut(i)) else {
             continue;
         };
+        // graphql-ws drops messages for a subscription it has finished with.
+        if sub.done {
+            continue;
+        }
         match (envelope.kind, envelope.payload) {
             ("next", Some(payload)) => shared.next(sub, payload, at),
-            ("complete", _) => {
-                shared.end(sub, false, None);
-                open -= 1;
-            }
+            ("complete", _) => shared.end(sub, false, None),
             ("error", payload) => {
                 let detail = payload.and_then(|p| serde_json::from_str(p.get()).ok());
                 shared.end(sub, true, Some(detail.unwrap_or(Value::Null)));
-                open -= 1;
             }
-            _ => {}
+            _ => return violation(&shared, &mut subs, registered, "unexpected message"),
         }
     }
-    // Every subscription ended: keep the socket open (as the Node client does until it prints
-    // its figures) so that closing it is not part of the measurement.
-    while let Some(Ok(_)) = ws.next().await {}
 }
 
-/// The socket closed (by the server, or an error): counted while measuring, and every
-/// subscription still open on it fails.
-fn closed(shared: &Shared, subs: &mut [Sub], close: Option<(u16, String)>) {
+/// The socket ended (a close frame from the server, an error, or its end). Before its
+/// subscriptions were registered that fails the whole client (exit 1, as the Node client's
+/// rejected promise does); after, the close is counted while measuring and every subscription
+/// still open on it fails.
+fn closed(shared: &Shared, subs: &mut [Sub], registered: bool, code: u16, reason: &str) {
+    if !registered {
+        fail(format!(
+            "socket closed before its subscriptions were registered: {code} {reason}"
+        ));
+    }
     if shared.totals.borrow().counting {
-        let code = close
-            .as_ref()
-            .map_or_else(|| "unknown".to_owned(), |(code, _)| code.to_string());
-        *shared.totals.borrow_mut().closes.entry(code).or_default() += 1;
+        *shared
+            .totals
+            .borrow_mut()
+            .closes
+            .entry(code.to_string())
+            .or_default() += 1;
     }
-    let detail = close.map(|(code, reason)| json!({ "code": code, "reason": reason }));
+    let detail = json!({ "code": code, "reason": reason });
     for sub in subs.iter_mut().filter(|s| !s.done) {
-        shared.end(
-            sub,
-            true,
-            Some(detail.clone().unwrap_or(json!("socket closed"))),
-        );
+        shared.end(sub, true, Some(detail.clone()));
     }
+}
+
+/// A message graphql-ws would refuse: like it, the client closes the socket with 4400, which
+/// fails every subscription still open on it.
+fn violation(shared: &Shared, subs: &mut [Sub], registered: bool, what: &str) {
+    closed(shared, subs, registered, 4400, what);
 }
 
 fn main() {
@@ -467,7 +493,10 @@ fn main() {
         .unwrap_or_else(|e| fail(format!("connections: {e}")));
     let deadline_ms: u64 = std::env::var("BENCH_FANOUT_DEADLINE_MS")
         .ok()
-        .and_then(|v| v.parse().ok())
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| fail(format!("BENCH_FANOUT_DEADLINE_MS {v:?}: {e}")))
+        })
         .unwrap_or(120_000);
     let shared = Rc::new(Shared {
         url: url.clone(),
