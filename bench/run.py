@@ -47,10 +47,10 @@ PROFILE = "--profile" in sys.argv
 RELEASE = not SMOKE or "--release" in sys.argv
 # W7/W7b's subscribers: bench/fanout (Rust, built by build()) unless BENCH_FANOUT_CLIENT=node asks
 # for bench/js/subscribers.mjs (graphql-ws on Node), which costs the shared cores far more CPU.
-FANOUT_CLIENT = {"rust": None, "node": ["node", str(BENCH / "js" / "subscribers.mjs"), "fanout"]}.get(
-    os.environ.get("BENCH_FANOUT_CLIENT", "rust"), "unknown")
-if FANOUT_CLIENT == "unknown":
+FANOUT_CLIENT = os.environ.get("BENCH_FANOUT_CLIENT", "rust")
+if FANOUT_CLIENT not in ("rust", "node"):
     sys.exit("bench: BENCH_FANOUT_CLIENT is rust (the default) or node")
+FANOUT_BIN = None  # bench/fanout's binary, once build() has built it
 CORES = os.cpu_count() or 1
 
 # Load sizes: (full, smoke).
@@ -203,13 +203,13 @@ def build():
     log("building the bare axum baseline (bench/hello, release)")
     hello_target = target / "hello"
     sh(["cargo", "build", "--quiet", "--release"], cwd=BENCH / "hello", env={**os.environ, "CARGO_TARGET_DIR": str(hello_target)})
-    global FANOUT_CLIENT
-    if FANOUT_CLIENT is None:
+    global FANOUT_BIN
+    if FANOUT_CLIENT == "rust":
         log("building the W7/W7b subscriber client (bench/fanout, release)")
         fanout_target = target / "fanout"
         sh(["cargo", "build", "--quiet", "--release"], cwd=BENCH / "fanout",
            env={**os.environ, "CARGO_TARGET_DIR": str(fanout_target)})
-        FANOUT_CLIENT = [str(fanout_target / "release" / "agentry-bench-fanout")]
+        FANOUT_BIN = fanout_target / "release" / "agentry-bench-fanout"
     return agentry, hello_target / "release" / "agentry-bench-hello"
 
 
@@ -513,9 +513,7 @@ def subscribers(name, args, env=None, stdin=None, command=None):
     (stderr to .work/<name>.log); returns (proc, Lines). BENCH_NODE_FLAGS adds flags to node,
     e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to see where the Node client's own CPU goes (node
     refuses those in NODE_OPTIONS)."""
-    flags = os.environ.get("BENCH_NODE_FLAGS", "").split()
-    if command is None or command[0] == "node":
-        command = ["node", *flags, *(command[1:] if command else [str(BENCH / "js" / "subscribers.mjs")])]
+    command = command or ["node", *os.environ.get("BENCH_NODE_FLAGS", "").split(), str(BENCH / "js" / "subscribers.mjs")]
     proc = subprocess.Popen([*command, *args], stdin=stdin,
                             stdout=subprocess.PIPE, stderr=open(WORK / f"{name}.log", "w"), text=True,
                             start_new_session=True, env={**os.environ, **(env or {})})
@@ -586,9 +584,11 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
     run_ids = [execute(c, agent, f"stream {name}-{i} tokens={count} rate={rate}", token) for i in range(runs)]
     provider_wait(ports, lambda s: s["gates"].get("default", 0) >= runs, 60,
                   f"{name}: the runs never reached the fake provider")
-    clients = [subscribers(f"subscribers-{name}-{i}", [ws_url, str(owner), str(n // k + (i < n % k)),
+    # bench/fanout takes the Node client's `fanout` arguments, without the mode.
+    command, mode = ([str(FANOUT_BIN)], []) if FANOUT_CLIENT == "rust" else (None, ["fanout"])
+    clients = [subscribers(f"subscribers-{name}-{i}", [*mode, ws_url, str(owner), str(n // k + (i < n % k)),
                                                        ",".join(run_ids), str(count)],
-                           env={"BENCH_FANOUT_DEADLINE_MS": str(deadline * 1000)}, command=FANOUT_CLIENT)
+                           env={"BENCH_FANOUT_DEADLINE_MS": str(deadline * 1000)}, command=command)
                for i in range(k)]
     for _, lines in clients:
         line = lines.get(300, "connecting and subscribing")
@@ -614,7 +614,7 @@ def fanout(name, ports, c, ws_url, owner, agent, token, runs, n, rate, count, de
         used.append(usage.ru_utime + usage.ru_stime - before)
     fan = merge_fanout(parts)
     fan["cpuSeconds"] = {"wall": wall, "agentry": server_cpu, "client": sum(used), "clients": used}
-    fan["client"] = "node" if FANOUT_CLIENT[0] == "node" else "rust"
+    fan["client"] = FANOUT_CLIENT
     fan["expectedTokens"] = fan["subscriptions"] * count
     fan["tokensPerRun"], fan["providerTokensPerSecond"] = count, rate
     fan["statuses"] = wait_finished(c, [(i, token) for i in run_ids], 120, name)
@@ -1302,7 +1302,7 @@ def markdown(r):
         fan = w[name]
         lost = fan['lostEvents'] + fan['lostTokens']
         reordered = fan['reorderedEvents'] + fan['reorderedTokens']
-        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']}; CPU seconds over {fan['cpuSeconds']['wall']:.0f} s: Agentry {fan['cpuSeconds']['agentry']:.1f}, the {fan.get('client', 'node')} subscriber clients {fan['cpuSeconds']['client']:.1f} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_100ms']:.2f}** × 100 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 100 ms {mark(q[name + '_p99_vs_target_100ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] + fan['errors'] == 0 and fan['finished'] and not fan['closes'])} |")
+        lines.append(f"| {label}: {fan['runs']} runs × {fan['connections']:,} subscribers ({fan['subscriptions']:,} subscriptions) | {f(fan['messagesPerSecond'])} messages/s ({f(fan['tokensPerSecond'])} tokens/s); p50 {fan['latencyMs']['p50']:.1f} ms, p99 {fan['latencyMs']['p99']:.1f} ms; lost {lost}, reordered {reordered}, failed subscriptions {fan['failedSubscriptions']}; CPU seconds over {fan['cpuSeconds']['wall']:.0f} s: Agentry {fan['cpuSeconds']['agentry']:.1f}, the {fan['client']} subscriber clients {fan['cpuSeconds']['client']:.1f} | **{q[name + '_messages_vs_target_50k']:.2f}** × 50k msg/s; p99 **{q[name + '_p99_vs_target_100ms']:.2f}** × 100 ms | ≥ 50k/s {mark(q[name + '_messages_vs_target_50k'] >= 1)}, p99 ≤ 100 ms {mark(q[name + '_p99_vs_target_100ms'] <= 1)}, zero loss {mark(lost + reordered + fan['failedSubscriptions'] + fan['errors'] == 0 and fan['finished'] and not fan['closes'])} |")
     noisy = w["W8"]
     lines += [
         f"| W8 `me` at half load with {noisy['runs']} trickling runs open ({noisy['users']} users, one token per {noisy['token_interval_seconds']} s, {noisy['seconds']} s) | p99 {f(noisy['me']['p99_ms'], 2)} ms at {f(noisy['me']['rps'])} req/s; {noisy['running_at_end']}/{noisy['runs']} runs open throughout | **{q['W8_me_p99_vs_W2_half_alone']:.2f}** × W2's half-load p99 | ≤ 2 {mark(q['W8_me_p99_vs_W2_half_alone'] <= 2)} |",

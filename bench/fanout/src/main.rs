@@ -39,6 +39,8 @@ const EVENTS: &str =
 const TERMINAL: [&str; 4] = ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"];
 /// Sockets being opened at once.
 const OPEN_CONCURRENCY: usize = 100;
+/// graphql-transport-ws's answer to a `ping`.
+const PONG: &str = r#"{"type":"pong"}"#;
 /// Each socket's read buffer (the server's is 4 KiB as well).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// The id of the `{ __typename }` round trip that shows a socket's subscriptions are registered.
@@ -280,9 +282,7 @@ impl Shared {
                 return;
             }
         };
-        drop(t);
         self.make_live(sub);
-        let mut t = self.totals.borrow_mut();
         t.messages += 1;
         t.last_at = at;
         // Sequences must be 1, 2, 3 … with no gap, duplicate or reversal.
@@ -356,17 +356,22 @@ async fn connection(shared: Rc<Shared>, token: String) {
         .await
         .unwrap_or_else(|e| fail(format!("connecting {}: {e}", shared.url)));
     let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } });
-    let send = |ws_text: String| Message::text(ws_text);
-    if let Err(e) = ws.send(send(init.to_string())).await {
+    if let Err(e) = ws.send(Message::text(init.to_string())).await {
         fail(format!("connection_init: {e}"));
     }
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.as_str().contains("\"connection_ack\"") => break,
-            Some(Ok(Message::Text(text))) if text.as_str().contains("\"ping\"") => {
-                let _ = ws.send(send(r#"{"type":"pong"}"#.to_owned())).await;
+            Some(Ok(Message::Text(text))) => {
+                match serde_json::from_str::<Envelope>(text.as_str()).map(|e| e.kind) {
+                    Ok("connection_ack") => break,
+                    Ok("ping") => {
+                        let _ = ws.send(Message::text(PONG)).await;
+                    }
+                    Ok("pong") => {}
+                    _ => fail(format!("no connection_ack: {:?}", text.as_str())),
+                }
             }
-            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             other => fail(format!("no connection_ack: {other:?}")),
         }
     }
@@ -375,12 +380,12 @@ async fn connection(shared: Rc<Shared>, token: String) {
     let mut subs: Vec<Sub> = shared.runs.iter().map(|_| Sub::default()).collect();
     for (i, run) in shared.runs.iter().enumerate() {
         let subscribe = json!({ "id": i.to_string(), "type": "subscribe", "payload": { "query": EVENTS, "variables": { "id": run } } });
-        if let Err(e) = ws.send(send(subscribe.to_string())).await {
+        if let Err(e) = ws.send(Message::text(subscribe.to_string())).await {
             fail(format!("subscribe: {e}"));
         }
     }
     let registered = json!({ "id": REGISTERED_ID, "type": "subscribe", "payload": { "query": "{ __typename }" } });
-    if let Err(e) = ws.send(send(registered.to_string())).await {
+    if let Err(e) = ws.send(Message::text(registered.to_string())).await {
         fail(format!("subscribe: {e}"));
     }
 
@@ -410,7 +415,7 @@ async fn connection(shared: Rc<Shared>, token: String) {
         };
         let id = match (envelope.kind, envelope.id) {
             ("ping", _) => {
-                let _ = ws.send(send(r#"{"type":"pong"}"#.to_owned())).await;
+                let _ = ws.send(Message::text(PONG)).await;
                 continue;
             }
             ("pong", _) => continue,
