@@ -43,6 +43,7 @@ WORK = BENCH / ".work"
 SMOKE = "--smoke" in sys.argv
 STREAMS_ONLY = "--streams" in sys.argv
 PROFILE = "--profile" in sys.argv
+HOLD = "--hold" in sys.argv
 # Smoke mode reuses the debug build `cargo test` already made; `--release` forces an optimised one.
 RELEASE = not SMOKE or "--release" in sys.argv
 # W7/W7b's subscribers: bench/fanout (Rust, built by build()) unless BENCH_FANOUT_CLIENT=node asks
@@ -926,6 +927,8 @@ def main():
         return streams_only(results, ports, c, users, agent0, agentry, db_url)
     if PROFILE:
         return profile_http(ports, tokens, agentry, db_url)
+    if HOLD:
+        return hold(ports, tokens, agentry, db_url)
 
     # --- baselines ---------------------------------------------------------------------------
     log("baselines")
@@ -1148,6 +1151,24 @@ def profile_http(ports, tokens, agentry, db_url):
         svg.write_bytes(subprocess.run(["inferno-flamegraph", "--title", f"{name.upper()} {json.dumps(body)[:80]}"],
                                        input=folded.read_bytes(), capture_output=True, check=True).stdout)
         log(f"  {wrk_parse(out, P['wrk_connections'], seconds + 4)['rps']:.0f} req/s under the profiler; wrote {svg}")
+    return 0
+
+
+def hold(ports, tokens, agentry, db_url):
+    """`--hold`: seed, then keep everything running for measurements by hand (perf, wrk, A/B
+    against another binary on the same database) until interrupted; what a measurement needs
+    is written to .work/hold.json (the tokens to .work/tokens-hold.txt, not printed)."""
+    psql(db_url, "VACUUM ANALYZE")
+    (WORK / "tokens-hold.txt").write_text("\n".join(tokens) + "\n")
+    info = {"ports": ports, "agentry_pid": agentry.pid, "database_url": db_url,
+            "tokens": str(WORK / "tokens-hold.txt"), "w3_body": {"query": W3_QUERY, "variables": {"first": 50}}}
+    (WORK / "hold.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"holding: {WORK / 'hold.json'}; Ctrl-C (SIGINT) ends the run and drops its databases")
+    try:
+        while agentry.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -1,32 +1,120 @@
 //! GraphQL types and resolvers for agents. Thin: parse, authorize, call the service; relations
 //! go through the request's DataLoaders.
 
+use std::sync::Arc;
+
 use async_graphql::{
     Context, ID, InputObject, Json, MaybeUndefined, Object, connection::Connection,
 };
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::{
     agents::{
         model::AgentRow,
         service::{self, AgentChanges, AgentInput},
     },
-    api_keys::graphql::{ApiKey, LlmProvider},
+    api_keys::{
+        graphql::{ApiKey, LlmProvider},
+        model::ApiKeyRow,
+        service as api_keys,
+    },
     error::AppError,
     executions::{
         graphql::{Execution, executions_page, run_text},
-        model::{ExecutionStatus, RunFilter},
+        model::{ExecutionRow, ExecutionStatus, RecentOf, RunFilter, RunText},
+        service::{self as executions, RecentKey},
     },
     graphql::{
-        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
-        request_context, state,
+        eager::Eager,
+        guards::RoleGuard,
+        loaders::Loaders,
+        pagination::Page,
+        parse_id, request_context,
+        siblings::{Batch, Batches},
+        state,
     },
     llm::ProviderKind,
     tools::AgentTool,
 };
 
 /// An agent: who it is (role, goal, backstory), which model and key it runs on, and its runs.
-pub struct Agent(pub AgentRow);
+/// Agents listed in one page share that page's batches ([`PageBatches`]); others (`None`) load
+/// their relations through the request's DataLoaders.
+pub struct Agent(pub AgentRow, pub Option<Arc<PageBatches>>);
+
+impl Agent {
+    /// An agent on its own (not one of a page).
+    pub fn single(row: AgentRow) -> Self {
+        Self(row, None)
+    }
+
+    /// The agent's key, from its page's batch or the request's DataLoader. (The loads are
+    /// awaited from the heap, here and below: see [`crate::graphql::eager`] on field futures.)
+    async fn key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ApiKeyRow>> {
+        let id = self.0.api_key_id;
+        match &self.1 {
+            Some(page) => {
+                Box::pin(page.keys.get(&id, || async {
+                    let rows = api_keys::by_ids(&state(ctx)?.pool, &page.key_ids).await?;
+                    Ok::<_, AppError>(rows.into_iter().map(|row| (row.id, row)).collect())
+                }))
+                .await
+            }
+            None => Box::pin(ctx.data::<Loaders>()?.api_keys.load_one(id)).await,
+        }
+    }
+
+    /// The agent's newest `limit` runs, from its page's batch or the request's DataLoader.
+    async fn recent_runs(
+        &self,
+        ctx: &Context<'_>,
+        limit: i64,
+        text: RunText,
+    ) -> async_graphql::Result<Vec<ExecutionRow>> {
+        let key = (self.0.id, limit, text);
+        let rows = match &self.1 {
+            Some(page) => {
+                let batch = page.runs.shape((limit, text));
+                Box::pin(batch.get(&key, || async {
+                    let keys: Vec<RecentKey> =
+                        page.agent_ids.iter().map(|id| (*id, limit, text)).collect();
+                    executions::recent_runs(&state(ctx)?.pool, RecentOf::Agent, &keys).await
+                }))
+                .await?
+            }
+            None => {
+                Box::pin(ctx.data::<Loaders>()?.recent_executions.load_one(key)).await?
+            }
+        };
+        Ok(rows.unwrap_or_default())
+    }
+}
+
+/// What the agents of one page share: their ids and their keys' ids, so that the first agent
+/// asked for its key (or its newest runs) loads them for the whole page in one statement,
+/// without a DataLoader's per-call bookkeeping (see [`crate::graphql::siblings`]). Like the
+/// DataLoaders these batches filter by no owner: the ids come from rows the viewer may read.
+pub struct PageBatches {
+    agent_ids: Vec<Uuid>,
+    key_ids: Vec<Uuid>,
+    keys: Batch<Uuid, ApiKeyRow>,
+    runs: Batches<(i64, RunText), RecentKey, Vec<ExecutionRow>>,
+}
+
+impl PageBatches {
+    fn new(rows: &[AgentRow]) -> Arc<Self> {
+        let mut key_ids: Vec<Uuid> = rows.iter().map(|a| a.api_key_id).collect();
+        key_ids.sort_unstable();
+        key_ids.dedup();
+        Arc::new(Self {
+            agent_ids: rows.iter().map(|a| a.id).collect(),
+            key_ids,
+            keys: Batch::default(),
+            runs: Batches::default(),
+        })
+    }
+}
 
 #[Object]
 impl Agent {
@@ -56,12 +144,9 @@ impl Agent {
     }
     /// The provider of its key.
     async fn provider(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<LlmProvider>> {
-        let key = ctx
-            .data::<Loaders>()?
-            .api_keys
-            .load_one(self.0.api_key_id)
-            .await?;
-        Ok(key
+        Ok(self
+            .key(ctx)
+            .await?
             .and_then(|k| ProviderKind::from_stored(&k.provider))
             .map(Into::into))
     }
@@ -96,12 +181,7 @@ impl Agent {
     }
     /// The API key runs use (masked).
     async fn api_key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Eager<ApiKey>>> {
-        let key = ctx
-            .data::<Loaders>()?
-            .api_keys
-            .load_one(self.0.api_key_id)
-            .await?;
-        Ok(key.map(|row| Eager(ApiKey(row))))
+        Ok(self.key(ctx).await?.map(|row| Eager(ApiKey(row))))
     }
     /// This agent's runs, newest first.
     #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
@@ -115,12 +195,9 @@ impl Agent {
         let page = Page::new(first, after)?;
         if page.after.is_none() && status.is_none() {
             // The common shape (`executions(first: 5)` under a list of agents) is batched.
-            let rows = ctx
-                .data::<Loaders>()?
-                .recent_executions
-                .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
-                .await?
-                .unwrap_or_default();
+            let rows = self
+                .recent_runs(ctx, page.fetch_limit(), run_text(ctx, true))
+                .await?;
             return Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))));
         }
         let viewer = request_context(ctx)?.viewer()?;
@@ -129,7 +206,7 @@ impl Agent {
             status,
             ..RunFilter::default()
         };
-        executions_page(state(ctx)?, viewer, of, page).await
+        Box::pin(executions_page(state(ctx)?, viewer, of, page)).await
     }
     /// Creation time.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -215,13 +292,21 @@ pub async fn agents_page(
     active: Option<bool>,
 ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
     let page = Page::new(first, after)?;
-    let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
+    let rows =
+        service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
+    // Only the agents on the page share its batches (not the extra row that tells whether
+    // another page follows).
+    let batches = PageBatches::new(&rows[..rows.len().min(page.first)]);
     // Runs listed below these agents resolve `agent` from this, without a query.
     ctx.data::<Loaders>()?
         .agents
         .feed_many(rows.iter().map(|a| (a.id, a.clone())))
         .await;
-    Ok(page.connection(rows, |a| a.id, |row| Eager(Agent(row))))
+    Ok(page.connection(
+        rows,
+        |a| a.id,
+        |row| Eager(Agent(row, Some(batches.clone()))),
+    ))
 }
 
 /// Agent queries.
@@ -252,7 +337,7 @@ impl AgentsQuery {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
         match service::get(state(ctx)?, viewer, id).await {
-            Ok(row) => Ok(Some(Agent(row))),
+            Ok(row) => Ok(Some(Agent::single(row))),
             Err(AppError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -286,7 +371,7 @@ impl AgentsMutation {
             tools: input.tools.iter().map(|t| t.as_str().to_owned()).collect(),
             config: input.config.map(|c| c.0),
         };
-        Ok(Agent(service::create(state(ctx)?, viewer, input).await?))
+        Ok(Agent::single(service::create(state(ctx)?, viewer, input).await?))
     }
 
     /// Changes an agent; omitted fields stay as they are.
@@ -314,7 +399,7 @@ impl AgentsMutation {
                 .map(|tools| tools.iter().map(|t| t.as_str().to_owned()).collect()),
             config: input.config.map(|c| c.0),
         };
-        Ok(Agent(
+        Ok(Agent::single(
             service::update(state(ctx)?, viewer, id, changes).await?,
         ))
     }
@@ -329,7 +414,7 @@ impl AgentsMutation {
     ) -> async_graphql::Result<Agent> {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
-        Ok(Agent(
+        Ok(Agent::single(
             service::set_active(state(ctx)?, viewer, id, active).await?,
         ))
     }

@@ -61,7 +61,7 @@ impl Crew {
             .0
             .agent_ids
             .iter()
-            .filter_map(|id| found.get(id).cloned().map(Agent))
+            .filter_map(|id| found.get(id).cloned().map(Agent::single))
             .collect())
     }
     /// The manager of a HIERARCHICAL crew.
@@ -69,7 +69,7 @@ impl Crew {
         let Some(id) = self.0.manager_agent_id else {
             return Ok(None);
         };
-        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent))
+        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent::single))
     }
     /// The tasks, in order.
     async fn tasks(&self) -> Vec<CrewTask> {
@@ -149,7 +149,7 @@ impl CrewTask {
         let Some(id) = self.spec.agent_id else {
             return Ok(None);
         };
-        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent))
+        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent::single))
     }
     /// Indexes of the earlier tasks whose outputs it receives.
     async fn context(&self) -> Vec<i32> {
@@ -464,7 +464,7 @@ pub struct TemplateInstance(templates::Instance);
 impl TemplateInstance {
     /// The agents (a crew's members, then its manager).
     async fn agents(&self) -> Vec<Agent> {
-        self.0.agents.iter().cloned().map(Agent).collect()
+        self.0.agents.iter().cloned().map(Agent::single).collect()
     }
     /// The crew, for a crew template.
     async fn crew(&self) -> Option<Crew> {

@@ -82,17 +82,22 @@ impl Execution {
     }
     /// Files this run wrote with the FILES tool, oldest first.
     async fn files(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<File>> {
-        let rows = crate::files::service::of_executions(&state(ctx)?.pool, &[self.0.id]).await?;
+        // Awaited from the heap, as below: a run's every field future is as large as its
+        // largest field's (see `crate::graphql::eager`), and a page shows hundreds of runs.
+        let rows = Box::pin(crate::files::service::of_executions(
+            &state(ctx)?.pool,
+            &[self.0.id],
+        ))
+        .await?;
         Ok(rows.into_iter().map(File).collect())
     }
     /// The agent that ran.
     async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {
-        Ok(ctx
-            .data::<Loaders>()?
-            .agents
-            .load_one(self.0.agent_id)
-            .await?
-            .map(Agent))
+        Ok(
+            Box::pin(ctx.data::<Loaders>()?.agents.load_one(self.0.agent_id))
+                .await?
+                .map(Agent::single),
+        )
     }
     /// Where the run is.
     async fn status(&self) -> ExecutionStatus {
@@ -160,7 +165,8 @@ impl Execution {
         if !(1..=1000).contains(&first) {
             return Err(AppError::bad_input("first", "must be between 1 and 1000").into());
         }
-        let rows = service::events_of(state(ctx)?, &self.0, after.unwrap_or(0), first).await?;
+        let rows =
+            Box::pin(service::events_of(state(ctx)?, &self.0, after.unwrap_or(0), first)).await?;
         Ok(rows
             .into_iter()
             .map(|row| Eager(ExecutionEvent(Arc::new(row))))

@@ -62,7 +62,8 @@ async fn resolve_eagerly<T: ContainerType>(
 ) -> ServerResult<Value> {
     let mut fields = Vec::with_capacity(ctx.item.node.items.len());
     if !collect(ctx, &ctx.item.node, root, &mut fields) {
-        return resolve_container(ctx, root).await;
+        // From the heap: inline, this rare path's future would make every object's larger.
+        return Box::pin(resolve_container(ctx, root)).await;
     }
     // Every field's future has the same type, so `join_all` keeps them all in one allocation
     // and polls them in order; the ones ready at once are done after the first poll.

@@ -14,9 +14,29 @@ pub mod ws;
 
 pub use router::{router, serve, shutdown_signal};
 
-/// What the HTTP handlers share: the state and the schema built from it.
+/// What the HTTP handlers share: the state and the schema built from it. One `Arc`: axum
+/// clones the state into every request (more than once), and each clone of three separately
+/// counted parts was three atomic increments and decrements on counters both cores touch (the
+/// `{ __typename }` profile showed their drops at about 2.5%).
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(std::sync::Arc<HttpShared>);
+
+impl HttpState {
+    /// The state of a router.
+    pub fn new(shared: HttpShared) -> Self {
+        Self(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = HttpShared;
+    fn deref(&self) -> &HttpShared {
+        &self.0
+    }
+}
+
+/// The parts of [`HttpState`].
+pub struct HttpShared {
     /// Shared server state.
     pub app: crate::state::AppState,
     /// The executable schema.

@@ -20,7 +20,7 @@ use tower_http::{
 };
 
 use crate::{
-    http::{HttpState, REQUEST_ID, RequestId, graphql, persisted},
+    http::{HttpShared, HttpState, REQUEST_ID, RequestId, graphql, persisted},
     schema,
     state::AppState,
     telemetry::names,
@@ -35,11 +35,11 @@ pub fn router(app: AppState) -> Router {
     let config = app.config.clone();
     // Request spans carry OpenTelemetry's fields only when traces are exported.
     let traced = config.otel_endpoint.is_some();
-    let http = HttpState {
+    let http = HttpState::new(HttpShared {
         app: app.clone(),
         schema,
         persisted: persisted::PersistedQueries::new(persisted::CAPACITY),
-    };
+    });
 
     Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))

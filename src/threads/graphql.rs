@@ -43,7 +43,7 @@ impl Thread {
             .agents
             .load_one(self.0.agent_id)
             .await?
-            .map(Agent))
+            .map(Agent::single))
     }
     /// When it was started.
     async fn created_at(&self) -> DateTime<Utc> {

@@ -392,6 +392,80 @@ async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
     );
 }
 
+/// The agents of a page share one batch per relation and shape of arguments: two aliases of
+/// `executions` with different `first` each get their own runs, agents on different keys each
+/// get their own key, the extra row read to learn whether another page follows is not part of
+/// the page, and every listed agent answers as `agent(id:)` (the DataLoader path) does, with a
+/// statement count that does not grow with the page.
+#[tokio::test]
+async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
+    let w = world_with("OPENAI", "gpt-4o-mini", |c| {
+        c.execution_heartbeat_secs = 3600;
+    })
+    .await;
+    let second_key = w
+        .ask(
+            "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { id } }",
+            json!({"i": {"name": "second", "provider": "OPENAI", "secret": OPENAI_KEY}}),
+        )
+        .await;
+    let second_key = id_at(&second_key, &["createApiKey"]);
+    for (i, key) in [&w.key_id, &second_key, &second_key].into_iter().enumerate() {
+        let made = w
+            .ask(
+                "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
+                json!({"i": {"name": format!("paged {i}"), "role": "r", "goal": "g", "apiKeyId": key, "model": "gpt-4o-mini"}}),
+            )
+            .await;
+        assert!(made.get("errors").is_none(), "{made}");
+    }
+    // Agent k of the user has k + 1 runs (the world's own agent, created first, has 1).
+    w.app
+        .sql(&format!(
+            "INSERT INTO executions (id, user_id, agent_id, api_key_id, provider, model, status, input) \
+             SELECT run_id, user_id, id, api_key_id, 'OPENAI', model, 'SUCCEEDED', 'seed' FROM \
+             (SELECT a.*, row_number() OVER (ORDER BY a.id) AS k FROM agents a WHERE user_id = '{}') a \
+             CROSS JOIN LATERAL (SELECT gen_random_uuid() AS run_id FROM generate_series(1, a.k::int)) s",
+            w.user.user_id
+        ))
+        .await;
+    const AGENT: &str = "id name provider apiKey { id name } \
+        recent: executions(first: 1) { nodes { id status } pageInfo { hasNextPage } } \
+        all: executions(first: 5) { nodes { id status } pageInfo { hasNextPage } }";
+    let page_query = |n: usize| {
+        format!("{{ agents(first: {n}) {{ nodes {{ {AGENT} }} pageInfo {{ hasNextPage }} }} }}")
+    };
+    let one = w.app.state.query_counter.get();
+    w.ask(&page_query(1), json!({})).await;
+    let before = w.app.state.query_counter.get();
+    let page = w.ask(&page_query(3), json!({})).await;
+    let statements = w.app.state.query_counter.get() - before;
+    // Authentication, the page, the keys, and one read per shape of `executions`.
+    assert!(statements <= 5, "{statements} statements for a page");
+    assert_eq!(before - one, statements, "one agent vs three");
+    assert!(page.get("errors").is_none(), "{page}");
+    assert_eq!(page["data"]["agents"]["pageInfo"]["hasNextPage"], true, "{page}");
+    let agents = page["data"]["agents"]["nodes"].as_array().unwrap();
+    assert_eq!(agents.len(), 3, "{page}");
+    // Newest first: the three created here, with 4, 3 and 2 runs.
+    let keys: Vec<&str> = agents.iter().map(|a| a["apiKey"]["name"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["second", "second", "key"], "{page}");
+    for (agent, runs) in agents.iter().zip([4, 3, 2]) {
+        assert_eq!(agent["recent"]["nodes"].as_array().unwrap().len(), 1, "{agent}");
+        assert_eq!(agent["recent"]["pageInfo"]["hasNextPage"], true, "{agent}");
+        assert_eq!(agent["all"]["nodes"].as_array().unwrap().len(), runs, "{agent}");
+        assert_eq!(agent["all"]["pageInfo"]["hasNextPage"], false, "{agent}");
+        assert_eq!(agent["recent"]["nodes"][0], agent["all"]["nodes"][0], "{agent}");
+        let single = w
+            .ask(
+                &format!("query($id: ID!) {{ agent(id: $id) {{ {AGENT} }} }}"),
+                json!({"id": agent["id"]}),
+            )
+            .await;
+        assert_eq!(agent, &single["data"]["agent"], "{single}");
+    }
+}
+
 /// Checks that `keys` first appear in this order in the raw response text to `query` (read from
 /// the text because `Value` sorts object keys).
 async fn keys_in_order(w: &World, query: &str, keys: &[&str]) {
