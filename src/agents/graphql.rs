@@ -83,9 +83,7 @@ impl Agent {
                 }))
                 .await?
             }
-            None => {
-                Box::pin(ctx.data::<Loaders>()?.recent_executions.load_one(key)).await?
-            }
+            None => Box::pin(ctx.data::<Loaders>()?.recent_executions.load_one(key)).await?,
         };
         Ok(rows.unwrap_or_default())
     }
@@ -292,8 +290,7 @@ pub async fn agents_page(
     active: Option<bool>,
 ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
     let page = Page::new(first, after)?;
-    let rows =
-        service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
+    let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Only the agents on the page share its batches (not the extra row that tells whether
     // another page follows).
     let batches = PageBatches::new(&rows[..rows.len().min(page.first)]);
@@ -385,7 +382,9 @@ impl AgentsMutation {
             tools: input.tools.iter().map(|t| t.as_str().to_owned()).collect(),
             config: input.config.map(|c| c.0),
         };
-        Ok(Agent::single(service::create(state(ctx)?, viewer, input).await?))
+        Ok(Agent::single(
+            service::create(state(ctx)?, viewer, input).await?,
+        ))
     }
 
     /// Changes an agent; omitted fields stay as they are.

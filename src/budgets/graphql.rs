@@ -48,7 +48,12 @@ impl Budget {
         let Some(id) = self.0.agent_id else {
             return Ok(None);
         };
-        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent::single))
+        Ok(ctx
+            .data::<Loaders>()?
+            .agents
+            .load_one(id)
+            .await?
+            .map(Agent::single))
     }
     /// Whether an admin set it as the account's ceiling (only an admin can change it).
     async fn set_by_admin(&self) -> bool {

@@ -69,7 +69,12 @@ impl Crew {
         let Some(id) = self.0.manager_agent_id else {
             return Ok(None);
         };
-        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent::single))
+        Ok(ctx
+            .data::<Loaders>()?
+            .agents
+            .load_one(id)
+            .await?
+            .map(Agent::single))
     }
     /// The tasks, in order.
     async fn tasks(&self) -> Vec<CrewTask> {
@@ -149,7 +154,12 @@ impl CrewTask {
         let Some(id) = self.spec.agent_id else {
             return Ok(None);
         };
-        Ok(ctx.data::<Loaders>()?.agents.load_one(id).await?.map(Agent::single))
+        Ok(ctx
+            .data::<Loaders>()?
+            .agents
+            .load_one(id)
+            .await?
+            .map(Agent::single))
     }
     /// Indexes of the earlier tasks whose outputs it receives.
     async fn context(&self) -> Vec<i32> {

@@ -165,8 +165,13 @@ impl Execution {
         if !(1..=1000).contains(&first) {
             return Err(AppError::bad_input("first", "must be between 1 and 1000").into());
         }
-        let rows =
-            Box::pin(service::events_of(state(ctx)?, &self.0, after.unwrap_or(0), first)).await?;
+        let rows = Box::pin(service::events_of(
+            state(ctx)?,
+            &self.0,
+            after.unwrap_or(0),
+            first,
+        ))
+        .await?;
         Ok(rows
             .into_iter()
             .map(|row| Eager(ExecutionEvent(Arc::new(row))))

@@ -55,8 +55,11 @@ impl<K: Eq + Hash, V: Clone> Batch<K, V> {
 /// of arguments, as selections under one list may ask for the relation twice with different
 /// arguments (under two aliases). Few shapes per list, so a vector, not a map.
 pub struct Batches<A, K, V> {
-    shapes: std::sync::Mutex<Vec<(A, Arc<Batch<K, V>>)>>,
+    shapes: std::sync::Mutex<Vec<Shape<A, K, V>>>,
 }
+
+/// One set of arguments and its batch.
+type Shape<A, K, V> = (A, Arc<Batch<K, V>>);
 
 impl<A, K, V> Default for Batches<A, K, V> {
     fn default() -> Self {
@@ -98,7 +101,11 @@ mod tests {
             tokio::task::yield_now().await;
             Ok::<_, async_graphql::Error>(HashMap::from([(1, "one".to_owned())]))
         };
-        let (a, b, c) = tokio::join!(batch.get(&1, load), batch.get(&1, load), batch.get(&2, load));
+        let (a, b, c) = tokio::join!(
+            batch.get(&1, load),
+            batch.get(&1, load),
+            batch.get(&2, load)
+        );
         assert_eq!(a.unwrap().as_deref(), Some("one"));
         assert_eq!(b.unwrap().as_deref(), Some("one"));
         assert_eq!(c.unwrap(), None);

@@ -410,7 +410,10 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
         )
         .await;
     let second_key = id_at(&second_key, &["createApiKey"]);
-    for (i, key) in [&w.key_id, &second_key, &second_key].into_iter().enumerate() {
+    for (i, key) in [&w.key_id, &second_key, &second_key]
+        .into_iter()
+        .enumerate()
+    {
         let made = w
             .ask(
                 "mutation($i: CreateAgentInput!) { createAgent(input: $i) { id } }",
@@ -444,18 +447,35 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
     assert!(statements <= 5, "{statements} statements for a page");
     assert_eq!(before - one, statements, "one agent vs three");
     assert!(page.get("errors").is_none(), "{page}");
-    assert_eq!(page["data"]["agents"]["pageInfo"]["hasNextPage"], true, "{page}");
+    assert_eq!(
+        page["data"]["agents"]["pageInfo"]["hasNextPage"], true,
+        "{page}"
+    );
     let agents = page["data"]["agents"]["nodes"].as_array().unwrap();
     assert_eq!(agents.len(), 3, "{page}");
     // Newest first: the three created here, with 4, 3 and 2 runs.
-    let keys: Vec<&str> = agents.iter().map(|a| a["apiKey"]["name"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = agents
+        .iter()
+        .map(|a| a["apiKey"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["second", "second", "key"], "{page}");
     for (agent, runs) in agents.iter().zip([4, 3, 2]) {
-        assert_eq!(agent["recent"]["nodes"].as_array().unwrap().len(), 1, "{agent}");
+        assert_eq!(
+            agent["recent"]["nodes"].as_array().unwrap().len(),
+            1,
+            "{agent}"
+        );
         assert_eq!(agent["recent"]["pageInfo"]["hasNextPage"], true, "{agent}");
-        assert_eq!(agent["all"]["nodes"].as_array().unwrap().len(), runs, "{agent}");
+        assert_eq!(
+            agent["all"]["nodes"].as_array().unwrap().len(),
+            runs,
+            "{agent}"
+        );
         assert_eq!(agent["all"]["pageInfo"]["hasNextPage"], false, "{agent}");
-        assert_eq!(agent["recent"]["nodes"][0], agent["all"]["nodes"][0], "{agent}");
+        assert_eq!(
+            agent["recent"]["nodes"][0], agent["all"]["nodes"][0],
+            "{agent}"
+        );
         let single = w
             .ask(
                 &format!("query($id: ID!) {{ agent(id: $id) {{ {AGENT} }} }}"),
