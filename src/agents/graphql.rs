@@ -1,5 +1,6 @@
 //! GraphQL types and resolvers for agents. Thin: parse, authorize, call the service; relations
-//! go through the request's DataLoaders.
+//! come from the page's shared batches for the agents of a page, and from the request's
+//! DataLoaders otherwise.
 
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ use crate::{
 /// An agent: who it is (role, goal, backstory), which model and key it runs on, and its runs.
 /// Agents listed in one page share that page's batches ([`PageBatches`]); others (`None`) load
 /// their relations through the request's DataLoaders.
-pub struct Agent(pub AgentRow, pub Option<Arc<PageBatches>>);
+pub struct Agent(pub AgentRow, Option<Arc<PageBatches>>);
 
 impl Agent {
     /// An agent on its own (not one of a page).

@@ -406,3 +406,41 @@ pub async fn count_unfinished_of_agent(
         .get_result(conn)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page's runs are decoded by position into `ExecutionRow`, so the raw column lists must
+    /// name its fields in its order (the order of its `Selectable` select clause); two columns
+    /// of one type swapped would otherwise decode silently into each other's fields.
+    #[test]
+    fn the_raw_run_columns_are_in_the_rows_order() {
+        let selected = diesel::debug_query::<diesel::pg::Pg, _>(
+            &executions::table.select(ExecutionRow::as_select()),
+        )
+        .to_string();
+        let expected: Vec<&str> = selected
+            .trim_start_matches("SELECT ")
+            .split(" FROM ")
+            .next()
+            .unwrap_or_default()
+            .split(", ")
+            .map(|column| {
+                column
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            })
+            .collect();
+        assert_eq!(expected.len(), 24, "{selected}");
+        for columns in [RUN_COLUMNS, RUN_COLUMNS_WITHOUT_TEXT] {
+            let names: Vec<&str> = columns
+                .split(", ")
+                .map(|column| column.rsplit(' ').next().unwrap_or_default())
+                .collect();
+            assert_eq!(names, expected, "{columns}");
+        }
+    }
+}

@@ -374,7 +374,7 @@ async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id.to_string(), run);
     assert_eq!(again.len(), 1);
-    // Named (kept) statements of this connection; an unprepared `sql_query` leaves none. The
+    // Named (kept) statements of this connection; an unprepared statement leaves none. The
     // pattern is split so that this query's own text does not match it.
     // "kept:plans": how many such statements, and how often they were planned for a run.
     let kept: String = diesel_async::RunQueryDsl::get_result(
@@ -392,11 +392,11 @@ async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
     );
 }
 
-/// The agents of a page share one batch per relation and shape of arguments: two aliases of
-/// `executions` with different `first` each get their own runs, agents on different keys each
-/// get their own key, the extra row read to learn whether another page follows is not part of
-/// the page, and every listed agent answers as `agent(id:)` (the DataLoader path) does, with a
-/// statement count that does not grow with the page.
+/// The agents of a page share one batch per relation and shape of arguments: aliases of
+/// `executions` with different `first`, or with and without the runs' text, each get their own
+/// runs; agents on different keys each get their own key; and every listed agent answers as
+/// `agent(id:)` (the DataLoader path) does, with a statement count that does not grow with the
+/// page.
 #[tokio::test]
 async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
     let w = world_with("OPENAI", "gpt-4o-mini", |c| {
@@ -434,7 +434,8 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
         .await;
     const AGENT: &str = "id name provider apiKey { id name } \
         recent: executions(first: 1) { nodes { id status } pageInfo { hasNextPage } } \
-        all: executions(first: 5) { nodes { id status } pageInfo { hasNextPage } }";
+        all: executions(first: 5) { nodes { id status } pageInfo { hasNextPage } } \
+        texts: executions(first: 5) { nodes { id input } }";
     let page_query = |n: usize| {
         format!("{{ agents(first: {n}) {{ nodes {{ {AGENT} }} pageInfo {{ hasNextPage }} }} }}")
     };
@@ -444,7 +445,7 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
     let page = w.ask(&page_query(3), json!({})).await;
     let statements = w.app.state.query_counter.get() - before;
     // Authentication, the page, the keys, and one read per shape of `executions`.
-    assert!(statements <= 5, "{statements} statements for a page");
+    assert!(statements <= 6, "{statements} statements for a page");
     assert_eq!(before - one, statements, "one agent vs three");
     assert!(page.get("errors").is_none(), "{page}");
     assert_eq!(
@@ -472,6 +473,10 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
             "{agent}"
         );
         assert_eq!(agent["all"]["pageInfo"]["hasNextPage"], false, "{agent}");
+        // Same page size as `all`, read after it (the selection's order) but with the text.
+        let texts = agent["texts"]["nodes"].as_array().unwrap();
+        assert_eq!(texts.len(), runs, "{agent}");
+        assert!(texts.iter().all(|run| run["input"] == "seed"), "{agent}");
         assert_eq!(
             agent["recent"]["nodes"][0], agent["all"]["nodes"][0],
             "{agent}"
