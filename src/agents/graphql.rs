@@ -50,6 +50,14 @@ impl Agent {
         Self(row, None)
     }
 
+    /// The agent `id` through the request's DataLoader (cached per request; a page of agents
+    /// feeds it), for the fields of other types that point at an agent. The caller has read
+    /// `id` from a row the viewer may see. Awaited from the heap, as the loads below.
+    pub async fn by_id(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Self>> {
+        let loaded = Box::pin(ctx.data::<Loaders>()?.agents.load_one(id)).await?;
+        Ok(loaded.map(Self::single))
+    }
+
     /// The agent's key, from its page's batch or the request's DataLoader. (The loads are
     /// awaited from the heap, here and below: see [`crate::graphql::eager`] on field futures.)
     async fn key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ApiKeyRow>> {

@@ -48,12 +48,7 @@ impl Budget {
         let Some(id) = self.0.agent_id else {
             return Ok(None);
         };
-        Ok(ctx
-            .data::<Loaders>()?
-            .agents
-            .load_one(id)
-            .await?
-            .map(Agent::single))
+        Agent::by_id(ctx, id).await
     }
     /// Whether an admin set it as the account's ceiling (only an admin can change it).
     async fn set_by_admin(&self) -> bool {

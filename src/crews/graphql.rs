@@ -69,12 +69,7 @@ impl Crew {
         let Some(id) = self.0.manager_agent_id else {
             return Ok(None);
         };
-        Ok(ctx
-            .data::<Loaders>()?
-            .agents
-            .load_one(id)
-            .await?
-            .map(Agent::single))
+        Agent::by_id(ctx, id).await
     }
     /// The tasks, in order.
     async fn tasks(&self) -> Vec<CrewTask> {
@@ -154,12 +149,7 @@ impl CrewTask {
         let Some(id) = self.spec.agent_id else {
             return Ok(None);
         };
-        Ok(ctx
-            .data::<Loaders>()?
-            .agents
-            .load_one(id)
-            .await?
-            .map(Agent::single))
+        Agent::by_id(ctx, id).await
     }
     /// Indexes of the earlier tasks whose outputs it receives.
     async fn context(&self) -> Vec<i32> {

@@ -1,9 +1,8 @@
 //! Raw SQL statements the connection prepares once and reuses.
 //!
 //! diesel never caches a `sql_query` or a statement built around `dsl::sql` (their text could
-//! be anything), so each one costs
-//! PostgreSQL a parse and a plan, and diesel-async an extra round trip to prepare it, on every
-//! call. For the few fixed statements on hot paths (the runs of a page of agents or crews, a
+//! be anything), so each one costs PostgreSQL a parse and a plan, and diesel-async an extra
+//! round trip to prepare it, on every call. For the few fixed statements on hot paths (the runs of a page of agents or crews, a
 //! run's event appends, NOTIFY, a run start's lock) that is most of their cost: the lateral
 //! read of a page of agents' runs spent as long being planned as being executed.
 //!
@@ -19,8 +18,7 @@ use diesel::{
 };
 
 /// A raw SQL statement (`diesel::sql_query` with its binds, or a `select` of `dsl::sql`) that
-/// may be prepared once per
-/// connection and reused, keyed by its text. Only for statements whose text is one of a few
+/// may be prepared once per connection and reused, keyed by its text. Only for statements whose text is one of a few
 /// constants, never built from input: each distinct text is kept prepared on every pooled
 /// connection. Such a statement names its columns rather than selecting `*`: a prepared `*`
 /// fails once its table gains a column (another instance migrating first).

@@ -17,8 +17,7 @@ use crate::{
     },
     files::graphql::File,
     graphql::{
-        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
-        request_context, state,
+        eager::Eager, guards::RoleGuard, pagination::Page, parse_id, request_context, state,
     },
     request::Viewer,
     state::AppState,
@@ -93,11 +92,7 @@ impl Execution {
     }
     /// The agent that ran.
     async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {
-        Ok(
-            Box::pin(ctx.data::<Loaders>()?.agents.load_one(self.0.agent_id))
-                .await?
-                .map(Agent::single),
-        )
+        Agent::by_id(ctx, self.0.agent_id).await
     }
     /// Where the run is.
     async fn status(&self) -> ExecutionStatus {

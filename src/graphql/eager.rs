@@ -10,6 +10,12 @@
 //! the GraphQL specification asks (async-graphql's own order is the order in which fields
 //! finish).
 //!
+//! Each field's future is as large as the object's largest field's (the generated
+//! `resolve_field` is one future for every field), and a page builds thousands of them and
+//! moves each into place: so a resolver with a heavy or rare load (a database read, a
+//! DataLoader call) awaits it from the heap (`Box::pin`), keeping the other fields' futures
+//! small (a run's were 2.3 KB, now 0.8 KB).
+//!
 //! Anything unusual falls back to async-graphql's own resolution, which gives the same result:
 //! a response key selected twice (async-graphql merges the sub-selections), a fragment on
 //! another type, a directive left on a field after `@skip`/`@include` were applied. The schema

@@ -38,12 +38,7 @@ impl Thread {
     }
     /// The agent the conversation is with.
     async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {
-        Ok(ctx
-            .data::<Loaders>()?
-            .agents
-            .load_one(self.0.agent_id)
-            .await?
-            .map(Agent::single))
+        Agent::by_id(ctx, self.0.agent_id).await
     }
     /// When it was started.
     async fn created_at(&self) -> DateTime<Utc> {
