@@ -3,6 +3,10 @@
 //! A guided tour, in the order a request meets the code. The arrows point one way, down this
 //! list: transport → schema → a domain's GraphQL → its service → its model → the database.
 
+// Eager pages of eager objects (connections of runs under a connection of agents) nest
+// deeper future types than the compiler's default limit of 128 allows.
+#![recursion_limit = "256"]
+
 // Start-up: settings, then the state every request shares.
 /// One `Config` from environment and flags, validated at start-up.
 pub mod config;

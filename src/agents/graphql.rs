@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{
-    Context, ID, InputObject, Json, MaybeUndefined, Object, connection::Connection,
-};
+use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -20,9 +18,10 @@ use crate::{
         model::ApiKeyRow,
         service as api_keys,
     },
+    db::shared::{SharedRow, SharedRows},
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page, run_text},
+        graphql::{Execution, executions_page, run_text, runs_connection},
         model::{ExecutionRow, ExecutionStatus, RecentOf, RunFilter, RunText},
         service::{self as executions, RecentKey},
     },
@@ -30,7 +29,7 @@ use crate::{
         eager::Eager,
         guards::RoleGuard,
         loaders::Loaders,
-        pagination::Page,
+        pagination::{Page, PageOf},
         parse_id, request_context,
         siblings::{Batch, Batches},
         state,
@@ -60,17 +59,22 @@ impl Agent {
 
     /// The agent's key, from its page's batch or the request's DataLoader. (The loads are
     /// awaited from the heap, here and below: see [`crate::graphql::eager`] on field futures.)
-    async fn key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<ApiKeyRow>> {
+    async fn key(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SharedRow<ApiKeyRow>>> {
         let id = self.0.api_key_id;
         match &self.1 {
             Some(page) => {
-                Box::pin(page.keys.get(&id, || async {
+                let key = Box::pin(page.keys.get(&id, || async {
                     let rows = api_keys::by_ids(&state(ctx)?.pool, &page.key_ids).await?;
-                    Ok::<_, AppError>(rows.into_iter().map(|row| (row.id, row)).collect())
+                    let split = SharedRows::split(rows, &page.key_ids, |row| Some(row.id));
+                    Ok::<_, AppError>(split.into_iter().collect())
                 }))
-                .await
+                .await?;
+                Ok(key.and_then(|rows| rows.iter().next()))
             }
-            None => Box::pin(ctx.data::<Loaders>()?.api_keys.load_one(id)).await,
+            None => {
+                let row = Box::pin(ctx.data::<Loaders>()?.api_keys.load_one(id)).await?;
+                Ok(row.map(Into::into))
+            }
         }
     }
 
@@ -80,7 +84,7 @@ impl Agent {
         ctx: &Context<'_>,
         limit: i64,
         text: RunText,
-    ) -> async_graphql::Result<Vec<ExecutionRow>> {
+    ) -> async_graphql::Result<SharedRows<ExecutionRow>> {
         let key = (self.0.id, limit, text);
         let rows = match &self.1 {
             Some(page) => {
@@ -105,8 +109,8 @@ impl Agent {
 pub struct PageBatches {
     agent_ids: Vec<Uuid>,
     key_ids: Vec<Uuid>,
-    keys: Batch<Uuid, ApiKeyRow>,
-    runs: Batches<(i64, RunText), RecentKey, Vec<ExecutionRow>>,
+    keys: Batch<Uuid, SharedRows<ApiKeyRow>>,
+    runs: Batches<(i64, RunText), RecentKey, SharedRows<ExecutionRow>>,
 }
 
 impl PageBatches {
@@ -198,14 +202,14 @@ impl Agent {
         first: Option<i32>,
         after: Option<String>,
         status: Option<ExecutionStatus>,
-    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
+    ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
         let page = Page::new(first, after)?;
         if page.after.is_none() && status.is_none() {
             // The common shape (`executions(first: 5)` under a list of agents) is batched.
             let rows = self
                 .recent_runs(ctx, page.fetch_limit(), run_text(ctx, true))
                 .await?;
-            return Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))));
+            return Ok(runs_connection(&page, rows));
         }
         let viewer = request_context(ctx)?.viewer()?;
         let of = RunFilter {
@@ -297,7 +301,7 @@ pub async fn agents_page(
     first: Option<i32>,
     after: Option<String>,
     active: Option<bool>,
-) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
+) -> async_graphql::Result<PageOf<Eager<Agent>>> {
     let page = Page::new(first, after)?;
     let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Only the agents on the page share its batches (not the extra row that tells whether
@@ -346,7 +350,7 @@ impl AgentsQuery {
         first: Option<i32>,
         after: Option<String>,
         active: Option<bool>,
-    ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
+    ) -> async_graphql::Result<PageOf<Eager<Agent>>> {
         let viewer = request_context(ctx)?.viewer()?;
         agents_page(ctx, viewer.id(), first, after, active).await
     }

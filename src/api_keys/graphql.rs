@@ -9,6 +9,7 @@ use crate::{
         model::ApiKeyRow,
         service::{self, KeyChanges, NewKey},
     },
+    db::shared::{SharedRow, SharedRows},
     graphql::{guards::RoleGuard, loaders::Loaders, parse_id, request_context, state},
     llm::{ProviderKind, probe::ProbeResult},
 };
@@ -57,8 +58,16 @@ impl From<ProviderKind> for LlmProvider {
     }
 }
 
-/// A stored provider key. The secret itself is never returned: only `maskedKey`.
-pub struct ApiKey(pub ApiKeyRow);
+/// A stored provider key. The secret itself is never returned: only `maskedKey`. The row is
+/// its own, or one of a list's shared answer (a page's agents share their keys' read).
+pub struct ApiKey(pub SharedRow<ApiKeyRow>);
+
+impl ApiKey {
+    /// A key shown on its own.
+    pub fn own(row: ApiKeyRow) -> Self {
+        Self(row.into())
+    }
+}
 
 #[Object]
 impl ApiKey {
@@ -209,7 +218,7 @@ impl ApiKeysQuery {
     async fn api_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiKey>> {
         let viewer = request_context(ctx)?.viewer()?;
         let rows = service::list(state(ctx)?, viewer.id()).await?;
-        Ok(rows.into_iter().map(ApiKey).collect())
+        Ok(SharedRows::from(rows).iter().map(ApiKey).collect())
     }
 
     /// One of your API keys; null if it does not exist or is not yours.
@@ -218,7 +227,7 @@ impl ApiKeysQuery {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
         match service::get(state(ctx)?, viewer, id).await {
-            Ok(row) => Ok(Some(ApiKey(row))),
+            Ok(row) => Ok(Some(ApiKey::own(row))),
             Err(crate::error::AppError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -245,7 +254,9 @@ impl ApiKeysMutation {
             secret: SecretString::from(input.secret),
             endpoint: input.endpoint,
         };
-        Ok(ApiKey(service::create(state(ctx)?, viewer, new).await?))
+        Ok(ApiKey::own(
+            service::create(state(ctx)?, viewer, new).await?,
+        ))
     }
 
     /// Renames a key, moves a CUSTOM key's endpoint, or replaces its secret.
@@ -263,7 +274,7 @@ impl ApiKeysMutation {
             endpoint: input.endpoint,
             secret: input.secret.map(SecretString::from),
         };
-        Ok(ApiKey(
+        Ok(ApiKey::own(
             service::update(state(ctx)?, viewer, id, changes).await?,
         ))
     }
@@ -278,7 +289,7 @@ impl ApiKeysMutation {
     ) -> async_graphql::Result<ApiKey> {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
-        Ok(ApiKey(
+        Ok(ApiKey::own(
             service::set_active(state(ctx)?, viewer, id, active).await?,
         ))
     }
@@ -316,7 +327,7 @@ impl ApiKeysMutation {
             latency_ms,
             message,
             models,
-            api_key: ApiKey(row),
+            api_key: ApiKey::own(row),
         })
     }
 }

@@ -41,7 +41,7 @@ impl Budget {
             .api_keys
             .load_one(id)
             .await?
-            .map(ApiKey))
+            .map(ApiKey::own))
     }
     /// The agent, for an AGENT budget.
     async fn agent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {

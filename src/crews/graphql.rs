@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, InputObject, Json, Object, Subscription, connection::Connection};
+use async_graphql::{Context, ID, InputObject, Json, Object, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 
@@ -22,7 +22,10 @@ use crate::{
         model::CrewRole,
     },
     graphql::{
-        guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id, request_context, state,
+        guards::RoleGuard,
+        loaders::Loaders,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
     },
 };
 
@@ -99,7 +102,7 @@ impl Crew {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, CrewRun>> {
+    ) -> async_graphql::Result<PageOf<CrewRun>> {
         let page = Page::new(first, after)?;
         if page.after.is_none() {
             // The first page (a list of crews with their latest runs) is batched.
@@ -212,14 +215,14 @@ impl CrewRun {
     }
     /// Its steps (tasks, the manager, delegations), in the order they started.
     async fn executions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Execution>> {
-        let mut rows = ctx
+        let rows = ctx
             .data::<Loaders>()?
             .crew_run_executions
             .load_one((self.0.id, MAX_STEPS_LISTED, run_text(ctx, false)))
             .await?
             .unwrap_or_default();
-        rows.reverse();
-        Ok(rows.into_iter().map(Execution).collect())
+        // Read newest first, listed oldest first.
+        Ok(rows.iter().rev().map(Execution).collect())
     }
 }
 
@@ -283,7 +286,7 @@ impl CrewRunEvent {
     /// The step that started (STEP_STARTED).
     async fn execution(&self) -> Option<Execution> {
         match &self.0 {
-            CrewEvent::StepStarted(run) => Some(Execution(run.clone())),
+            CrewEvent::StepStarted(run) => Some(Execution::own(run.clone())),
             _ => None,
         }
     }
@@ -500,7 +503,7 @@ impl CrewsQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Crew>> {
+    ) -> async_graphql::Result<PageOf<Crew>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let rows = service::page(state(ctx)?, viewer, page.after, page.fetch_limit()).await?;
@@ -536,7 +539,7 @@ impl CrewsQuery {
         crew_id: Option<ID>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, CrewRun>> {
+    ) -> async_graphql::Result<PageOf<CrewRun>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let crew_id = crew_id.map(|id| parse_id("crewId", &id)).transpose()?;

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod reusable;
 pub mod schema;
+pub mod shared;
 
 use std::{
     sync::{

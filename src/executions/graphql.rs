@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, Json, Object, Subscription, connection::Connection};
+use async_graphql::{Context, ID, Json, Object, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 
 use crate::{
     agents::graphql::Agent,
+    db::shared::{SharedRow, SharedRows},
     error::AppError,
     executions::{
         live,
@@ -17,7 +18,10 @@ use crate::{
     },
     files::graphql::File,
     graphql::{
-        eager::Eager, guards::RoleGuard, pagination::Page, parse_id, request_context, state,
+        eager::Eager,
+        guards::RoleGuard,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
     },
     request::Viewer,
     state::AppState,
@@ -54,8 +58,21 @@ impl ExecutionEvent {
     }
 }
 
-/// A run of an agent: its input, output, status, tokens and cost.
-pub struct Execution(pub ExecutionRow);
+/// A run of an agent: its input, output, status, tokens and cost. The row is its own, or one
+/// of a list's shared answer (a page's runs are not copied per run).
+pub struct Execution(pub SharedRow<ExecutionRow>);
+
+impl Execution {
+    /// A run shown on its own.
+    pub fn own(row: ExecutionRow) -> Self {
+        Self(row.into())
+    }
+}
+
+/// `rows` as a connection of runs, each sharing the one answer.
+pub fn runs_connection(page: &Page, rows: SharedRows<ExecutionRow>) -> PageOf<Eager<Execution>> {
+    page.connection(rows.iter().collect(), |e| e.id, |row| Eager(Execution(row)))
+}
 
 #[Object]
 impl Execution {
@@ -200,9 +217,9 @@ pub async fn executions_page(
     viewer: &Viewer,
     of: RunFilter,
     page: Page,
-) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
+) -> async_graphql::Result<PageOf<Eager<Execution>>> {
     let rows = service::page(state, viewer, of, page.after, page.fetch_limit()).await?;
-    Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))))
+    Ok(runs_connection(&page, rows.into()))
 }
 
 /// Run queries.
@@ -221,7 +238,7 @@ impl ExecutionsQuery {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
         match service::get(state(ctx)?, viewer, id).await {
-            Ok(row) => Ok(Some(Execution(row))),
+            Ok(row) => Ok(Some(Execution::own(row))),
             Err(AppError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -239,7 +256,7 @@ impl ExecutionsQuery {
         status: Option<ExecutionStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
+    ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let agent_id = agent_id.map(|id| parse_id("agentId", &id)).transpose()?;
@@ -277,7 +294,7 @@ impl ExecutionsMutation {
         let thread_id = thread_id.map(|t| parse_id("threadId", &t)).transpose()?;
         let state = state(ctx)?;
         let run = service::execute(state, viewer, agent_id, input, idempotency_key, thread_id);
-        Ok(Execution(run.await?))
+        Ok(Execution::own(run.await?))
     }
 
     /// Stops a run: the provider request is aborted, the output so far is kept, and the run
@@ -290,7 +307,9 @@ impl ExecutionsMutation {
     ) -> async_graphql::Result<Execution> {
         let viewer = request_context(ctx)?.viewer()?;
         let id = parse_id("id", &id)?;
-        Ok(Execution(service::cancel(state(ctx)?, viewer, id).await?))
+        Ok(Execution::own(
+            service::cancel(state(ctx)?, viewer, id).await?,
+        ))
     }
 }
 
@@ -329,7 +348,9 @@ impl ExecutionsSubscription {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Eager<Execution>>> + use<>>
     {
         let viewer = request_context(ctx)?.viewer()?;
-        Ok(live::updates(state(ctx)?, viewer)
-            .map(|row| row.map(|row| Eager(Execution(row))).map_err(Into::into)))
+        Ok(live::updates(state(ctx)?, viewer).map(|row| {
+            row.map(|row| Eager(Execution::own(row)))
+                .map_err(Into::into)
+        }))
     }
 }

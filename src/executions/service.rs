@@ -16,6 +16,7 @@ use crate::{
     db::{
         Pool,
         schema::{executions, idempotency_keys},
+        shared::SharedRows,
     },
     error::{AppError, AppResult},
     executions::{
@@ -461,27 +462,22 @@ pub async fn recent_runs(
     pool: &Pool,
     of: RecentOf,
     keys: &[RecentKey],
-) -> AppResult<HashMap<RecentKey, Vec<ExecutionRow>>> {
+) -> AppResult<HashMap<RecentKey, SharedRows<ExecutionRow>>> {
     let mut conn = pool.get().await?;
     let mut by_shape: HashMap<(i64, RunText), Vec<Uuid>> = HashMap::new();
     for (parent, limit, text) in keys {
         by_shape.entry((*limit, *text)).or_default().push(*parent);
     }
-    let mut out: HashMap<RecentKey, Vec<ExecutionRow>> = HashMap::new();
+    let mut out = HashMap::with_capacity(keys.len());
     for ((limit, text), parents) in by_shape {
         let rows = model::recent_runs(&mut conn, of, &parents, limit, text).await?;
-        for parent in &parents {
-            out.insert((*parent, limit, text), Vec::new());
-        }
-        for row in rows {
-            let parent = match of {
-                RecentOf::Agent => Some(row.agent_id),
-                RecentOf::Thread => row.thread_id,
-                RecentOf::CrewRun => row.crew_run_id,
-            };
-            if let Some(parent) = parent {
-                out.entry((parent, limit, text)).or_default().push(row);
-            }
+        let parent_of = |row: &ExecutionRow| match of {
+            RecentOf::Agent => Some(row.agent_id),
+            RecentOf::Thread => row.thread_id,
+            RecentOf::CrewRun => row.crew_run_id,
+        };
+        for (parent, rows) in SharedRows::split(rows, &parents, parent_of) {
+            out.insert((parent, limit, text), rows);
         }
     }
     Ok(out)

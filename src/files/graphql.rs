@@ -2,13 +2,17 @@
 //! apollo-upload-client) and delete. Downloads are plain HTTP: `GET /files/{id}` with the same
 //! bearer token (see `http::files`).
 
-use async_graphql::{Context, ID, Object, Upload, connection::Connection};
+use async_graphql::{Context, ID, Object, Upload};
 use chrono::{DateTime, Utc};
 
 use crate::{
     error::AppError,
     files::{model::FileRow, service},
-    graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
+    graphql::{
+        guards::RoleGuard,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
+    },
 };
 
 /// A file in your workspace: uploaded, or written by one of your runs (FILES tool).
@@ -66,7 +70,7 @@ impl FilesQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, File>> {
+    ) -> async_graphql::Result<PageOf<File>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let rows = service::page(

@@ -13,6 +13,7 @@ use crate::{
     api_keys::{model::ApiKeyRow, service as api_keys},
     crews::{model::CrewRunRow, service as crews},
     db::Pool,
+    db::shared::SharedRows,
     error::AppError,
     executions::{
         model::{ExecutionRow, RecentOf, UsageRow},
@@ -141,13 +142,13 @@ impl Loader<Uuid> for AgentLoader {
 pub struct RecentExecutionsLoader(Pool, RecentOf);
 
 impl Loader<RecentKey> for RecentExecutionsLoader {
-    type Value = Vec<ExecutionRow>;
+    type Value = SharedRows<ExecutionRow>;
     type Error = LoadError;
 
     async fn load(
         &self,
         keys: &[RecentKey],
-    ) -> Result<HashMap<RecentKey, Vec<ExecutionRow>>, LoadError> {
+    ) -> Result<HashMap<RecentKey, SharedRows<ExecutionRow>>, LoadError> {
         executions::recent_runs(&self.0, self.1, keys)
             .await
             .map_err(load_error)

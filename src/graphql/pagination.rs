@@ -3,12 +3,40 @@
 
 use async_graphql::{
     OutputType,
-    connection::{Connection, Edge},
+    connection::{Connection, CursorType, Edge},
 };
 use base64::Engine;
 use uuid::Uuid;
 
-use crate::error::{AppError, AppResult};
+use crate::{
+    error::{AppError, AppResult},
+    graphql::eager::Eager,
+};
+
+/// A page of a list: a Relay connection (`edges`, `nodes`, `pageInfo`) over opaque cursors,
+/// resolved eagerly (a page of agents holds a connection of runs per agent: async-graphql's
+/// own resolution of a connection was about 5% of such a page's CPU; see [`Eager`]).
+pub type PageOf<N, C = IdCursor> = Eager<Connection<C, N>>;
+
+/// The cursor of a row: its id, written out (opaque to clients) only when a client asks for
+/// it (`edges { cursor }`, `pageInfo`): a page of 50 agents with 5 runs each encoded 300
+/// cursors that a query of `nodes` never showed.
+#[derive(Debug, Clone, Copy)]
+pub struct IdCursor(pub Uuid);
+
+impl CursorType for IdCursor {
+    type Error = &'static str;
+
+    fn decode_cursor(cursor: &str) -> Result<Self, Self::Error> {
+        decode_cursor(cursor)
+            .map(Self)
+            .map_err(|_| "is not a cursor returned by this list")
+    }
+
+    fn encode_cursor(&self) -> String {
+        encode_cursor(self.0)
+    }
+}
 
 /// Page size when `first` is not given.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
@@ -52,15 +80,15 @@ impl Page {
         mut rows: Vec<T>,
         id: impl Fn(&T) -> Uuid,
         node: impl Fn(T) -> N,
-    ) -> Connection<String, N> {
+    ) -> PageOf<N> {
         let has_next = rows.len() > self.first;
         rows.truncate(self.first);
         let mut connection = Connection::new(self.after.is_some(), has_next);
         connection.edges = rows
             .into_iter()
-            .map(|row| Edge::new(encode_cursor(id(&row)), node(row)))
+            .map(|row| Edge::new(IdCursor(id(&row)), node(row)))
             .collect();
-        connection
+        Eager(connection)
     }
 }
 

@@ -13,12 +13,15 @@ use crate::{
     agents::graphql::Agent,
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page, run_text},
+        graphql::{Execution, executions_page, run_text, runs_connection},
         model::RunFilter,
     },
     graphql::{
-        eager::Eager, guards::RoleGuard, loaders::Loaders, pagination::Page, parse_id,
-        request_context, state,
+        eager::Eager,
+        guards::RoleGuard,
+        loaders::Loaders,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
     },
     threads::{model::ThreadRow, service},
 };
@@ -55,7 +58,7 @@ impl Thread {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Eager<Execution>>> {
+    ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
         let page = Page::new(first, after)?;
         if page.after.is_none() {
             // The first page (a list of threads with their latest runs) is batched.
@@ -65,7 +68,7 @@ impl Thread {
                 .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
                 .await?
                 .unwrap_or_default();
-            return Ok(page.connection(rows, |e| e.id, |row| Eager(Execution(row))));
+            return Ok(runs_connection(&page, rows));
         }
         let viewer = request_context(ctx)?.viewer()?;
         let of = RunFilter {
@@ -113,7 +116,7 @@ impl ThreadsQuery {
         agent_id: Option<ID>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Thread>> {
+    ) -> async_graphql::Result<PageOf<Thread, String>> {
         let viewer = request_context(ctx)?.viewer()?;
         let agent_id = agent_id.map(|a| parse_id("agentId", &a)).transpose()?;
         let page = Page::new(first, None)?;
@@ -127,7 +130,7 @@ impl ThreadsQuery {
             .into_iter()
             .map(|row| Edge::new(encode_cursor(&row), Thread(row)))
             .collect();
-        Ok(connection)
+        Ok(Eager(connection))
     }
 
     /// One of your threads; null if it does not exist or is not yours.

@@ -1,9 +1,7 @@
 //! GraphQL types and resolvers for accounts, sessions and admin operations. Thin: parse,
 //! authorize, call the service.
 
-use async_graphql::{
-    ComplexObject, Context, ID, InputObject, Json, Object, SimpleObject, connection::Connection,
-};
+use async_graphql::{ComplexObject, Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -12,7 +10,10 @@ use crate::{
     api_keys::graphql::ApiKey,
     error::AppError,
     graphql::{
-        eager::Eager, guards::RoleGuard, pagination::Page, parse_id, request_context, state,
+        eager::Eager,
+        guards::RoleGuard,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
     },
     oauth::graphql::OAuthAccount,
     usage::{graphql::UsageReport, model::UsageGroup},
@@ -59,7 +60,7 @@ impl User {
             );
         }
         let rows = crate::api_keys::service::list(state(ctx)?, viewer.id()).await?;
-        Ok(rows.into_iter().map(ApiKey).collect())
+        Ok(rows.into_iter().map(ApiKey::own).collect())
     }
 
     /// This user's linked Google, GitHub and Microsoft accounts (tokens never shown). Only the
@@ -114,7 +115,7 @@ impl User {
         first: Option<i32>,
         after: Option<String>,
         active: Option<bool>,
-    ) -> async_graphql::Result<Connection<String, Eager<Agent>>> {
+    ) -> async_graphql::Result<PageOf<Eager<Agent>>> {
         let viewer = request_context(ctx)?.viewer()?;
         if viewer.id().to_string() != self.id.as_str() {
             return Err(
@@ -241,7 +242,7 @@ impl UsersQuery {
         first: Option<i32>,
         after: Option<String>,
         search: Option<String>,
-    ) -> async_graphql::Result<Connection<String, User>> {
+    ) -> async_graphql::Result<PageOf<User>> {
         let page = Page::new(first, after)?;
         let rows = admin::users_page(
             state(ctx)?,
@@ -270,7 +271,7 @@ impl UsersQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+    ) -> async_graphql::Result<PageOf<AuditEntry>> {
         let page = Page::new(first, after)?;
         let rows = admin::audit_page(state(ctx)?, page.after, page.fetch_limit()).await?;
         Ok(page.connection(rows, |r| r.id, AuditEntry::from))

@@ -1,12 +1,16 @@
 //! GraphQL for webhooks: register, change, delete, rotate the secret, send a test; read
 //! endpoints and their deliveries with every attempt.
 
-use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
+use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use crate::{
-    graphql::{guards::RoleGuard, pagination::Page, parse_id, request_context, state},
+    graphql::{
+        guards::RoleGuard,
+        pagination::{Page, PageOf},
+        parse_id, request_context, state,
+    },
     webhooks::{
         model::{DeliveryRow, DeliveryStatus, WebhookEvent, WebhookRow},
         service,
@@ -59,7 +63,7 @@ impl Webhook {
         status: Option<DeliveryStatus>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, WebhookDelivery>> {
+    ) -> async_graphql::Result<PageOf<WebhookDelivery>> {
         let viewer = request_context(ctx)?.viewer()?;
         let page = Page::new(first, after)?;
         let rows = service::deliveries(

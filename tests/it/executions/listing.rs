@@ -434,7 +434,7 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
         .await;
     const AGENT: &str = "id name provider apiKey { id name } \
         recent: executions(first: 1) { nodes { id status } pageInfo { hasNextPage } } \
-        all: executions(first: 5) { nodes { id status } pageInfo { hasNextPage } } \
+        all: executions(first: 5) { nodes { id status agent { id } } pageInfo { hasNextPage } } \
         texts: executions(first: 5) { nodes { id input } }";
     let page_query = |n: usize| {
         format!("{{ agents(first: {n}) {{ nodes {{ {AGENT} }} pageInfo {{ hasNextPage }} }} }}")
@@ -473,12 +473,18 @@ async fn a_pages_agents_share_one_batch_per_relation_and_shape() {
             "{agent}"
         );
         assert_eq!(agent["all"]["pageInfo"]["hasNextPage"], false, "{agent}");
+        // Each agent gets its own runs out of the page's one read.
+        let owners = agent["all"]["nodes"].as_array().unwrap();
+        assert!(
+            owners.iter().all(|run| run["agent"]["id"] == agent["id"]),
+            "{agent}"
+        );
         // Same page size as `all`, read after it (the selection's order) but with the text.
         let texts = agent["texts"]["nodes"].as_array().unwrap();
         assert_eq!(texts.len(), runs, "{agent}");
         assert!(texts.iter().all(|run| run["input"] == "seed"), "{agent}");
         assert_eq!(
-            agent["recent"]["nodes"][0], agent["all"]["nodes"][0],
+            agent["recent"]["nodes"][0]["id"], agent["all"]["nodes"][0]["id"],
             "{agent}"
         );
         let single = w
