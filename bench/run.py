@@ -359,9 +359,12 @@ def wrk_summary(name, output, connections, seconds):
     }
 
 
-def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/graphql", unique=False, rate=0.0):
+def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/graphql", unique=False, rate=0.0,
+        peer=False):
     """Runs wrk against 127.0.0.1:<port><path> (paced when `rate` > 0, see wrk_command);
-    returns {rps, p50_ms, p99_ms, …}; fails on any failed request."""
+    returns {rps, p50_ms, p99_ms, …}; fails on any failed request of Agentry's. A peer's
+    failed requests (timeouts of an overloaded Python server on a slow host) are its result:
+    counted and shown in the report, not a reason to throw away the run."""
     seconds = seconds or P["wrk_seconds"]
     connections = connections or P["wrk_connections"]
     out = sh(wrk_command(name, port, body, tokens, seconds, connections, path, unique, rate))
@@ -370,7 +373,7 @@ def wrk(name, port, body, tokens=(), seconds=None, connections=None, path="/grap
         res["offered_rps"] = rate
     log(f"  {name}: {res['rps']:.0f} req/s" + (f" (offered {rate:.0f})" if rate else "")
         + f", p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, errors {res['errors']}")
-    if res["errors"]:
+    if res["errors"] and not peer:
         raise RuntimeError(f"wrk {name}: {res['errors']} failed requests (see the server log in bench/.work)")
     if res["requests"] == 0:
         raise RuntimeError(f"wrk {name}: no request completed")
@@ -1064,8 +1067,8 @@ def main():
     pc = Client(ports["peer"])
     assert pc.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]
     results["peer"] = {
-        "W1": wrk("peer-W1", ports["peer"], {"query": "{ __typename }"}),
-        "W2": wrk("peer-W2", ports["peer"], me, tokens),
+        "W1": wrk("peer-W1", ports["peer"], {"query": "{ __typename }"}, peer=True),
+        "W2": wrk("peer-W2", ports["peer"], me, tokens, peer=True),
     }
     stop(peer)
 
@@ -1079,8 +1082,8 @@ def main():
     assert ac.gql(me["query"], token=tokens[0])["data"]["me"]["email"] == users[0]["email"]
     results["apollo_version"] = apollo_version()
     results["apollo"] = {
-        "W1": wrk("apollo-W1", ports["apollo"], {"query": "{ __typename }"}),
-        "W2": wrk("apollo-W2", ports["apollo"], me, tokens),
+        "W1": wrk("apollo-W1", ports["apollo"], {"query": "{ __typename }"}, peer=True),
+        "W2": wrk("apollo-W2", ports["apollo"], me, tokens, peer=True),
     }
     stop(apollo)
 
@@ -1285,6 +1288,7 @@ TARGETS = [
 def markdown(r):
     b, w, p, a, q, m = r["baselines"], r["workloads"], r["peer"], r["apollo"], r["ratios"], r["machine"]
     f = lambda x, d=0: f"{x:,.{d}f}"
+    failed = lambda res: f"; **{res['errors']} failed requests**" if res.get("errors") else ""
     spr = w["W3"].get("statements_per_request", {})
     lines = [
         f"Run {m['date']} on commit `{m['commit']}` ({r['mode']} mode): {m['cores']} cores ({m['cpu']}), "
@@ -1339,10 +1343,10 @@ def markdown(r):
         "",
         "| workload | peer | peer ÷ baseline | Agentry ÷ peer |",
         "|---|---|---|---|",
-        f"| W1 `{{ __typename }}`, Strawberry | {f(p['W1']['rps'])} req/s, p99 {f(p['W1']['p99_ms'], 2)} ms | {q['peer_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_peer']:.1f}×** |",
-        f"| W2 `me {{ id email }}`, Strawberry | {f(p['W2']['rps'])} req/s, p99 {f(p['W2']['p99_ms'], 2)} ms | {q['peer_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_peer']:.1f}×** |",
-        f"| W1 `{{ __typename }}`, Apollo | {f(a['W1']['rps'])} req/s, p99 {f(a['W1']['p99_ms'], 2)} ms | {q['apollo_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_apollo']:.1f}×** |",
-        f"| W2 `me {{ id email }}`, Apollo | {f(a['W2']['rps'])} req/s, p99 {f(a['W2']['p99_ms'], 2)} ms | {q['apollo_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_apollo']:.1f}×** |",
+        f"| W1 `{{ __typename }}`, Strawberry | {f(p['W1']['rps'])} req/s, p99 {f(p['W1']['p99_ms'], 2)} ms{failed(p['W1'])} | {q['peer_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_peer']:.1f}×** |",
+        f"| W2 `me {{ id email }}`, Strawberry | {f(p['W2']['rps'])} req/s, p99 {f(p['W2']['p99_ms'], 2)} ms{failed(p['W2'])} | {q['peer_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_peer']:.1f}×** |",
+        f"| W1 `{{ __typename }}`, Apollo | {f(a['W1']['rps'])} req/s, p99 {f(a['W1']['p99_ms'], 2)} ms{failed(a['W1'])} | {q['apollo_W1_vs_bare_axum']:.2f} × bare axum | **{q['W1_vs_apollo']:.1f}×** |",
+        f"| W2 `me {{ id email }}`, Apollo | {f(a['W2']['rps'])} req/s, p99 {f(a['W2']['p99_ms'], 2)} ms{failed(a['W2'])} | {q['apollo_W2_vs_pgbench']:.2f} × pgbench TPS | **{q['W2_vs_apollo']:.1f}×** |",
     ]
     if r["failures"]:
         lines += ["", "**Failed checks:** " + "; ".join(r["failures"])]
