@@ -21,8 +21,8 @@ use crate::{
     db::shared::{SharedRow, SharedRows},
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page, run_text, runs_connection},
-        model::{ExecutionRow, ExecutionStatus, RecentOf, RunFilter, RunText},
+        graphql::{Execution, executions_page, run_columns, runs_connection},
+        model::{ExecutionRow, ExecutionStatus, RecentOf, RunColumns, RunFilter},
         service::{self as executions, RecentKey},
     },
     graphql::{
@@ -30,7 +30,7 @@ use crate::{
         guards::RoleGuard,
         loaders::Loaders,
         pagination::{Page, PageOf},
-        parse_id, request_context,
+        parse_id, request_context, selection,
         siblings::{Batch, Batches},
         state,
     },
@@ -83,15 +83,18 @@ impl Agent {
         &self,
         ctx: &Context<'_>,
         limit: i64,
-        text: RunText,
+        columns: RunColumns,
     ) -> async_graphql::Result<SharedRows<ExecutionRow>> {
-        let key = (self.0.id, limit, text);
+        let key = (self.0.id, limit, columns);
         let rows = match &self.1 {
             Some(page) => {
-                let batch = page.runs.shape((limit, text));
+                let batch = page.runs.shape((limit, columns));
                 Box::pin(batch.get(&key, || async {
-                    let keys: Vec<RecentKey> =
-                        page.agent_ids.iter().map(|id| (*id, limit, text)).collect();
+                    let keys: Vec<RecentKey> = page
+                        .agent_ids
+                        .iter()
+                        .map(|id| (*id, limit, columns))
+                        .collect();
                     executions::recent_runs(&state(ctx)?.pool, RecentOf::Agent, &keys).await
                 }))
                 .await?
@@ -110,7 +113,7 @@ pub struct PageBatches {
     agent_ids: Vec<Uuid>,
     key_ids: Vec<Uuid>,
     keys: Batch<Uuid, SharedRows<ApiKeyRow>>,
-    runs: Batches<(i64, RunText), RecentKey, SharedRows<ExecutionRow>>,
+    runs: Batches<(i64, RunColumns), RecentKey, SharedRows<ExecutionRow>>,
 }
 
 impl PageBatches {
@@ -203,11 +206,11 @@ impl Agent {
         after: Option<String>,
         status: Option<ExecutionStatus>,
     ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         if page.after.is_none() && status.is_none() {
             // The common shape (`executions(first: 5)` under a list of agents) is batched.
             let rows = self
-                .recent_runs(ctx, page.fetch_limit(), run_text(ctx, true))
+                .recent_runs(ctx, page.fetch_limit(), run_columns(ctx, true))
                 .await?;
             return Ok(runs_connection(&page, rows));
         }
@@ -302,14 +305,14 @@ pub async fn agents_page(
     after: Option<String>,
     active: Option<bool>,
 ) -> async_graphql::Result<PageOf<Eager<Agent>>> {
-    let page = Page::new(first, after)?;
+    let page = Page::of(ctx, first, after)?;
     let rows = service::page(state(ctx)?, user_id, active, page.after, page.fetch_limit()).await?;
     // Only the agents on the page share its batches (not the extra row that tells whether
     // another page follows).
     let batches = PageBatches::new(&rows[..rows.len().min(page.first)]);
     // Runs listed below these agents resolve `agent` from this, without a query; only when
     // they show it (copying a page of agents into the cache was about 3% of a page's CPU).
-    if runs_show_their_agent(ctx.look_ahead()) {
+    if runs_show_their_agent(ctx) {
         ctx.data::<Loaders>()?
             .agents
             .feed_many(rows.iter().map(|a| (a.id, a.clone())))
@@ -322,15 +325,17 @@ pub async fn agents_page(
     ))
 }
 
-/// Whether a page of agents (`page`: the connection's selection) selects its agents' runs'
+/// Whether a page of agents (the connection field `ctx` resolves) selects its agents' runs'
 /// `agent`, through `nodes` or `edges { node }` at either level. Fragments and aliases count.
-fn runs_show_their_agent(page: async_graphql::Lookahead<'_>) -> bool {
-    let runs_agent = |agent: async_graphql::Lookahead<'_>| {
-        let runs = agent.field("executions");
-        runs.field("nodes").field("agent").exists()
-            || runs.field("edges").field("node").field("agent").exists()
-    };
-    runs_agent(page.field("nodes")) || runs_agent(page.field("edges").field("node"))
+fn runs_show_their_agent(ctx: &Context<'_>) -> bool {
+    [
+        &["nodes", "executions", "nodes"][..],
+        &["nodes", "executions", "edges", "node"],
+        &["edges", "node", "executions", "nodes"],
+        &["edges", "node", "executions", "edges", "node"],
+    ]
+    .iter()
+    .any(|runs| selection::shows(ctx, runs, &["agent"]))
 }
 
 /// Agent queries.

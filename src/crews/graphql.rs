@@ -18,7 +18,7 @@ use crate::{
     },
     error::AppError,
     executions::{
-        graphql::{Execution, ExecutionEvent, run_text},
+        graphql::{Execution, ExecutionEvent, run_columns},
         model::CrewRole,
     },
     graphql::{
@@ -103,7 +103,7 @@ impl Crew {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<CrewRun>> {
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         if page.after.is_none() {
             // The first page (a list of crews with their latest runs) is batched.
             let rows = ctx
@@ -218,7 +218,7 @@ impl CrewRun {
         let rows = ctx
             .data::<Loaders>()?
             .crew_run_executions
-            .load_one((self.0.id, MAX_STEPS_LISTED, run_text(ctx, false)))
+            .load_one((self.0.id, MAX_STEPS_LISTED, run_columns(ctx, false)))
             .await?
             .unwrap_or_default();
         // Read newest first, listed oldest first.
@@ -505,7 +505,7 @@ impl CrewsQuery {
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<Crew>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let rows = service::page(state(ctx)?, viewer, page.after, page.fetch_limit()).await?;
         Ok(page.connection(rows, |c| c.id, Crew))
     }
@@ -541,7 +541,7 @@ impl CrewsQuery {
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<CrewRun>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let crew_id = crew_id.map(|id| parse_id("crewId", &id)).transpose()?;
         let rows = service::runs_page(state(ctx)?, viewer, crew_id, page.after, page.fetch_limit())
             .await?;

@@ -13,7 +13,9 @@ use crate::{
     error::AppError,
     executions::{
         live,
-        model::{CrewRole, EventKind, EventRow, ExecutionRow, ExecutionStatus, RunFilter, RunText},
+        model::{
+            CrewRole, EventKind, EventRow, ExecutionRow, ExecutionStatus, RunColumns, RunFilter,
+        },
         service,
     },
     files::graphql::File,
@@ -21,7 +23,7 @@ use crate::{
         eager::Eager,
         guards::RoleGuard,
         pagination::{Page, PageOf},
-        parse_id, request_context, state,
+        parse_id, request_context, selection, state,
     },
     request::Viewer,
     state::AppState,
@@ -191,23 +193,39 @@ impl Execution {
     }
 }
 
-/// Whether the runs a field returns need their text: only when `input` or `output` is selected
-/// on them (in a connection, under `nodes` or `edges { node }`), so a list that shows status
-/// and cost does not read every run's output. Fragments and aliases count.
-pub fn run_text(ctx: &Context<'_>, connection: bool) -> RunText {
-    let here = ctx.look_ahead();
-    let shows_text = |runs: async_graphql::Lookahead<'_>| {
-        runs.field("input").exists() || runs.field("output").exists()
+/// Which columns the runs a field returns need (see [`RunColumns`]): all only when `input` or
+/// `output` is selected on them (in a connection, under `nodes` or `edges { node }`), their
+/// summary when no field outside it is, so a list that shows status and cost does not read
+/// every run's output, model and error. Fragments and aliases count.
+///
+/// Every field of `Execution` that reads a column outside the summary is named here; a test
+/// asks each field of a listed run alone and compares it with the run read by id.
+pub fn run_columns(ctx: &Context<'_>, connection: bool) -> RunColumns {
+    const TEXT: [&str; 2] = ["input", "output"];
+    const DETAIL: [&str; 7] = [
+        "provider",
+        "model",
+        "error",
+        "startedAt",
+        "finishedAt",
+        "crewRole",
+        "crewTask",
+    ];
+    // The runs are the field's own selection, or a connection's nodes.
+    let shows = |fields: &[&str]| {
+        if connection {
+            selection::shows(ctx, &["nodes"], fields)
+                || selection::shows(ctx, &["edges", "node"], fields)
+        } else {
+            selection::shows(ctx, &[], fields)
+        }
     };
-    let needed = if connection {
-        shows_text(here.field("nodes")) || shows_text(here.field("edges").field("node"))
+    if shows(&TEXT) {
+        RunColumns::All
+    } else if shows(&DETAIL) {
+        RunColumns::NoText
     } else {
-        shows_text(here)
-    };
-    if needed {
-        RunText::With
-    } else {
-        RunText::Without
+        RunColumns::Summary
     }
 }
 
@@ -258,7 +276,7 @@ impl ExecutionsQuery {
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let agent_id = agent_id.map(|id| parse_id("agentId", &id)).transpose()?;
         let of = RunFilter {
             agent_id,

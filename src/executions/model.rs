@@ -257,14 +257,24 @@ pub enum RecentOf {
     CrewRun,
 }
 
-/// Whether a batch read of runs carries their input and output text.
+/// Which of a run's columns a batch read of runs carries: a list reads what its selection
+/// shows. A page of agents that shows each one's runs' status, tokens and cost need not have
+/// PostgreSQL send, and Agentry decode and copy, every run's output, model and error: the
+/// batch read of runs was a third of such a page's database time (most of it sending
+/// columns) and a sixth of its CPU in Agentry.
+///
+/// A column a read leaves out reads as empty (`''` or NULL) in its rows. A resolver of
+/// `Execution` that reads a column outside [`RunColumns::Summary`]'s must be named in
+/// `executions::graphql::run_columns`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RunText {
+pub enum RunColumns {
     /// The whole rows.
-    With,
-    /// `input` and `output` left empty: a list that does not show them (a page of agents with
-    /// their runs' status and cost) need not read and copy every run's output.
-    Without,
+    All,
+    /// Without `input` and `output`.
+    NoText,
+    /// What places and sums up a run: ids, owner, parent, status, tokens, cost, when it was
+    /// created; without its text, provider, model, error, start and end, crew role and task.
+    Summary,
 }
 
 /// Every column an [`ExecutionRow`] needs, by name, with the given expressions for `input` and
@@ -291,14 +301,93 @@ const RUN_COLUMNS: &str = run_columns!("input", "output");
 /// The rows with `input` and `output` empty.
 const RUN_COLUMNS_WITHOUT_TEXT: &str = run_columns!("''::text AS input", "''::text AS output");
 
+/// The columns of a [`RunSummaryRow`], in its order.
+const RUN_SUMMARY_COLUMNS: &str = "id, user_id, agent_id, api_key_id, status, input_tokens, \
+     output_tokens, cost_micros, cost_estimated, last_sequence, cancel_requested, heartbeat_at, \
+     created_at, thread_id, crew_run_id";
+
+/// A run as a [`RunColumns::Summary`] read decodes it (by position, from
+/// `RUN_SUMMARY_COLUMNS`), before it becomes an [`ExecutionRow`] with the rest empty.
+/// (`Selectable` checks its fields' types against the table's columns, and lets a test check
+/// `RUN_SUMMARY_COLUMNS` against its order.)
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = executions, check_for_backend(diesel::pg::Pg))]
+struct RunSummaryRow {
+    id: Uuid,
+    user_id: Uuid,
+    agent_id: Uuid,
+    api_key_id: Option<Uuid>,
+    status: ExecutionStatus,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_micros: i64,
+    cost_estimated: bool,
+    last_sequence: i32,
+    cancel_requested: bool,
+    heartbeat_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    thread_id: Option<Uuid>,
+    crew_run_id: Option<Uuid>,
+}
+
+/// The SQL types of `RUN_SUMMARY_COLUMNS`.
+type RunSummarySql = (
+    diesel::sql_types::Uuid,
+    diesel::sql_types::Uuid,
+    diesel::sql_types::Uuid,
+    diesel::sql_types::Nullable<diesel::sql_types::Uuid>,
+    diesel::sql_types::Text,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::BigInt,
+    diesel::sql_types::Bool,
+    diesel::sql_types::Integer,
+    diesel::sql_types::Bool,
+    diesel::sql_types::Timestamptz,
+    diesel::sql_types::Timestamptz,
+    diesel::sql_types::Nullable<diesel::sql_types::Uuid>,
+    diesel::sql_types::Nullable<diesel::sql_types::Uuid>,
+);
+
+impl From<RunSummaryRow> for ExecutionRow {
+    fn from(run: RunSummaryRow) -> Self {
+        Self {
+            id: run.id,
+            user_id: run.user_id,
+            agent_id: run.agent_id,
+            api_key_id: run.api_key_id,
+            provider: String::new(),
+            model: String::new(),
+            status: run.status,
+            input: String::new(),
+            output: String::new(),
+            error: None,
+            input_tokens: run.input_tokens,
+            output_tokens: run.output_tokens,
+            cost_micros: run.cost_micros,
+            cost_estimated: run.cost_estimated,
+            last_sequence: run.last_sequence,
+            cancel_requested: run.cancel_requested,
+            heartbeat_at: run.heartbeat_at,
+            created_at: run.created_at,
+            started_at: None,
+            finished_at: None,
+            thread_id: run.thread_id,
+            crew_run_id: run.crew_run_id,
+            crew_role: None,
+            crew_task: None,
+        }
+    }
+}
+
 /// The newest `limit` runs of each agent (thread, crew run) in `ids`, in one statement
-/// (DataLoader), each parent's newest first.
+/// (DataLoader), each parent's newest first, with the columns `columns` names.
 pub async fn recent_runs(
     conn: &mut AsyncPgConnection,
     of: RecentOf,
     ids: &[Uuid],
     limit: i64,
-    text: RunText,
+    columns: RunColumns,
 ) -> QueryResult<Vec<ExecutionRow>> {
     // A lateral join per parent: each side uses the parent's (parent, id) index. (Selecting
     // the rows by `id IN (…)` through diesel's DSL instead was slower: the planner's semi-join
@@ -308,31 +397,48 @@ pub async fn recent_runs(
         RecentOf::Thread => "thread_id",
         RecentOf::CrewRun => "crew_run_id",
     };
-    let columns = match text {
-        RunText::With => RUN_COLUMNS,
-        RunText::Without => RUN_COLUMNS_WITHOUT_TEXT,
-    };
-    // Typed SQL (`select(sql::<the table's row type>)`), not `sql_query`, so that the rows are
+    // Typed SQL (`select(sql::<the row's SQL types>)`), not `sql_query`, so that the rows are
     // decoded by position: `sql_query` rows are read by column name, a search of the row's
     // columns for each of the 24 fields, which was about a tenth of a 50-agent page's CPU. The
-    // text after `SELECT` is the whole rest of the statement; `columns` is in the table's (and
-    // `ExecutionRow`'s) order, and `e.*` keeps it.
-    use diesel::{
-        dsl::sql,
-        sql_types::{Array, BigInt, Uuid as SqlUuid},
-    };
-    let statement = sql::<executions::SqlType>("e.* FROM unnest(")
-        .bind::<Array<SqlUuid>, _>(ids.to_vec())
-        .sql(&format!(
-            "::uuid[]) AS a(id) CROSS JOIN LATERAL \
-             (SELECT {columns} FROM executions WHERE {parent} = a.id ORDER BY id DESC LIMIT "
-        ))
-        .bind::<BigInt, _>(limit)
-        .sql(") e");
-    // One of six texts (parent × columns): prepared once per connection.
-    Reusable(diesel::select(statement))
-        .load::<ExecutionRow>(conn)
-        .await
+    // text after `SELECT` is the whole rest of the statement; `e.*` keeps the order of the
+    // listed columns, which is the row type's. One of nine texts (parent × columns): prepared
+    // once per connection.
+    macro_rules! lateral {
+        ($sql_type:ty, $columns:expr) => {{
+            use diesel::{
+                dsl::sql,
+                sql_types::{Array, BigInt, Uuid as SqlUuid},
+            };
+            let statement = sql::<$sql_type>("e.* FROM unnest(")
+                .bind::<Array<SqlUuid>, _>(ids.to_vec())
+                .sql(&format!(
+                    "::uuid[]) AS a(id) CROSS JOIN LATERAL \
+                     (SELECT {} FROM executions WHERE {parent} = a.id ORDER BY id DESC LIMIT ",
+                    $columns
+                ))
+                .bind::<BigInt, _>(limit)
+                .sql(") e");
+            Reusable(diesel::select(statement))
+        }};
+    }
+    match columns {
+        RunColumns::All => {
+            lateral!(executions::SqlType, RUN_COLUMNS)
+                .load::<ExecutionRow>(conn)
+                .await
+        }
+        RunColumns::NoText => {
+            lateral!(executions::SqlType, RUN_COLUMNS_WITHOUT_TEXT)
+                .load::<ExecutionRow>(conn)
+                .await
+        }
+        RunColumns::Summary => Ok(lateral!(RunSummarySql, RUN_SUMMARY_COLUMNS)
+            .load::<RunSummaryRow>(conn)
+            .await?
+            .into_iter()
+            .map(ExecutionRow::from)
+            .collect()),
+    }
 }
 
 /// Totals of one key's runs.
@@ -416,11 +522,29 @@ mod tests {
     /// of one type swapped would otherwise decode silently into each other's fields.
     #[test]
     fn the_raw_run_columns_are_in_the_rows_order() {
-        let selected = diesel::debug_query::<diesel::pg::Pg, _>(
-            &executions::table.select(ExecutionRow::as_select()),
-        )
-        .to_string();
-        let expected: Vec<&str> = selected
+        use diesel::{debug_query, pg::Pg};
+        let whole = executions::table.select(ExecutionRow::as_select());
+        let whole = debug_query::<Pg, _>(&whole).to_string();
+        let summary = executions::table.select(RunSummaryRow::as_select());
+        let summary = debug_query::<Pg, _>(&summary).to_string();
+        let (whole, summary) = (select_list(&whole), select_list(&summary));
+        for (columns, listed, count) in [
+            (RUN_COLUMNS, &whole, 24),
+            (RUN_COLUMNS_WITHOUT_TEXT, &whole, 24),
+            (RUN_SUMMARY_COLUMNS, &summary, 15),
+        ] {
+            assert_eq!(listed.len(), count, "{listed:?}");
+            let names: Vec<&str> = columns
+                .split(", ")
+                .map(|column| column.rsplit(' ').next().unwrap_or_default())
+                .collect();
+            assert_eq!(&names, listed, "{columns}");
+        }
+    }
+
+    /// The column names of a `SELECT` statement's select list, in its order.
+    fn select_list(selected: &str) -> Vec<&str> {
+        selected
             .trim_start_matches("SELECT ")
             .split(" FROM ")
             .next()
@@ -433,14 +557,6 @@ mod tests {
                     .unwrap_or_default()
                     .trim_matches('"')
             })
-            .collect();
-        assert_eq!(expected.len(), 24, "{selected}");
-        for columns in [RUN_COLUMNS, RUN_COLUMNS_WITHOUT_TEXT] {
-            let names: Vec<&str> = columns
-                .split(", ")
-                .map(|column| column.rsplit(' ').next().unwrap_or_default())
-                .collect();
-            assert_eq!(names, expected, "{columns}");
-        }
+            .collect()
     }
 }

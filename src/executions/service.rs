@@ -22,8 +22,8 @@ use crate::{
     executions::{
         hub::{CANCEL_CHANNEL, EXECUTION_CHANNEL, SIGNAL_CHANNEL, notify},
         model::{
-            self, CrewRole, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunFilter, RunText,
-            UsageRow,
+            self, CrewRole, EventRow, ExecutionRow, ExecutionStatus, RecentOf, RunColumns,
+            RunFilter, UsageRow,
         },
         runner,
     },
@@ -416,8 +416,8 @@ pub async fn of_crew_run(
         "reading a crew run's steps",
         move |conn| {
             Box::pin(async move {
-                let text = RunText::With;
-                model::recent_runs(conn, RecentOf::CrewRun, &[crew_run_id], limit, text).await
+                let all = RunColumns::All;
+                model::recent_runs(conn, RecentOf::CrewRun, &[crew_run_id], limit, all).await
             })
         },
     )
@@ -452,11 +452,11 @@ pub async fn events_of(
 
 /// Key of a batch read of runs: the parent (agent, thread, crew run), how many, and whether
 /// with their text.
-pub type RecentKey = (Uuid, i64, RunText);
+pub type RecentKey = (Uuid, i64, RunColumns);
 
 /// The newest runs of many agents (or threads, crew runs) at once, keyed by (parent id, how
-/// many, with text or not), for the request's DataLoaders: one statement per distinct page
-/// size and text choice (usually one for the whole batch). No owner filter: the ids come from
+/// many, which columns), for the request's DataLoaders: one statement per distinct page size
+/// and column choice (usually one for the whole batch). No owner filter: the ids come from
 /// rows the viewer was already allowed to read.
 pub async fn recent_runs(
     pool: &Pool,
@@ -464,20 +464,23 @@ pub async fn recent_runs(
     keys: &[RecentKey],
 ) -> AppResult<HashMap<RecentKey, SharedRows<ExecutionRow>>> {
     let mut conn = pool.get().await?;
-    let mut by_shape: HashMap<(i64, RunText), Vec<Uuid>> = HashMap::new();
-    for (parent, limit, text) in keys {
-        by_shape.entry((*limit, *text)).or_default().push(*parent);
+    let mut by_shape: HashMap<(i64, RunColumns), Vec<Uuid>> = HashMap::new();
+    for (parent, limit, columns) in keys {
+        by_shape
+            .entry((*limit, *columns))
+            .or_default()
+            .push(*parent);
     }
     let mut out = HashMap::with_capacity(keys.len());
-    for ((limit, text), parents) in by_shape {
-        let rows = model::recent_runs(&mut conn, of, &parents, limit, text).await?;
+    for ((limit, columns), parents) in by_shape {
+        let rows = model::recent_runs(&mut conn, of, &parents, limit, columns).await?;
         let parent_of = |row: &ExecutionRow| match of {
             RecentOf::Agent => Some(row.agent_id),
             RecentOf::Thread => row.thread_id,
             RecentOf::CrewRun => row.crew_run_id,
         };
         for (parent, rows) in SharedRows::split(rows, &parents, parent_of) {
-            out.insert((parent, limit, text), rows);
+            out.insert((parent, limit, columns), rows);
         }
     }
     Ok(out)

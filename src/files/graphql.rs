@@ -72,7 +72,7 @@ impl FilesQuery {
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<File>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let rows = service::page(
             &state(ctx)?.pool,
             viewer.id(),

@@ -50,11 +50,11 @@ pub struct LoaderSet {
     pub api_keys: DataLoader<ApiKeyLoader>,
     /// Agents by id (cached per request; lists feed it what they loaded).
     pub agents: DataLoader<AgentLoader, HashMapCache>,
-    /// The newest N runs of each agent, keyed by (agent id, N, with text).
+    /// The newest N runs of each agent, keyed by (agent id, N, which columns).
     pub recent_executions: DataLoader<RecentExecutionsLoader>,
-    /// The newest N runs of each thread, keyed by (thread id, N, with text).
+    /// The newest N runs of each thread, keyed by (thread id, N, which columns).
     pub thread_executions: DataLoader<RecentExecutionsLoader>,
-    /// The runs of each crew run, newest first, keyed by (crew run id, N, with text).
+    /// The runs of each crew run, newest first, keyed by (crew run id, N, which columns).
     pub crew_run_executions: DataLoader<RecentExecutionsLoader>,
     /// The newest N runs of each crew, keyed by (crew id, N).
     pub crew_runs: DataLoader<CrewRunsLoader>,

@@ -10,6 +10,7 @@ pub mod guards;
 pub mod limits;
 pub mod loaders;
 pub mod pagination;
+pub mod selection;
 pub mod siblings;
 
 pub use context::{parse_id, request_context, state};

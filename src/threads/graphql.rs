@@ -13,7 +13,7 @@ use crate::{
     agents::graphql::Agent,
     error::AppError,
     executions::{
-        graphql::{Execution, executions_page, run_text, runs_connection},
+        graphql::{Execution, executions_page, run_columns, runs_connection},
         model::RunFilter,
     },
     graphql::{
@@ -59,13 +59,13 @@ impl Thread {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<Eager<Execution>>> {
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         if page.after.is_none() {
             // The first page (a list of threads with their latest runs) is batched.
             let rows = ctx
                 .data::<Loaders>()?
                 .thread_executions
-                .load_one((self.0.id, page.fetch_limit(), run_text(ctx, true)))
+                .load_one((self.0.id, page.fetch_limit(), run_columns(ctx, true)))
                 .await?
                 .unwrap_or_default();
             return Ok(runs_connection(&page, rows));
@@ -119,7 +119,7 @@ impl ThreadsQuery {
     ) -> async_graphql::Result<PageOf<Thread, String>> {
         let viewer = request_context(ctx)?.viewer()?;
         let agent_id = agent_id.map(|a| parse_id("agentId", &a)).transpose()?;
-        let page = Page::new(first, None)?;
+        let page = Page::of(ctx, first, None)?;
         let cursor = after.as_deref().map(decode_cursor).transpose()?;
         let mut rows =
             service::page(state(ctx)?, viewer, agent_id, cursor, page.fetch_limit()).await?;

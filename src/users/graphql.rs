@@ -243,7 +243,7 @@ impl UsersQuery {
         after: Option<String>,
         search: Option<String>,
     ) -> async_graphql::Result<PageOf<User>> {
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let rows = admin::users_page(
             state(ctx)?,
             search.as_deref(),
@@ -272,7 +272,7 @@ impl UsersQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<AuditEntry>> {
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let rows = admin::audit_page(state(ctx)?, page.after, page.fetch_limit()).await?;
         Ok(page.connection(rows, |r| r.id, AuditEntry::from))
     }

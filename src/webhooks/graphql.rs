@@ -65,7 +65,7 @@ impl Webhook {
         after: Option<String>,
     ) -> async_graphql::Result<PageOf<WebhookDelivery>> {
         let viewer = request_context(ctx)?.viewer()?;
-        let page = Page::new(first, after)?;
+        let page = Page::of(ctx, first, after)?;
         let rows = service::deliveries(
             state(ctx)?,
             viewer,

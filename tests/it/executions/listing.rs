@@ -358,22 +358,39 @@ async fn statements_per_request_do_not_grow_with_the_number_of_agents() {
 
 #[tokio::test]
 async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
-    use agentry::executions::model::{RecentOf, RunText, recent_runs};
+    use agentry::executions::model::{RecentOf, RunColumns, recent_runs};
     let w = world().await;
     w.fake.set_stream(slow(&["ok"], 0));
     let run = w.start("one").await;
     w.finished(&run).await;
     let agent: uuid::Uuid = w.agent_id.parse().unwrap();
     let mut conn = w.app.state.pool.get().await.unwrap();
-    let first = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, RunText::Without)
+    let lean = RunColumns::Summary;
+    let first = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, lean)
         .await
         .unwrap();
-    let again = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, RunText::Without)
+    let again = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, lean)
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id.to_string(), run);
     assert_eq!(again.len(), 1);
+    // The columns left out read as empty; the ones every row keeps are there.
+    let whole = recent_runs(&mut conn, RecentOf::Agent, &[agent], 5, RunColumns::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first[0].output.as_str(), first[0].model.as_str()),
+        ("", "")
+    );
+    assert_eq!((first[0].started_at, first[0].finished_at), (None, None));
+    assert_eq!(first[0].crew_role, None);
+    assert_eq!(whole[0].output, "ok");
+    assert!(!whole[0].model.is_empty() && whole[0].finished_at.is_some());
+    assert_eq!(
+        (first[0].status, first[0].output_tokens, first[0].created_at),
+        (whole[0].status, whole[0].output_tokens, whole[0].created_at)
+    );
     // Named (kept) statements of this connection; an unprepared statement leaves none. The
     // pattern is split so that this query's own text does not match it.
     // "kept:plans": how many such statements, and how often they were planned for a run.
@@ -387,8 +404,8 @@ async fn a_page_of_runs_is_read_by_a_statement_prepared_once_per_connection() {
     .await
     .unwrap();
     assert_eq!(
-        kept, "1:2",
-        "the lateral read is prepared once and used twice"
+        kept, "2:3",
+        "the lean lateral read is prepared once and used twice, the whole one once"
     );
 }
 
@@ -520,12 +537,9 @@ async fn keys_in_order(w: &World, query: &str, keys: &[&str]) {
     );
 }
 
-/// Every field of a run and of a key, as async-graphql's own resolution gives it (a single
-/// `execution(id:)` / `apiKey(id:)`) and as the eager resolution of lists gives it (runs and
-/// keys under a page of agents): the same values, in the order of the selection, through
-/// fragments and aliases, and a field's error recorded the same way.
-#[tokio::test]
-async fn eager_lists_answer_exactly_as_single_objects_do() {
+/// A world whose agent has two finished runs: one that succeeded (output "ok"), then one the
+/// provider refused (an error). Returns the world and the two runs' ids.
+async fn a_run_done_and_a_run_failed() -> (World, String, String) {
     let w = world().await;
     w.fake.set_stream(slow(&["ok"], 0));
     let done = w.start("first").await;
@@ -536,6 +550,16 @@ async fn eager_lists_answer_exactly_as_single_objects_do() {
     });
     let failed = w.start("second").await;
     w.finished(&failed).await;
+    (w, done, failed)
+}
+
+/// Every field of a run and of a key, as async-graphql's own resolution gives it (a single
+/// `execution(id:)` / `apiKey(id:)`) and as the eager resolution of lists gives it (runs and
+/// keys under a page of agents): the same values, in the order of the selection, through
+/// fragments and aliases, and a field's error recorded the same way.
+#[tokio::test]
+async fn eager_lists_answer_exactly_as_single_objects_do() {
+    let (w, _, _) = a_run_done_and_a_run_failed().await;
 
     const RUN: &str = "__typename id threadId crewRunId crewRole crewTask status input output error \
         inputTokens outputTokens costUsd costEstimated model provider createdAt startedAt \
@@ -632,4 +656,146 @@ async fn eager_lists_answer_exactly_as_single_objects_do() {
         )
         .await;
     assert_eq!(code(&bad), "BAD_USER_INPUT", "{bad}");
+}
+
+/// A list of runs reads only the columns its selection shows (`RunColumns`), so each field of
+/// a run is asked alone under a page of agents, and must answer as the run read by id does:
+/// a field whose column the list left out would come back empty. The fields come from the
+/// schema, so a field added later is covered too. The runs differ in every column a list may
+/// leave out: text, provider and model, an error, start and end times, a crew role and task.
+#[tokio::test]
+async fn each_field_of_a_listed_run_answers_alone_as_the_run_does() {
+    let (w, done, _) = a_run_done_and_a_run_failed().await;
+    w.app
+        .sql(&format!(
+            "UPDATE executions SET crew_role = 'TASK', crew_task = 2 WHERE id = '{done}'"
+        ))
+        .await;
+
+    let schema = w
+        .ask(
+            "{ __type(name: \"Execution\") { fields { name type { kind ofType { kind ofType { kind ofType { kind } } } } } } }",
+            json!({}),
+        )
+        .await;
+    let fields = schema["data"]["__type"]["fields"].as_array().unwrap();
+    assert!(fields.len() >= 20, "{schema}");
+    let mut seen_detail = 0;
+    for field in fields {
+        let name = field["name"].as_str().unwrap();
+        // The named type under NON_NULL / LIST wrappers: an object needs a selection.
+        let mut ty = &field["type"];
+        while matches!(ty["kind"].as_str(), Some("NON_NULL" | "LIST")) {
+            ty = &ty["ofType"];
+        }
+        let selection = if ty["kind"] == "OBJECT" {
+            format!("{name} {{ __typename }}")
+        } else {
+            name.to_string()
+        };
+        let listed = w
+            .ask(
+                &format!(
+                    "{{ agents(first: 5) {{ nodes {{ executions(first: 10) {{ nodes {{ id {selection} }} }} }} }} }}"
+                ),
+                json!({}),
+            )
+            .await;
+        assert!(listed.get("errors").is_none(), "{name}: {listed}");
+        let runs = listed["data"]["agents"]["nodes"][0]["executions"]["nodes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(runs.len(), 2, "{name}: {listed}");
+        for run in runs {
+            let single = w
+                .ask(
+                    &format!("query($id: ID!) {{ execution(id: $id) {{ id {selection} }} }}"),
+                    json!({"id": run["id"]}),
+                )
+                .await;
+            assert_eq!(run, &single["data"]["execution"], "{name}");
+            if !run[name].is_null()
+                && [
+                    "error",
+                    "crewRole",
+                    "crewTask",
+                    "finishedAt",
+                    "model",
+                    "output",
+                ]
+                .contains(&name)
+            {
+                seen_detail += 1;
+            }
+        }
+    }
+    // The runs had values in the columns a list may leave out (not only NULLs and '').
+    assert!(seen_detail >= 6, "{seen_detail}");
+}
+
+/// A page reads the row past itself only when `pageInfo { hasNextPage }` is shown; shown
+/// through a fragment and an alias, it is still right, and a page that does not show it
+/// still lists exactly `first` rows.
+#[tokio::test]
+async fn has_next_page_is_right_however_it_is_asked() {
+    let w = world().await;
+    w.fake.set_stream(slow(&["ok"], 0));
+    for input in ["one", "two"] {
+        let run = w.start(input).await;
+        w.finished(&run).await;
+    }
+    const PAGE_INFO: &str = "fragment P on ExecutionConnection { pageInfo { more: hasNextPage } }";
+    for (first, more) in [(1usize, true), (2, false), (3, false)] {
+        for runs in [
+            format!("executions(first: {first}) {{ ...P nodes {{ id }} }}"),
+            format!(
+                "executions(first: {first}) {{ ... on ExecutionConnection {{ pageInfo {{ more: hasNextPage }} }} nodes {{ id }} }}"
+            ),
+        ] {
+            let fragment = if runs.contains("...P") { PAGE_INFO } else { "" };
+            let body = w
+                .ask(
+                    &format!("{{ agents(first: 5) {{ nodes {{ {runs} }} }} }} {fragment}"),
+                    json!({}),
+                )
+                .await;
+            let page = &body["data"]["agents"]["nodes"][0]["executions"];
+            assert_eq!(page["pageInfo"]["more"], more, "{runs}: {body}");
+            assert_eq!(
+                page["nodes"].as_array().unwrap().len(),
+                first.min(2),
+                "{body}"
+            );
+        }
+        // The top-level list too, and a list that does not ask.
+        let body = w
+            .ask(
+                &format!("{{ executions(first: {first}) {{ ...P nodes {{ id }} }} }} {PAGE_INFO}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            body["data"]["executions"]["pageInfo"]["more"], more,
+            "{body}"
+        );
+        let body = w
+            .ask(&format!("{{ executions(first: {first}) {{ nodes {{ id }} }} agents(first: 5) {{ nodes {{ executions(first: {first}) {{ nodes {{ id }} }} }} }} }}"), json!({}))
+            .await;
+        assert_eq!(
+            body["data"]["executions"]["nodes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            first.min(2),
+            "{body}"
+        );
+        assert_eq!(
+            body["data"]["agents"]["nodes"][0]["executions"]["nodes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            first.min(2),
+            "{body}"
+        );
+    }
 }
