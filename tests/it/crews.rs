@@ -179,6 +179,31 @@ async fn a_sequential_crew_passes_the_first_tasks_output_to_the_second_agent_ove
     assert_eq!(steps[1]["crewRunId"], run_id.as_str());
     assert_eq!(steps[1]["status"], "SUCCEEDED");
 
+    // The steps listed with a summary's fields, or with details but no text, answer as each
+    // run read by id does (a list reads only the columns it shows).
+    for fields in [
+        "id status crewRunId createdAt",
+        "id model provider crewRole crewTask startedAt finishedAt error",
+    ] {
+        let listed = w
+            .ask(
+                &format!("query($id: ID!) {{ crewRun(id: $id) {{ executions {{ {fields} }} }} }}"),
+                json!({"id": run_id}),
+            )
+            .await;
+        let listed = listed["data"]["crewRun"]["executions"].as_array().unwrap();
+        assert_eq!(listed.len(), 2, "{fields}");
+        for step in listed {
+            let single = w
+                .ask(
+                    &format!("query($id: ID!) {{ execution(id: $id) {{ {fields} }} }}"),
+                    json!({"id": step["id"]}),
+                )
+                .await;
+            assert_eq!(step, &single["data"]["execution"], "{fields}");
+        }
+    }
+
     // A second subscription after the end replays the whole crew run the same way.
     let again = follow(&w.app, &w.user.access, &run_id)
         .await
