@@ -450,8 +450,8 @@ pub async fn events_of(
     Ok(model::events_after(&mut conn, run.id, after, i64::from(first)).await?)
 }
 
-/// Key of a batch read of runs: the parent (agent, thread, crew run), how many, and whether
-/// with their text.
+/// Key of a batch read of runs: the parent (agent, thread, crew run), how many, and which of
+/// their columns.
 pub type RecentKey = (Uuid, i64, RunColumns);
 
 /// The newest runs of many agents (or threads, crew runs) at once, keyed by (parent id, how

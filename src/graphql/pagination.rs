@@ -55,8 +55,9 @@ pub struct Page {
 }
 
 impl Page {
-    /// Checks `first` (1–100) and decodes `after`.
-    pub fn new(first: Option<i32>, after: Option<String>) -> AppResult<Self> {
+    /// Checks `first` (1–100) and decodes `after`; reads the row past the page. (Resolvers
+    /// use [`Page::of`], which knows whether that row is wanted.)
+    fn new(first: Option<i32>, after: Option<String>) -> AppResult<Self> {
         let first = match first {
             None => DEFAULT_PAGE_SIZE,
             Some(n) if n >= 1 && n as usize <= MAX_PAGE_SIZE => n as usize,
@@ -75,10 +76,10 @@ impl Page {
         })
     }
 
-    /// [`Page::new`] for the connection field `ctx` resolves: the row past the page is read
-    /// only when the field's selection shows `pageInfo { hasNextPage }` (fragments and aliases
-    /// count), the one thing it tells. A page of 50 agents that shows each one's newest 5
-    /// runs' `nodes` read 300 runs to show 250.
+    /// Checks `first` (1–100) and decodes `after`, for the connection field `ctx` resolves:
+    /// the row past the page is read only when the field's selection shows
+    /// `pageInfo { hasNextPage }` (fragments and aliases count), the one thing it tells. A page
+    /// of 50 agents that shows each one's newest 5 runs' `nodes` read 300 runs to show 250.
     pub fn of(ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> AppResult<Self> {
         let mut page = Self::new(first, after)?;
         page.peek = shows(ctx, &["pageInfo"], &["hasNextPage"]);
