@@ -148,21 +148,27 @@ impl Hub {
 
     /// Follows a run. Call before reading the table, so no event falls in between.
     pub fn follow_run(&self, execution_id: Uuid) -> RunFollow {
-        let feed = {
+        let (feed, events) = {
             let mut runs = lock(&self.runs);
             runs.retain(|_, feed| feed.tx.receiver_count() > 0);
-            runs.entry(execution_id)
+            let feed = runs
+                .entry(execution_id)
                 .or_insert_with(|| {
                     Arc::new(RunFeed {
                         tx: broadcast::channel(FEED_CAPACITY).0,
                         state: Mutex::default(),
                     })
                 })
-                .clone()
+                .clone();
+            // Subscribed under the lock: a new feed has no receiver until then, and another
+            // follower's `retain` in between would drop it from the map, leaving this follower
+            // on a feed nobody publishes to (it would hear its run only at the safety poll).
+            let events = feed.tx.subscribe();
+            (feed, events)
         };
         RunFollow {
             execution_id,
-            events: feed.tx.subscribe(),
+            events,
             resync: self.resync.subscribe(),
             feed,
         }
@@ -520,5 +526,63 @@ async fn listen(hub: &Arc<Hub>, database_url: &str) -> Result<(), tokio_postgres
     match driver.await {
         Ok(result) => result,
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::executions::model::EventKind;
+
+    /// A run's first follower races other runs' followers, each of whom prunes the feeds that
+    /// nobody follows: the first follower must still be on the feed its run publishes to.
+    #[test]
+    fn a_first_follower_hears_its_run_while_others_follow_theirs() {
+        let pool = crate::db::pool(
+            "postgres://nobody@127.0.0.1:1/unused",
+            1,
+            crate::db::QueryCounter::default(),
+            false,
+        )
+        .expect("a pool is built without connecting");
+        let hub = Hub::new(
+            pool,
+            broadcast::channel(1).0,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // (`AtomicBool::load` by name: `RunQueryDsl::load` is in scope too.)
+                while !AtomicBool::load(&done, Ordering::Relaxed) {
+                    drop(hub.follow_run(Uuid::now_v7()));
+                }
+            });
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for round in 0..10_000 {
+                    let id = Uuid::now_v7();
+                    let mut follow = hub.follow_run(id);
+                    hub.publish(EventRow {
+                        execution_id: id,
+                        sequence: 1,
+                        kind: EventKind::Started,
+                        delta: None,
+                        data: None,
+                        at: chrono::Utc::now(),
+                    });
+                    assert_eq!(
+                        follow.events.try_recv().map(|event| event.sequence),
+                        Ok(1),
+                        "round {round}: the follower is on a feed the run does not publish to"
+                    );
+                }
+            }));
+            done.store(true, Ordering::Relaxed);
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        });
     }
 }
