@@ -1195,8 +1195,16 @@ def machine():
         "cores": CORES, "memory_gib": round(int(mem.split()[1]) / 1024 / 1024, 1), "cpu": cpu,
         "kernel": platform.release(), "postgres": sh(["psql", "--version"]).strip(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": sh(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).strip(),
+        "commit": commit(),
     }
+
+
+def commit():
+    """HEAD's short hash, with "-dirty" when tracked files outside bench/ differ from it (the
+    build measured then is not that commit's; bench/ itself changes with every run's report)."""
+    head = sh(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).strip()
+    changed = sh(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench"], cwd=ROOT)
+    return head + ("-dirty" if changed.strip() else "")
 
 
 def ratios(r):
